@@ -1,0 +1,2 @@
+//! listen binary.
+fn main() {}

@@ -1,0 +1,206 @@
+//! Encoding and decoding of single datagrams.
+
+use bincode::config::{self, Configuration, Fixint, Limit, LittleEndian};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{AUDIO_OVERHEAD, HEADER_LEN, MAX_DATAGRAM};
+use crate::message::{Message, MessageType, Packet};
+use crate::{MAGIC, VERSION};
+
+/// Fixed-width little-endian integers keep the layout simple to specify and to parse by hand;
+/// the limit is a second guard (after borrowing from the slice) against length prefixes that
+/// claim more than a datagram can hold.
+type Cfg = Configuration<LittleEndian, Fixint, Limit<MAX_DATAGRAM>>;
+
+fn cfg() -> Cfg {
+    config::standard()
+        .with_fixed_int_encoding()
+        .with_little_endian()
+        .with_limit::<MAX_DATAGRAM>()
+}
+
+/// Why a datagram was not a valid v1 packet. Every variant is something a receiver counts and
+/// drops; none is fatal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Shorter than the 12-byte header.
+    #[error("datagram of {0} bytes is shorter than the {HEADER_LEN}-byte header")]
+    Truncated(usize),
+    /// Longer than [`MAX_DATAGRAM`]; not read at all.
+    #[error("datagram of {0} bytes exceeds the {MAX_DATAGRAM}-byte limit")]
+    TooLarge(usize),
+    /// Does not start with "ES": not earshot traffic.
+    #[error("bad magic {0:02x?}")]
+    BadMagic([u8; 2]),
+    /// An earshot datagram of a version this peer does not speak. The type byte is kept so a
+    /// server can answer a future version's `Connect` with `Reject{UnsupportedVersion}`.
+    #[error("unsupported protocol version {version} (type {msg_type})")]
+    UnsupportedVersion {
+        /// Header byte 2.
+        version: u8,
+        /// Header byte 3.
+        msg_type: u8,
+    },
+    /// A type code v1 does not define (reserved or unassigned).
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// The body does not decode as its type says.
+    #[error("malformed {msg_type:?} body: {detail}")]
+    Malformed {
+        /// The type from the header.
+        msg_type: MessageType,
+        /// What bincode said.
+        detail: String,
+    },
+    /// The body decoded but bytes were left over.
+    #[error("{extra} trailing bytes after a {msg_type:?} body")]
+    TrailingBytes {
+        /// The type from the header.
+        msg_type: MessageType,
+        /// How many bytes were left.
+        extra: usize,
+    },
+    /// `Audio` whose payload is not a whole number of 2-byte samples.
+    #[error("audio payload of {0} bytes is not whole samples")]
+    OddPayload(usize),
+}
+
+/// Why a packet could not be encoded. Only a caller that builds oversized messages sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("encoded packet would be {0} bytes, over the {MAX_DATAGRAM}-byte limit")]
+pub struct EncodeTooLarge(pub usize);
+
+fn put_header(dst: &mut BytesMut, t: MessageType, seq: u64) {
+    dst.put_slice(&MAGIC);
+    dst.put_u8(VERSION);
+    dst.put_u8(t as u8);
+    dst.put_u64_le(seq);
+}
+
+fn put_body<T: Serialize>(dst: &mut BytesMut, body: &T) {
+    // Writing into a BytesMut cannot fail and our types have no fallible Serialize impls, so an
+    // error here is a bug in this crate, not bad input.
+    let res = bincode::serde::encode_into_std_write(body, &mut dst.writer(), cfg());
+    debug_assert!(res.is_ok(), "bincode encode failed: {res:?}");
+}
+
+/// Appends one packet to `dst`. Fails only if the result would exceed [`MAX_DATAGRAM`] (then
+/// `dst` is left as it was).
+pub fn encode(packet: &Packet, dst: &mut BytesMut) -> Result<(), EncodeTooLarge> {
+    let start = dst.len();
+    let msg = &packet.msg;
+    if let Message::Audio(a) = msg {
+        encode_audio(packet.seq, a.ts, &a.pcm, dst);
+    } else {
+        put_header(dst, msg.message_type(), packet.seq);
+        match msg {
+            Message::Connect(b) => put_body(dst, b),
+            Message::Challenge(b) => put_body(dst, b),
+            Message::Join(b) => put_body(dst, b),
+            Message::Welcome(b) => put_body(dst, b),
+            Message::Reject(b) => put_body(dst, b),
+            Message::Report(b) => put_body(dst, b),
+            Message::Leave => {}
+            Message::End(b) => put_body(dst, b),
+            Message::Error(b) => put_body(dst, b),
+            Message::Audio(_) => unreachable!("handled above"),
+        }
+    }
+    let len = dst.len() - start;
+    if len > MAX_DATAGRAM {
+        dst.truncate(start);
+        return Err(EncodeTooLarge(len));
+    }
+    Ok(())
+}
+
+/// One packet as an immutable buffer, for sending the same bytes to many peers.
+pub fn encode_to_bytes(packet: &Packet) -> Result<Bytes, EncodeTooLarge> {
+    let mut b = BytesMut::with_capacity(64);
+    encode(packet, &mut b)?;
+    Ok(b.freeze())
+}
+
+/// Appends an `Audio` packet straight from a PCM slice: the fan-out path, with no intermediate
+/// [`Packet`] and no copy of the payload besides this one. Byte-for-byte what [`encode`] writes
+/// for the same packet (a golden test checks it). The caller keeps `pcm` under
+/// [`crate::limits::MAX_PAYLOAD`].
+pub fn encode_audio(seq: u64, ts: u64, pcm: &[u8], dst: &mut BytesMut) {
+    dst.reserve(AUDIO_OVERHEAD + pcm.len());
+    put_header(dst, MessageType::Audio, seq);
+    dst.put_u64_le(ts);
+    dst.put_u64_le(pcm.len() as u64);
+    dst.put_slice(pcm);
+}
+
+fn body<'a, T: Deserialize<'a>>(t: MessageType, b: &'a [u8]) -> Result<T, DecodeError> {
+    // Borrowing decode: byte strings are sliced out of `b`, so a length prefix that claims more
+    // than is there fails before anything is allocated.
+    let (v, used) = bincode::serde::borrow_decode_from_slice::<T, _>(b, cfg()).map_err(|e| {
+        DecodeError::Malformed {
+            msg_type: t,
+            detail: e.to_string(),
+        }
+    })?;
+    if used != b.len() {
+        return Err(DecodeError::TrailingBytes {
+            msg_type: t,
+            extra: b.len() - used,
+        });
+    }
+    Ok(v)
+}
+
+/// Decodes one datagram. Any input gives a packet or a [`DecodeError`]: it never panics and
+/// never allocates more than `datagram.len()` bytes.
+pub fn decode(datagram: &[u8]) -> Result<Packet, DecodeError> {
+    let n = datagram.len();
+    if n > MAX_DATAGRAM {
+        return Err(DecodeError::TooLarge(n));
+    }
+    let Some((header, rest)) = datagram.split_first_chunk::<HEADER_LEN>() else {
+        return Err(DecodeError::Truncated(n));
+    };
+    let magic = [header[0], header[1]];
+    if magic != MAGIC {
+        return Err(DecodeError::BadMagic(magic));
+    }
+    if header[2] != VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            version: header[2],
+            msg_type: header[3],
+        });
+    }
+    let t = MessageType::from_u8(header[3]).ok_or(DecodeError::UnknownType(header[3]))?;
+    let mut seq_bytes = [0u8; 8];
+    seq_bytes.copy_from_slice(&header[4..12]);
+    let seq = u64::from_le_bytes(seq_bytes);
+    let msg = match t {
+        MessageType::Connect => Message::Connect(body(t, rest)?),
+        MessageType::Challenge => Message::Challenge(body(t, rest)?),
+        MessageType::Join => Message::Join(body(t, rest)?),
+        MessageType::Welcome => Message::Welcome(body(t, rest)?),
+        MessageType::Reject => Message::Reject(body(t, rest)?),
+        MessageType::Audio => {
+            let a: crate::message::Audio = body(t, rest)?;
+            if a.pcm.len() % 2 != 0 {
+                return Err(DecodeError::OddPayload(a.pcm.len()));
+            }
+            Message::Audio(a)
+        }
+        MessageType::Report => Message::Report(body(t, rest)?),
+        MessageType::Leave => {
+            if !rest.is_empty() {
+                return Err(DecodeError::TrailingBytes {
+                    msg_type: t,
+                    extra: rest.len(),
+                });
+            }
+            Message::Leave
+        }
+        MessageType::End => Message::End(body(t, rest)?),
+        MessageType::Error => Message::Error(body(t, rest)?),
+    };
+    Ok(Packet { seq, msg })
+}

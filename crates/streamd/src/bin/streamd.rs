@@ -1,0 +1,2 @@
+//! streamd binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! earshot: umbrella package owning examples/ and tests/.
