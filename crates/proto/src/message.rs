@@ -185,6 +185,7 @@ pub struct StreamInfo {
     /// `ts` (frame index) of that first `Audio`.
     pub start_ts: u64,
     /// Human-readable name of the stream (at most [`crate::limits::MAX_TITLE`] bytes).
+    #[serde(deserialize_with = "borrowed_string")]
     pub title: String,
 }
 
@@ -286,7 +287,14 @@ pub struct ErrorMsg {
     /// Machine-readable kind.
     pub code: ErrorCode,
     /// Human-readable detail, at most [`crate::limits::MAX_ERROR_TEXT`] bytes.
+    #[serde(deserialize_with = "borrowed_string")]
     pub text: String,
+}
+
+/// A `String` decoded by borrowing from the input first: bincode's owned string path allocates
+/// the claimed length before it checks that the bytes are there (found by `tests/alloc.rs`).
+fn borrowed_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    <&'de str>::deserialize(d).map(str::to_owned)
 }
 
 /// `Bytes` as one length-prefixed byte string (not a sequence of u8), borrowing from the input

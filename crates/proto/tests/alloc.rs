@@ -1,0 +1,118 @@
+//! No input makes the decoder allocate more than the datagram holds (the bincode trap in
+//! shared/CRATES.md). A counting global allocator records the largest single allocation made
+//! while decoding hostile inputs.
+#![allow(unsafe_code, clippy::unwrap_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use proto::limits::MAX_DATAGRAM;
+
+struct Tracking;
+
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Only allocations on a measuring thread count: the test harness allocates on others.
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn record(size: usize) {
+    if MEASURING.with(Cell::get) {
+        LARGEST.fetch_max(size, Ordering::Relaxed);
+    }
+}
+
+/// Largest single allocation `f` makes on this thread.
+fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    LARGEST.store(0, Ordering::SeqCst);
+    MEASURING.with(|m| m.set(true));
+    let out = f();
+    MEASURING.with(|m| m.set(false));
+    (out, LARGEST.load(Ordering::SeqCst))
+}
+
+// SAFETY: forwards every call unchanged to the system allocator; only records sizes.
+unsafe impl GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        record(layout.size());
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        record(new_size);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Tracking = Tracking;
+
+fn header(t: u8) -> Vec<u8> {
+    vec![b'E', b'S', 1, t, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+#[test]
+fn hostile_length_prefixes_allocate_nothing_large() {
+    let mut inputs = Vec::new();
+    for claim in [
+        100u64,
+        4000,
+        8000,
+        1 << 16,
+        1 << 20,
+        1 << 30,
+        1 << 40,
+        u64::MAX,
+    ] {
+        // Audio payload, Connect padding, Welcome title, Error text: every length-prefixed field.
+        let mut a = header(6);
+        a.extend_from_slice(&0u64.to_le_bytes());
+        a.extend_from_slice(&claim.to_le_bytes());
+        inputs.push(a);
+        let mut c = header(1);
+        c.push(1);
+        c.extend_from_slice(&claim.to_le_bytes());
+        inputs.push(c);
+        let mut w = header(4);
+        w.extend_from_slice(&[0; 4 + 2 + 4 + 4 + 4 + 1 + 8 + 8]);
+        w.extend_from_slice(&claim.to_le_bytes());
+        inputs.push(w);
+        let mut e = header(10);
+        e.extend_from_slice(&[0; 4]);
+        e.extend_from_slice(&claim.to_le_bytes());
+        inputs.push(e);
+    }
+    let longest = inputs.iter().map(Vec::len).max().unwrap();
+    let mut results = Vec::with_capacity(inputs.len());
+    let ((), largest) =
+        largest_allocation(|| results.extend(inputs.iter().map(|i| (i[3], proto::decode(i)))));
+    assert!(
+        results.iter().all(|(_, r)| r.is_err()),
+        "every hostile input is an error"
+    );
+    assert!(
+        largest <= longest,
+        "decode allocated {largest} bytes for inputs of at most {longest}"
+    );
+}
+
+#[test]
+fn a_valid_max_size_datagram_allocates_at_most_its_size() {
+    let pcm = vec![0u8; MAX_DATAGRAM - proto::limits::AUDIO_OVERHEAD];
+    let mut buf = bytes::BytesMut::new();
+    proto::encode_audio(1, 2, &pcm, &mut buf);
+    let (p, largest) = largest_allocation(|| proto::decode(&buf).unwrap());
+    assert!(matches!(p.msg, proto::Message::Audio(_)));
+    assert!(
+        largest <= buf.len(),
+        "allocated {largest} for a {}-byte datagram",
+        buf.len()
+    );
+}
