@@ -1,2 +1,143 @@
-//! xtask.
-fn main() {}
+//! Project automation, the xtask way: `cargo xtask demo` and `cargo xtask test` are the two
+//! commands a newcomer needs. Each first makes sure the system packages are there (installing
+//! them with apt-get when running as root on Debian/Ubuntu), so a fresh machine needs nothing
+//! else. `.ci/run` is exactly `cargo xtask test`.
+
+mod system;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+/// What every build needs: cpal links ALSA, found through pkg-config.
+const BUILD_PACKAGES: &[&str] = &["libasound2-dev", "pkg-config"];
+
+/// What the real-audio tests add: a private PulseAudio that ALSA's default device routes into
+/// (see docs/ARCHITECTURE.md, "Testing the real audio path headless").
+const AUDIO_TEST_PACKAGES: &[&str] = &["pulseaudio", "pulseaudio-utils", "libasound2-plugins"];
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  demo [ARGS...]   run the loopback demo (streamd + listen in one process);
+                   ARGS go to the demo, e.g. `cargo xtask demo -- --listeners 3`
+  test             every check CI runs: fmt, clippy, the whole test suite
+  bench-peers      compare earshot with snapserver and GStreamer (slow; not part of test)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<ExitCode> {
+    let Some(cmd) = args.first() else {
+        eprint!("{USAGE}");
+        return Ok(ExitCode::from(2));
+    };
+    let rest = &args[1..];
+    match cmd.as_str() {
+        "demo" => demo(rest),
+        "test" => test(),
+        "bench-peers" => bench_peers(rest),
+        "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => {
+            eprint!("xtask: unknown command `{other}`\n{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn demo(args: &[String]) -> Result<ExitCode> {
+    if !workspace_root().join("examples/loopback.rs").is_file() {
+        eprintln!("xtask: the loopback demo does not exist yet (examples/loopback.rs)");
+        return Ok(ExitCode::FAILURE);
+    }
+    system::ensure_packages(BUILD_PACKAGES)?;
+    let args = args.strip_prefix(&["--".to_string()]).unwrap_or(args);
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "--example", "loopback", "--"])
+        .args(args);
+    Ok(exit_code(status(&mut cmd)?))
+}
+
+fn test() -> Result<ExitCode> {
+    let all: Vec<&str> = BUILD_PACKAGES
+        .iter()
+        .chain(AUDIO_TEST_PACKAGES)
+        .copied()
+        .collect();
+    system::ensure_packages(&all)?;
+    system::ensure_rust_components()?;
+    let steps: [(&str, &[&str]); 3] = [
+        ("format", &["fmt", "--all", "--check"]),
+        (
+            "lint",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        ("tests", &["test", "--workspace", "--all-targets"]),
+    ];
+    for (name, args) in steps {
+        eprintln!("xtask: == {name}: cargo {}", args.join(" "));
+        let st = status(cargo().args(args))?;
+        if !st.success() {
+            eprintln!("xtask: {name} failed");
+            return Ok(exit_code(st));
+        }
+    }
+    // Doc tests are not part of --all-targets.
+    eprintln!("xtask: == doc tests: cargo test --workspace --doc");
+    let st = status(cargo().args(["test", "--workspace", "--doc"]))?;
+    if !st.success() {
+        return Ok(exit_code(st));
+    }
+    eprintln!("xtask: all checks passed");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_peers(_args: &[String]) -> Result<ExitCode> {
+    bail!("bench-peers is not wired up yet")
+}
+
+/// The cargo that runs us, so a toolchain chosen by rustup or `+nightly` is kept.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    // crates/xtask → the workspace root.
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors().nth(2).unwrap_or(here).to_path_buf()
+}
+
+fn status(cmd: &mut Command) -> Result<std::process::ExitStatus> {
+    cmd.status()
+        .with_context(|| format!("could not run {cmd:?}"))
+}
+
+fn exit_code(st: std::process::ExitStatus) -> ExitCode {
+    match st.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    }
+}

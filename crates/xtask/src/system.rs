@@ -1,0 +1,135 @@
+//! System packages and toolchain components: check, install when we can, otherwise say the exact
+//! command to run.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// Makes sure every Debian package in `pkgs` is installed.
+///
+/// On a Debian/Ubuntu machine, missing packages are installed with apt-get when running as root
+/// (after `apt-get update`: a fresh machine's package lists can be empty); otherwise this fails
+/// with the exact command to run. Elsewhere it only checks what it can (ALSA through pkg-config)
+/// and says what to install.
+pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
+    if !has("dpkg-query") {
+        if pkgs.contains(&"libasound2-dev") && !pkg_config_has("alsa") {
+            bail!(
+                "the ALSA development files are missing (pkg-config cannot find `alsa`); \
+                 install your distribution's ALSA development package and pkg-config \
+                 (Debian names: {})",
+                pkgs.join(" ")
+            );
+        }
+        return Ok(());
+    }
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !is_root() || !has("apt-get") {
+        bail!(
+            "missing system packages: {list}\n  install them with:\n    sudo apt-get update && \
+             sudo apt-get install -y --no-install-recommends {list}"
+        );
+    }
+    eprintln!("xtask: installing missing system packages: {list}");
+    apt(&["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)?;
+    let still: Vec<&str> = missing
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if !still.is_empty() {
+        bail!(
+            "apt-get finished but these are still missing: {}",
+            still.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// rustfmt and clippy ship as rustup components; a minimal toolchain lacks them.
+pub fn ensure_rust_components() -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let missing: Vec<&str> = [("fmt", "rustfmt"), ("clippy", "clippy")]
+        .into_iter()
+        .filter(|(sub, _)| !quiet_ok(Command::new(&cargo).args([sub, "--version"])))
+        .map(|(_, component)| component)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !has("rustup") {
+        bail!(
+            "missing Rust components: {} (install them for your toolchain)",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: adding Rust components: {}", missing.join(" "));
+    let st = Command::new("rustup")
+        .args(["component", "add"])
+        .args(&missing)
+        .status()
+        .context("could not run rustup")?;
+    if !st.success() {
+        bail!("`rustup component add {}` failed", missing.join(" "));
+    }
+    Ok(())
+}
+
+fn apt(args: &[&str]) -> Result<()> {
+    let st = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("could not run apt-get")?;
+    if !st.success() {
+        bail!("`apt-get {}` failed ({st})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn pkg_config_has(lib: &str) -> bool {
+    quiet_ok(Command::new("pkg-config").args(["--exists", lib]))
+}
+
+/// Whether this process runs as root: apt-get needs it, and so does nothing else here.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn has(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+fn quiet_ok(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
