@@ -265,3 +265,32 @@ fn type_codes_are_pinned() {
     assert!(MessageType::is_reserved(16) && MessageType::is_reserved(63));
     assert!(!MessageType::is_reserved(15) && !MessageType::is_reserved(64));
 }
+
+/// The anti-amplification rule (PROTOCOL.md §5.2) rests on these size relations: every reply a
+/// server may send to an unvalidated address is no longer than the request that caused it.
+#[test]
+fn pre_validation_replies_are_never_larger_than_their_requests() {
+    use proto::limits::MIN_CONNECT_LEN;
+    let len = |m: Message| encode_to_bytes(&Packet::new(u64::MAX, m)).unwrap().len();
+    let cookie = [0u8; COOKIE_LEN];
+    let challenge = len(Message::Challenge(Challenge { cookie }));
+    let join = len(Message::Join(Join { cookie }));
+    let report = len(Message::Report(Report::default()));
+    let not_joined = len(Message::Error(ErrorMsg {
+        code: ErrorCode::NotJoined,
+        text: String::new(),
+    }));
+    let rejects = [
+        RejectReason::Full {
+            max_clients: u32::MAX,
+        },
+        RejectReason::UnsupportedVersion { supported: 1 },
+        RejectReason::ShuttingDown,
+    ]
+    .map(|reason| len(Message::Reject(Reject { reason })));
+    assert_eq!((challenge, join, report, not_joined), (28, 28, 68, 24));
+    assert_eq!(rejects, [20, 17, 16]);
+    assert!(challenge <= MIN_CONNECT_LEN && challenge <= join);
+    assert!(rejects.iter().all(|&r| r <= join && r < MIN_CONNECT_LEN));
+    assert!(not_joined <= report);
+}
