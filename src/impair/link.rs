@@ -132,9 +132,14 @@ impl Link {
         };
         if !impaired {
             // Rule 5: queue up behind everything earlier, releasing held-back datagrams first.
-            let at = self.latest.map_or(now, |l| l.max(now));
+            let held_due = self.held.iter().map(|h| h.due).max();
+            let at = [Some(now), self.latest, held_due]
+                .into_iter()
+                .flatten()
+                .max();
+            let at = at.unwrap_or(now);
             for h in std::mem::take(&mut self.held) {
-                self.queue.insert((at.max(h.due), h.entry.order), h.entry);
+                self.schedule(at, h.entry);
             }
             self.schedule(at, entry);
             return Handled { impaired, decision };
@@ -152,6 +157,7 @@ impl Link {
         Handled { impaired, decision }
     }
 
+    /// The one way into the queue, so `latest` really is the latest due time.
     fn schedule(&mut self, at: Instant, entry: Entry) {
         self.latest = Some(self.latest.map_or(at, |l| l.max(at)));
         self.queue.insert((at, entry.order), entry);
@@ -168,7 +174,7 @@ impl Link {
         while i < self.held.len() {
             if self.held[i].deadline <= now {
                 let h = self.held.remove(i);
-                self.queue.insert((h.deadline, h.entry.order), h.entry);
+                self.schedule(h.deadline, h.entry);
             } else {
                 i += 1;
             }
@@ -183,7 +189,7 @@ impl Link {
         while i < self.held.len() {
             if self.held[i].entry.order < e.order {
                 let h = self.held.remove(i);
-                self.queue.insert((at.max(h.due), h.entry.order), h.entry);
+                self.schedule(at.max(h.due), h.entry);
             } else {
                 i += 1;
             }

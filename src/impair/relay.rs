@@ -293,6 +293,20 @@ mod tests {
     }
 
     #[test]
+    fn end_never_overtakes_audio_whatever_the_seed() {
+        for seed in 0..40 {
+            let imp = Impairment {
+                jitter: Duration::from_millis(40),
+                reorder: 0.2,
+                seed,
+                ..heavy()
+            };
+            let (out, _) = simulate(&imp, 60);
+            assert_eq!(out.last().unwrap().audio_seq, None, "seed {seed}");
+        }
+    }
+
+    #[test]
     fn transparent_proxy_changes_nothing() {
         let (out, r) = simulate(&Impairment::none(), 300);
         let seqs: Vec<_> = out.iter().filter_map(|t| t.audio_seq).collect();
