@@ -52,7 +52,7 @@ pub struct Impairment {
     pub burst: Option<f64>,
     /// Extra delay of each forwarded datagram is uniform in [0, jitter]; a large jitter
     /// reorders datagrams by itself, as a real network would.
-    #[serde(serialize_with = "ser_ms")]
+    #[serde(rename = "jitter_ms", serialize_with = "ser_ms")]
     pub jitter: Duration,
     /// Fraction of forwarded datagrams held back until the next one has left.
     pub reorder: f64,
