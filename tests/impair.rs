@@ -286,6 +286,7 @@ async fn report_equals_what_listeners_received() {
         let got: HashSet<u64> = seqs.iter().copied().collect();
         let missing: Vec<u64> = (0..n).filter(|s| !got.contains(s)).collect();
         assert_eq!(missing, a.dropped_seqs);
+        assert_eq!(a.lost_between(0, n - 1), missing.len() as u64);
         // Duplicated seqs are exactly the repeated ones.
         let mut count: HashMap<u64, u64> = HashMap::new();
         for s in &seqs {

@@ -34,7 +34,7 @@ use serde::Serialize;
 pub use engine::{Decision, Engine};
 pub use link::{Handled, Link, REORDER_MAX_HOLD, Transmit};
 pub use proxy::Proxy;
-pub use relay::{Dir, ProxyCore};
+pub use relay::{Dir, MAX_CLIENTS, ProxyCore};
 pub use report::{AudioReport, ClientReport, Counts, DirectionReport, ProxyReport, Tally};
 
 /// Largest `--jitter` accepted: more than any listener buffers, so a larger value is a typo

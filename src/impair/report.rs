@@ -24,6 +24,13 @@
 //! send, in arrival order; `unsent_seqs` those whose send failed (normally empty).
 //! [`AudioReport::lost`] is `(highest_seq − lowest_seq + 1) − unique_sent`: what a receiver
 //! that got everything sent would count as lost, given it measures from the lowest seq it saw.
+//! A receiver that measures from `Welcome.start_seq` to `End.last_seq` (so that loss at either
+//! end counts) compares with [`AudioReport::lost_between`] instead.
+//!
+//! So, for a listener behind the proxy on loopback (no other loss), these hold exactly:
+//! `listen.duplicates == duplicates`, `listen.out_of_order == out_of_order`,
+//! `listen.received == unique_sent`, and `listen.lost` equals `lost()` or
+//! `lost_between(start, last)` depending on which range the listener measures.
 //!
 //! On shutdown the proxy first flushes every datagram still waiting (delayed or held back), in
 //! schedule order and without further waiting, so no decision is left unreported: nothing is
@@ -103,6 +110,22 @@ impl AudioReport {
             (Some(lo), Some(hi)) => (hi - lo + 1).saturating_sub(self.unique_sent),
             _ => 0,
         }
+    }
+
+    /// Seqs in `first..=last` the proxy dropped or failed to send, each counted once: what a
+    /// receiver that measures from `Welcome.start_seq` to `End.last_seq` counts as lost,
+    /// assuming the server sent every seq of that range once (as `streamd` does).
+    pub fn lost_between(&self, first: u64, last: u64) -> u64 {
+        let mut gone: Vec<u64> = self
+            .dropped_seqs
+            .iter()
+            .chain(&self.unsent_seqs)
+            .copied()
+            .filter(|s| (first..=last).contains(s))
+            .collect();
+        gone.sort_unstable();
+        gone.dedup();
+        gone.len() as u64
     }
 }
 
@@ -363,6 +386,11 @@ mod tests {
         );
         let a = &t.report().audio;
         assert_eq!(a.lost(), 2);
+        assert_eq!(
+            a.lost_between(10, 14),
+            1,
+            "only the failed 14 is known to the proxy"
+        );
         assert_eq!(a.unsent_seqs, vec![14]);
         assert_eq!(t.report().counts.send_errors, 1);
     }
