@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use earshot::impair::{Impairment, Proxy, parse_duration, parse_rate};
+use earshot::impair::{ImpairArgs, Proxy, parse_duration};
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -27,27 +27,9 @@ struct Args {
     /// The streamd to relay to.
     #[arg(long)]
     upstream: SocketAddr,
-    /// Long-run loss rate, e.g. 5% or 0.05.
-    #[arg(long, default_value = "0", value_parser = parse_rate)]
-    loss: f64,
-    /// Mean loss-burst length in datagrams (Gilbert model); independent losses if absent.
-    #[arg(long)]
-    burst: Option<f64>,
-    /// Extra delay per datagram, uniform in [0, JITTER], e.g. 30ms.
-    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
-    jitter: Duration,
-    /// Share of datagrams held back behind the next one.
-    #[arg(long, default_value = "0", value_parser = parse_rate)]
-    reorder: f64,
-    /// Share of datagrams sent twice.
-    #[arg(long, default_value = "0", value_parser = parse_rate)]
-    dup: f64,
-    /// Seed of every decision.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Impair control messages (handshake, End) too, not only Audio.
-    #[arg(long)]
-    impair_control: bool,
+    /// What to do to the server's datagrams.
+    #[command(flatten)]
+    imp: ImpairArgs,
     /// Stop after this long (e.g. 30s); otherwise run until Ctrl-C or SIGTERM.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -66,15 +48,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let imp = Impairment {
-        loss: args.loss,
-        burst: args.burst,
-        jitter: args.jitter,
-        reorder: args.reorder,
-        dup: args.dup,
-        seed: args.seed,
-        impair_control: args.impair_control,
-    };
+    let imp = args.imp.impairment();
     let proxy = match Proxy::bind(args.listen, args.upstream, imp).await {
         Ok(p) => p,
         Err(e) => {

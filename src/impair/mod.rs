@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used)]
 
+mod args;
 mod engine;
 mod link;
 mod proxy;
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use args::ImpairArgs;
 pub use engine::{Decision, Engine};
 pub use link::{Handled, Link, REORDER_MAX_HOLD, Transmit};
 pub use proxy::Proxy;
