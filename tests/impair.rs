@@ -18,7 +18,7 @@ use tokio::time::timeout;
 /// Audio datagrams per server tick: several per tick, as with a real stream at a small MTU.
 const PER_TICK: u64 = 3;
 /// Server tick.
-const TICK: Duration = Duration::from_millis(5);
+const TICK: Duration = Duration::from_millis(10);
 /// A listener gives up this long after the last datagram (generous: loaded 2-core machine).
 const QUIET: Duration = Duration::from_secs(3);
 
