@@ -308,4 +308,79 @@ mod tests {
         l.handle(due, b(8), None);
         assert_eq!(drain(&mut l, due), vec![(8, false)]);
     }
+
+    /// Random traffic, random impairments, random polling: nothing is lost or invented, a
+    /// copy always follows its original, and unimpaired datagrams never overtake earlier ones.
+    #[test]
+    fn conservation_and_control_order_under_random_schedules() {
+        use rand_chacha::ChaCha8Rng;
+        use rand_chacha::rand_core::{RngCore, SeedableRng};
+        for seed in 0..60u64 {
+            let mut r = ChaCha8Rng::seed_from_u64(1000 + seed);
+            let pct = |r: &mut ChaCha8Rng, max: u64| (r.next_u64() % (max + 1)) as f64 / 100.0;
+            let imp = Impairment {
+                loss: pct(&mut r, 30),
+                burst: (r.next_u64() % 2 == 0).then_some(1.0 + pct(&mut r, 400)),
+                jitter: Duration::from_micros(r.next_u64() % 40_000),
+                reorder: pct(&mut r, 50),
+                dup: pct(&mut r, 50),
+                seed,
+                impair_control: r.next_u64() % 4 == 0,
+            };
+            let mut l = Link::new(&imp, seed);
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut out: Vec<Transmit> = Vec::new();
+            let mut kept = Vec::new(); // (id, duplicated, is_control)
+            for id in 0..400u64 {
+                now += Duration::from_micros(r.next_u64() % 8_000);
+                let control = r.next_u64() % 10 == 0;
+                let seq = (!control).then_some(id);
+                let mut bytes = id.to_le_bytes().to_vec();
+                bytes.push(u8::from(control));
+                let h = l.handle(now, Bytes::from(bytes), seq);
+                if !h.decision.drop {
+                    kept.push((id, h.decision.duplicate, control));
+                }
+                if r.next_u64() % 3 == 0 {
+                    out.extend(std::iter::from_fn(|| l.poll_transmit(now)));
+                }
+            }
+            let end = now + Duration::from_secs(3600);
+            out.extend(std::iter::from_fn(|| l.poll_transmit(end)));
+            assert_eq!(l.pending(), 0);
+            let id = |t: &Transmit| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&t.bytes[..8]);
+                u64::from_le_bytes(b)
+            };
+            let want = kept.len() + kept.iter().filter(|k| k.1).count();
+            assert_eq!(out.len(), want, "seed {seed}");
+            for (i, t) in out.iter().enumerate() {
+                if t.copy {
+                    assert!(i > 0 && id(&out[i - 1]) == id(t) && !out[i - 1].copy);
+                }
+            }
+            let pos: std::collections::HashMap<u64, usize> = out
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| !t.copy)
+                .map(|(i, t)| (id(t), i))
+                .collect();
+            assert_eq!(
+                pos.len(),
+                kept.len(),
+                "each kept datagram once, seed {seed}"
+            );
+            if !imp.impair_control {
+                for &(c, _, control) in &kept {
+                    if control {
+                        for &(e, _, _) in kept.iter().filter(|k| k.0 < c) {
+                            assert!(pos[&e] < pos[&c], "seed {seed}: {c} overtook {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
