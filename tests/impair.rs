@@ -281,6 +281,10 @@ async fn report_equals_what_listeners_received() {
         );
         // Every datagram the proxy says it sent arrived, in the same number.
         assert_eq!(seqs.len() as u64, a.sent);
+        assert_eq!(
+            seqs, a.sent_seqs,
+            "arrival order is emission order on loopback"
+        );
         assert_eq!(a.received, n);
         // Dropped seqs are exactly the ones that never arrived.
         let got: HashSet<u64> = seqs.iter().copied().collect();

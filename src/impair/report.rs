@@ -6,7 +6,7 @@
 //!   `dropped_seqs`, `reordered`, `delayed`;
 //! - *emissions*, in the order the shell really sent datagrams to the client, after each send
 //!   returned: `sent`, `duplicated`, `duplicated_seqs`, `duplicates`, `out_of_order`,
-//!   `unique_sent`, `lowest_seq`, `highest_seq`, `send_errors`, `unsent_seqs`. Timers are real,
+//!   `unique_sent`, `lowest_seq`, `highest_seq`, `send_errors`, `unsent_seqs`, `sent_seqs`. Timers are real,
 //!   so the emission order may differ from the plan; these fields never use the plan.
 //!
 //! For `Audio` datagrams, walking the emissions of one client in order, each datagram with
@@ -100,6 +100,9 @@ pub struct AudioReport {
     pub duplicated_seqs: Vec<u64>,
     /// Seqs whose send failed.
     pub unsent_seqs: Vec<u64>,
+    /// Every audio seq sent, copies included, in emission order: the log every other audio
+    /// field is computed from, for diagnosing a mismatch with a listener.
+    pub sent_seqs: Vec<u64>,
 }
 
 impl AudioReport {
@@ -308,6 +311,7 @@ impl Tally {
         }
         let Some(s) = t.audio_seq else { return };
         a.sent += 1;
+        a.sent_seqs.push(s);
         if t.copy {
             a.duplicated_seqs.push(s);
         }
@@ -364,6 +368,7 @@ mod tests {
         assert_eq!(a.out_of_order, 1, "only the first 1 is out of order");
         assert_eq!(a.duplicates, 3, "copies of 2 and 1, and the repeated 0");
         assert_eq!(a.duplicated_seqs, vec![2, 1]);
+        assert_eq!(a.sent_seqs, vec![0, 2, 1, 2, 1, 3, 0]);
         assert_eq!(a.unique_sent, 4);
         assert_eq!((a.lowest_seq, a.highest_seq), (Some(0), Some(3)));
         assert_eq!(a.lost(), 0);
