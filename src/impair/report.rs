@@ -6,8 +6,9 @@
 //!   `dropped_seqs`, `reordered`, `delayed`;
 //! - *emissions*, in the order the shell really sent datagrams to the client, after each send
 //!   returned: `sent`, `duplicated`, `duplicated_seqs`, `duplicates`, `out_of_order`,
-//!   `unique_sent`, `lowest_seq`, `highest_seq`, `send_errors`, `unsent_seqs`, `sent_seqs`. Timers are real,
-//!   so the emission order may differ from the plan; these fields never use the plan.
+//!   `unique_sent`, `lowest_seq`, `highest_seq`, `send_errors`, `unsent_seqs`, `sent_seqs`.
+//!   Timers are real, so the emission order may differ from the plan; these fields never use
+//!   the plan.
 //!
 //! For `Audio` datagrams, walking the emissions of one client in order, each datagram with
 //! seq `s` is classified exactly once:
