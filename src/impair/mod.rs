@@ -22,8 +22,8 @@
 #![warn(clippy::unwrap_used)]
 
 mod args;
-mod engine;
-mod link;
+pub mod engine;
+pub mod link;
 mod proxy;
 mod relay;
 pub mod report;
@@ -50,7 +50,7 @@ pub struct Impairment {
     /// Long-run fraction of impaired datagrams dropped, in [0, 1].
     pub loss: f64,
     /// Mean loss-burst length in datagrams (≥ 1); `None` for independent losses. See
-    /// [`engine`](Engine) for the Gilbert model.
+    /// [`engine`] for the Gilbert model.
     pub burst: Option<f64>,
     /// Extra delay of each forwarded datagram is uniform in [0, jitter]; a large jitter
     /// reorders datagrams by itself, as a real network would.

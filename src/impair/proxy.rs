@@ -109,8 +109,12 @@ impl Proxy {
                             core.handle(now, i, Dir::Upstream, bytes);
                         }
                     }
-                    // Unconnected UDP: errors here are transient (e.g. an ICMP report).
-                    Err(e) => tracing::debug!("proxy receive: {e}"),
+                    // Unconnected UDP: errors here are transient (e.g. an ICMP report); the
+                    // pause keeps a persistent one from spinning the loop.
+                    Err(e) => {
+                        tracing::debug!("proxy receive: {e}");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                 },
                 Some((i, bytes, at)) = rx.recv() => core.handle(at, i, Dir::Downstream, bytes),
                 () = tokio::time::sleep_until(wake) => {}
