@@ -70,6 +70,29 @@ pub fn pulse_available() -> Result<(), String> {
     })
 }
 
+/// Whether ALSA's `default` device will reach a PulseAudio server (the `pulse` plugin of
+/// libasound2-plugins): needed by tests that play through cpal rather than `pacat`.
+pub fn alsa_pulse_plugin_available() -> Result<(), String> {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("alsa-lib/libasound_module_pcm_pulse.so"))
+        .chain([PathBuf::from(
+            "/usr/lib/alsa-lib/libasound_module_pcm_pulse.so",
+        )])
+        .any(|p| p.is_file());
+    if found {
+        Ok(())
+    } else {
+        Err(
+            "ALSA's pulse plugin is missing (install libasound2-plugins), so cpal's default \
+             device cannot reach PulseAudio"
+                .to_string(),
+        )
+    }
+}
+
 /// A running private PulseAudio with a pipe sink; kills its processes when dropped.
 #[derive(Debug)]
 pub struct Pulse {
@@ -312,6 +335,13 @@ mod tests {
         assert_eq!(trim_silence(&[0, 0, 0, 5, 6, 0, 0, 0], 2), &[0, 5, 6, 0]);
         assert_eq!(trim_silence(&[0, 0, 0, 0], 2), &[] as &[i16]);
         assert_eq!(trim_silence(&[1, 0, 0, 2], 1), &[1, 0, 0, 2]);
+    }
+
+    #[test]
+    fn plugin_check_explains_itself() {
+        if let Err(e) = alsa_pulse_plugin_available() {
+            assert!(e.contains("libasound2-plugins"));
+        }
     }
 
     #[test]
