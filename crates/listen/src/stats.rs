@@ -84,8 +84,8 @@ pub struct Tracker {
     seen: Vec<u64>,
     /// RFC 3550 A.8 running jitter estimate, in frames.
     jitter: f64,
-    /// Transit time of the previous new datagram, in frames.
-    last_transit: Option<f64>,
+    /// Transit time of the previous new datagram, in billionths of a frame.
+    last_transit: Option<i128>,
     /// Datagrams from the server that did not decode, or made no sense in their place.
     garbage: u64,
     /// Datagrams from addresses other than the server's.
@@ -154,11 +154,12 @@ impl Tracker {
         self.received += 1;
         // RFC 3550 A.8: transit = arrival - timestamp (both in timestamp units), D = the change
         // in transit between consecutive packets, J += (|D| - J) / 16.
-        let arrival =
-            now.saturating_duration_since(self.epoch).as_secs_f64() * f64::from(self.rate);
-        let transit = arrival - ts as f64;
+        // Transit is kept exactly, in billionths of a frame, so a perfectly paced stream has
+        // exactly zero jitter.
+        let nanos = now.saturating_duration_since(self.epoch).as_nanos() as i128;
+        let transit = nanos * i128::from(self.rate) - i128::from(ts) * 1_000_000_000;
         if let Some(last) = self.last_transit {
-            let d = (transit - last).abs();
+            let d = (transit - last).abs() as f64 / 1e9;
             self.jitter += (d - self.jitter) / 16.0;
         }
         self.last_transit = Some(transit);
