@@ -225,11 +225,17 @@ async fn resolve(server: &str) -> Result<SocketAddr, ListenError> {
         server: server.to_owned(),
         detail,
     };
-    let mut addrs = tokio::net::lookup_host(server)
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
         .await
-        .map_err(|e| err(format!("{e} (expected HOST:PORT)")))?;
+        .map_err(|e| err(format!("{e} (expected HOST:PORT)")))?
+        .collect();
+    // A name with both families (`localhost`) is tried as IPv4: servers commonly bind
+    // 0.0.0.0, and a UDP client cannot tell an unanswered family from a silent server.
     addrs
-        .next()
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
         .ok_or_else(|| err("the name has no addresses".into()))
 }
 
@@ -390,6 +396,20 @@ fn open_sink(config: &Config, info: &StreamInfo) -> Result<Box<dyn Sink>, SinkEr
     }
 }
 
+/// Checks that `path` can be written without leaving anything behind: an existing file is
+/// opened for writing (not truncated), a new one is created and removed again.
+fn check_writable(path: &std::path::Path) -> Result<(), SinkError> {
+    let res = if path.exists() {
+        std::fs::OpenOptions::new().write(true).open(path).map(drop)
+    } else {
+        std::fs::File::create(path).and_then(|_| std::fs::remove_file(path))
+    };
+    res.map_err(|source| SinkError::Wav {
+        path: path.to_owned(),
+        source: hound::Error::IoError(source),
+    })
+}
+
 fn fmt_pos(d: Duration) -> String {
     let s = d.as_secs();
     format!("{}:{:02}", s / 60, s % 60)
@@ -410,12 +430,7 @@ pub async fn run(
     }
     // Fail before bothering the server when there is nowhere to play.
     match &config.output {
-        Some(p) => {
-            std::fs::File::create(p).map_err(|source| SinkError::Wav {
-                path: p.clone(),
-                source: hound::Error::IoError(source),
-            })?;
-        }
+        Some(p) => check_writable(p)?,
         None => CpalSink::probe(config.device.as_deref())?,
     }
     let server = resolve(&config.server).await?;
@@ -473,7 +488,7 @@ pub async fn run(
             return Err(e.into());
         }
     };
-    let (end_reason, tracker, jb) = stream(
+    let (end_reason, tracker, jb, mut failure) = stream(
         &mut link,
         &config,
         &info,
@@ -487,7 +502,7 @@ pub async fn run(
     match sink.finish(Instant::now()) {
         Ok(wait) if end_reason != EndReason::Interrupted => tokio::time::sleep(wait).await,
         Ok(_) => {}
-        Err(e) => tracing::error!("{e}"),
+        Err(e) => failure = failure.or(Some(e)),
     }
     drop(sink);
     let stats = Stats::new(&tracker, &jb.counters(), end_reason);
@@ -513,6 +528,9 @@ pub async fn run(
             source,
         })?;
     }
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
     Ok(Outcome {
         stats,
         end_reason,
@@ -520,7 +538,8 @@ pub async fn run(
     })
 }
 
-/// The streaming loop: returns why it ended and the two cores for the statistics.
+/// The streaming loop: returns why it ended, the two cores for the statistics, and the sink's
+/// error if writing failed.
 async fn stream(
     link: &mut Link,
     config: &Config,
@@ -528,7 +547,7 @@ async fn stream(
     sink: &mut dyn Sink,
     early: Early,
     interrupt: &mut (impl Future<Output = ()> + Unpin),
-) -> (EndReason, Tracker, JitterBuffer) {
+) -> (EndReason, Tracker, JitterBuffer, Option<SinkError>) {
     let server = config.server.as_str();
     let rate = info.sample_rate;
     let mut tracker = Tracker::new(rate, info.start_seq, Instant::now());
@@ -562,6 +581,7 @@ async fn stream(
     let mut out: Vec<i16> = Vec::new();
     let mut underruns = 0;
     let mut playing = false;
+    let mut failure = None;
     let reason = loop {
         tokio::select! {
             () = &mut *interrupt => break EndReason::Interrupted,
@@ -615,8 +635,9 @@ async fn stream(
                             tracing::info!("playing, {:?} buffered", jb.buffered());
                         }
                         if let Err(e) = sink.write(now, &out) {
-                            tracing::error!("{e}");
-                            break ended.unwrap_or(EndReason::Interrupted);
+                            // The listener cannot go on: it stopped, as if interrupted.
+                            failure = Some(e);
+                            break EndReason::Interrupted;
                         }
                     }
                 }
@@ -649,5 +670,5 @@ async fn stream(
     if status_on {
         eprint!("\r\x1b[K");
     }
-    (reason, tracker, jb)
+    (reason, tracker, jb, failure)
 }
