@@ -305,16 +305,27 @@ async fn interrupt_ends_with_exit_0_and_leave() {
     assert_eq!(v["end_reason"], "interrupted");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_interval_grows_the_buffer_and_plays_exactly() {
-    let mut sc = Script::clean(TOTAL);
-    sc.interval = Duration::from_millis(400);
+/// Intervals at both ends of the design range play exactly: 5 ms (a datagram per tick) and
+/// 2 s (bursts of 400 datagrams, which need the enlarged receive buffer and a grown target).
+async fn interval_plays_exactly(interval_ms: u64, total: u64, name: &str) {
+    let mut sc = Script::clean(total);
+    sc.interval = Duration::from_millis(interval_ms);
     let srv = FakeServer::start(sc).await;
-    let c = config(srv.addr, "long.wav");
+    let c = config(srv.addr, name);
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
-    assert_eq!(o.stats.underruns, 0);
-    assert_eq!(o.stats.lost, 0);
+    let s = &o.stats;
+    assert_eq!((s.lost, s.underruns, s.concealed_ms, s.late), (0, 0, 0, 0));
     let (_, samples) = read_wav(&wav);
-    assert!(samples == source(TOTAL));
+    assert!(samples == source(total), "WAV differs from the source");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_5ms_plays_exactly() {
+    interval_plays_exactly(5, 48_000, "iv5.wav").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_2s_plays_exactly() {
+    interval_plays_exactly(2000, 4 * 48_000, "iv2000.wav").await;
 }

@@ -119,6 +119,8 @@ pub struct FakeServer {
     pub addr: SocketAddr,
     /// What it saw.
     pub log: Arc<Mutex<Log>>,
+    /// The script's task.
+    task: tokio::task::JoinHandle<()>,
 }
 
 fn enc(p: &Packet) -> Bytes {
@@ -128,11 +130,21 @@ fn enc(p: &Packet) -> Bytes {
 impl FakeServer {
     /// Binds 127.0.0.1:0 and runs `script` in a task.
     pub async fn start(script: Script) -> Self {
-        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        Self::start_on(0, script).await
+    }
+
+    /// Binds 127.0.0.1:`port` and runs `script` in a task.
+    pub async fn start_on(port: u16, script: Script) -> Self {
+        let sock = Arc::new(UdpSocket::bind(("127.0.0.1", port)).await.unwrap());
         let addr = sock.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
-        tokio::spawn(serve(sock, script, log.clone()));
-        Self { addr, log }
+        let task = tokio::spawn(serve(sock, script, log.clone()));
+        Self { addr, log, task }
+    }
+
+    /// Waits until the script has sent its `End`.
+    pub async fn done(self) {
+        let _ = self.task.await;
     }
 
     /// A socket that never answers: a server that is not there.
