@@ -2,6 +2,7 @@
 //! → an exit code (0 ended or Ctrl-C, 1 error, 2 usage, 3 rejected, 4 no answer / timeout /
 //! evicted). Logs go to stderr (human-readable, `RUST_LOG` filters) and to `--log-file`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,11 +50,49 @@ struct Cli {
     quiet: bool,
 }
 
+/// stderr for the log, clearing the live status line first when one may be on screen, so a
+/// log line never lands in the middle of it (the status line is redrawn on its next tick).
+struct LogStderr {
+    /// stderr is a terminal and the status line is on.
+    clear: bool,
+}
+
+/// One log event's writer: the clearing sequence goes before its first byte.
+struct ClearingWriter {
+    /// Still to write the clearing sequence.
+    pending: bool,
+}
+
+impl std::io::Write for ClearingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut e = std::io::stderr().lock();
+        if self.pending {
+            self.pending = false;
+            e.write_all(b"\r\x1b[K")?;
+        }
+        e.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogStderr {
+    type Writer = ClearingWriter;
+    fn make_writer(&'a self) -> ClearingWriter {
+        ClearingWriter {
+            pending: self.clear,
+        }
+    }
+}
+
 fn init_logging(cli: &Cli) -> Result<(), String> {
     let default = if cli.quiet { "warn" } else { "info" };
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(LogStderr {
+            clear: !cli.quiet && std::io::stderr().is_terminal(),
+        })
         .with_target(false)
         .with_filter(filter());
     let file = match &cli.log_file {
