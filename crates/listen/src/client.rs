@@ -7,8 +7,9 @@
 //! `Welcome` or `Reject`. The last message is resent with doubling backoff until `--timeout`.
 //! Then audio flows into the jitter buffer, the sink pulls from it every [`PLAYOUT_TICK`], a
 //! `Report` goes out every [`proto::limits::REPORT_INTERVAL`], and the stream ends with `End`
-//! (played out first), silence past `--timeout`, `Error{NotJoined}` (evicted) or the interrupt
-//! future (Ctrl-C). `Leave` is sent on every exit after the handshake began.
+//! (played out first), silence past `--timeout` (at least two server intervals, since the
+//! server is silent between bursts), `Error{NotJoined}` (evicted) or the interrupt future
+//! (Ctrl-C). `Leave` is sent on every exit after the handshake began.
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -676,6 +677,14 @@ async fn stream(
              (~{burst} bytes of audio): raise net.core.rmem_max if audio is lost"
         );
     }
+    // Between bursts the server is silent for a whole interval by design.
+    let silence = config.timeout.max(interval * 2);
+    if silence > config.timeout {
+        tracing::warn!(
+            "--timeout {:?} is shorter than the server's {interval:?} interval allows; using {silence:?}",
+            config.timeout
+        );
+    }
     let mut rx = Receiver {
         server,
         from: link.server,
@@ -760,8 +769,8 @@ async fn stream(
                 let r = rx.tracker.report(&rx.jb.counters(), buffered_ms);
                 link.send(Message::Report(r)).await;
             }
-            () = tokio::time::sleep_until(rx.last_heard + config.timeout), if rx.ended.is_none() => {
-                tracing::warn!("server {server} silent for {}", fmt_secs(config.timeout));
+            () = tokio::time::sleep_until(rx.last_heard + silence), if rx.ended.is_none() => {
+                tracing::warn!("server {server} silent for {}", fmt_secs(silence));
                 break EndReason::Timeout;
             }
             _ = status.tick(), if status_on => {
