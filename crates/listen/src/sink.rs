@@ -30,10 +30,12 @@ use crate::jitter::{duration_of, frames_in};
 /// client's timer slipping a few milliseconds never starves it.
 pub const VIRTUAL_LEAD: Duration = Duration::from_millis(20);
 
-/// Capacity of the ring in front of an audio device. It must exceed the device's callback
-/// period (PulseAudio through ALSA asked for 1024 frames, 23 ms at 44.1 kHz) plus the client's
-/// tick and its slippage, or the callback finds it short and plays a gap.
-pub const DEVICE_LEAD: Duration = Duration::from_millis(100);
+/// Capacity of the ring in front of an audio device: the margin against the client thread
+/// being descheduled. It must exceed the device's callback period (PulseAudio through ALSA
+/// asked for 1024 frames, 23 ms at 44.1 kHz) plus the client's tick and its slippage, or the
+/// callback finds it short and plays a gap. 100 ms once starved for 1023 frames while two
+/// compilers ran on this 2-core machine; 200 ms did not.
+pub const DEVICE_LEAD: Duration = Duration::from_millis(200);
 
 /// How long a device stream is kept alive after the last samples were queued, beyond the ring:
 /// dropping it at once lost ~1160 frames still in the device's own buffer (CRATES.md).
@@ -373,8 +375,8 @@ pub struct CpalSink {
     capacity: usize,
     /// Converted samples waiting to go into the ring (reused).
     scratch: Vec<i16>,
-    /// Errors the device reported (from cpal's error callback, not the data callback).
-    errors: Arc<AtomicU64>,
+    /// What the device side saw, counted lock-free.
+    counters: Arc<DeviceCounters>,
     /// For messages.
     name: String,
 }
@@ -405,9 +407,12 @@ fn find_device(name: Option<&str>) -> Result<cpal::Device, SinkError> {
                 .output_devices()
                 .map_err(|e| SinkError::NoDevice(e.to_string()))?
                 .collect();
+            // By name, by id (`alsa:pulse`) or by the id without its host (`pulse`).
             let hit = devices.iter().find(|d| {
+                let id = d.id().map(|i| i.to_string()).unwrap_or_default();
                 device_name(d) == want
-                    || d.id().map(|i| i.to_string()).ok().as_deref() == Some(want)
+                    || id == want
+                    || id.split_once(':').is_some_and(|(_, rest)| rest == want)
             });
             match hit {
                 Some(d) => Ok(d.clone()),
@@ -415,7 +420,7 @@ fn find_device(name: Option<&str>) -> Result<cpal::Device, SinkError> {
                     name: want.to_owned(),
                     available: devices
                         .iter()
-                        .map(device_name)
+                        .filter_map(|d| d.id().ok().map(|i| i.to_string()))
                         .collect::<Vec<_>>()
                         .join(", "),
                 }),
@@ -479,20 +484,33 @@ fn choose_config(
     ))
 }
 
+/// Counters shared with the device's threads (atomics: the callback may not lock).
+#[derive(Debug, Default)]
+struct DeviceCounters {
+    /// Errors cpal's error callback reported.
+    errors: AtomicU64,
+    /// Samples of silence the data callback played after the first audio because the ring was
+    /// short: rebuffering, or the client thread starved of CPU.
+    starved: AtomicU64,
+}
+
 fn build_stream<T>(
     device: &cpal::Device,
     config: cpal::StreamConfig,
     mut consumer: rtrb::Consumer<i16>,
-    errors: Arc<AtomicU64>,
+    counters: Arc<DeviceCounters>,
 ) -> Result<cpal::Stream, cpal::Error>
 where
     T: SizedSample + FromSample<i16>,
 {
+    let errs = counters.clone();
+    let mut started = false;
     device.build_output_stream::<T, _, _>(
         config,
         // The real-time callback: pops whole frames (the producer commits whole frames, so the
         // available count is always a multiple of the channel count), converts the format,
-        // pads with silence on a shortfall. No locks, allocation, logging or blocking.
+        // pads with silence on a shortfall and counts it. No locks, allocation, logging or
+        // blocking.
         move |data: &mut [T], _| {
             let n = consumer.slots().min(data.len());
             let mut filled = 0;
@@ -507,9 +525,16 @@ where
             for d in &mut data[filled..] {
                 *d = T::EQUILIBRIUM;
             }
+            started |= filled > 0;
+            if started && filled < data.len() {
+                counters
+                    .starved
+                    .fetch_add((data.len() - filled) as u64, Ordering::Relaxed);
+            }
         },
         move |_err| {
-            errors.fetch_add(1, Ordering::Relaxed);
+            // Runs on the audio thread too (ALSA): count only, the client logs the total.
+            errs.errors.fetch_add(1, Ordering::Relaxed);
         },
         None,
     )
@@ -544,8 +569,8 @@ impl CpalSink {
         let dev_rate = config.sample_rate;
         let capacity = (frames_in(DEVICE_LEAD, dev_rate) as usize).max(1) * dev_ch;
         let (producer, consumer) = rtrb::RingBuffer::new(capacity);
-        let errors = Arc::new(AtomicU64::new(0));
-        let e = errors.clone();
+        let counters = Arc::new(DeviceCounters::default());
+        let e = counters.clone();
         let stream = match format {
             F::I16 => build_stream::<i16>(&device, config, consumer, e),
             F::F32 => build_stream::<f32>(&device, config, consumer, e),
@@ -588,7 +613,7 @@ impl CpalSink {
             stream_ch: usize::from(channels.max(1)),
             capacity,
             scratch: Vec::with_capacity(capacity + 64),
-            errors,
+            counters,
             name: dev_name,
         })
     }
@@ -625,45 +650,66 @@ impl Sink for CpalSink {
 
     fn finish(&mut self, _now: Instant) -> Result<Duration, SinkError> {
         let queued = (self.capacity - self.producer.slots()) / self.dev_ch;
-        let errors = self.errors.load(Ordering::Relaxed);
+        let errors = self.counters.errors.load(Ordering::Relaxed);
         if errors > 0 {
             tracing::warn!(device = %self.name, errors, "the audio device reported errors");
+        }
+        // Read while the tail is still queued, so the silence after the end is not counted.
+        let starved = self.counters.starved.load(Ordering::Relaxed) / self.dev_ch as u64;
+        if starved > 0 {
+            tracing::warn!(
+                device = %self.name,
+                "the device played {:?} of silence mid-stream (rebuffering, or this process \
+                 was starved of CPU)",
+                duration_of(starved, self.dev_rate)
+            );
         }
         Ok(duration_of(queued as u64, self.dev_rate) + DEVICE_LINGER)
     }
 }
 
-/// The output devices and their formats, one line each, for `--list-devices`.
+/// The output devices and their formats, one line each, for `--list-devices`: the id and the
+/// name (either works with `--device`), then the ranges of channels and rates and the formats.
 pub fn list_devices() -> Result<Vec<String>, SinkError> {
     let host = cpal::default_host();
-    let default = host.default_output_device().map(|d| device_name(&d));
+    let default = host
+        .default_output_device()
+        .and_then(|d| d.id().ok())
+        .map(|i| i.to_string());
     let mut lines = Vec::new();
     for d in host
         .output_devices()
         .map_err(|e| SinkError::NoDevice(e.to_string()))?
     {
         let name = device_name(&d);
-        let mark = if default.as_deref() == Some(name.as_str()) {
+        let id = d.id().map(|i| i.to_string()).unwrap_or_default();
+        let mark = if default.as_deref() == Some(id.as_str()) {
             " (default)"
         } else {
             ""
         };
         let formats = match d.supported_output_configs() {
-            Ok(cs) => cs
-                .map(|c| {
-                    format!(
-                        "{} ch {}-{} Hz {}",
-                        c.channels(),
-                        c.min_sample_rate(),
-                        c.max_sample_rate(),
-                        c.sample_format()
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; "),
+            Ok(cs) => {
+                let cs: Vec<_> = cs.collect();
+                let ch = cs.iter().map(|c| c.channels());
+                let (ch_min, ch_max) = (ch.clone().min().unwrap_or(0), ch.max().unwrap_or(0));
+                let rate_min = cs.iter().map(|c| c.min_sample_rate()).min().unwrap_or(0);
+                let rate_max = cs.iter().map(|c| c.max_sample_rate()).max().unwrap_or(0);
+                let mut fmts: Vec<String> = Vec::new();
+                for c in &cs {
+                    let f = c.sample_format().to_string();
+                    if !fmts.contains(&f) {
+                        fmts.push(f);
+                    }
+                }
+                format!(
+                    "{ch_min}-{ch_max} ch, {rate_min}-{rate_max} Hz, {}",
+                    fmts.join(" ")
+                )
+            }
             Err(e) => format!("unavailable: {e}"),
         };
-        lines.push(format!("{name}{mark}: {formats}"));
+        lines.push(format!("{id}{mark}  {name}: {formats}"));
     }
     Ok(lines)
 }
