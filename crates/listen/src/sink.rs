@@ -50,7 +50,9 @@ pub enum SinkError {
     )]
     NoDevice(String),
     /// `--device NAME` matched nothing.
-    #[error("no output device named {name:?}; available: {available} (see --list-devices)")]
+    #[error(
+        "no output device named {name:?}; available: {available} (see --list-devices, or use --output FILE.wav)"
+    )]
     DeviceNotFound {
         /// What the user asked for.
         name: String,
