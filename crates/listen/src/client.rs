@@ -342,9 +342,16 @@ async fn handshake(
                     early.foreign += 1;
                     continue;
                 }
-                let Ok(p) = proto::decode(&buf[..n]) else {
-                    early.garbage += 1;
-                    continue;
+                let p = match proto::decode(&buf[..n]) {
+                    Ok(p) => p,
+                    // A server of another version answering in its own: no point retrying.
+                    Err(proto::DecodeError::UnsupportedVersion { version, .. }) => {
+                        return Err(ListenError::Version { server: server.clone(), supported: version });
+                    }
+                    Err(_) => {
+                        early.garbage += 1;
+                        continue;
+                    }
                 };
                 match p.msg {
                     Message::Challenge(c) => {

@@ -175,6 +175,21 @@ async fn a_version_mismatch_is_exit_3() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_answering_in_another_version_is_exit_3_at_once() {
+    let mut sc = Script::clean(TOTAL);
+    sc.answer_v2 = true;
+    let srv = FakeServer::start(sc).await;
+    let t = Instant::now();
+    let e = run(config(srv.addr, "v2.wav")).await.unwrap_err();
+    assert_eq!(e.exit_code(), 3);
+    assert!(e.to_string().contains("version 2"), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "waited for the timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_is_exit_4_after_the_timeout() {
     let (sock, addr) = FakeServer::silent().await;
     let mut c = config(addr, "none.wav");

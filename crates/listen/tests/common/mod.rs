@@ -51,6 +51,8 @@ pub struct Script {
     pub rechallenge: bool,
     /// Ignore this many `Connect`s (the client must retry).
     pub ignore_connects: usize,
+    /// Answer `Connect` with a header of protocol version 2 (a future server).
+    pub answer_v2: bool,
     /// Send one undecodable datagram per tick.
     pub garbage: bool,
     /// From another socket, send a copy of every tick's first datagram with wrong samples.
@@ -72,6 +74,7 @@ impl Script {
             reject: None,
             rechallenge: false,
             ignore_connects: 0,
+            answer_v2: false,
             garbage: false,
             foreign: false,
         }
@@ -174,6 +177,12 @@ async fn serve(sock: Arc<UdpSocket>, script: Script, log: Arc<Mutex<Log>>) {
                 log.lock().unwrap().connects.push(n);
                 if ignored < script.ignore_connects {
                     ignored += 1;
+                    continue;
+                }
+                if script.answer_v2 {
+                    sock.send_to(b"ES\x02\x05\0\0\0\0\0\0\0\0future", from)
+                        .await
+                        .unwrap();
                     continue;
                 }
                 let c = Packet::new(ctl_seq, Message::Challenge(Challenge { cookie }));
