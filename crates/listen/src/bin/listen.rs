@@ -37,7 +37,7 @@ struct Cli {
     #[arg(long, value_name = "D", default_value = "100ms", value_parser = listen::parse_duration)]
     latency: Duration,
     /// Give up when the server is silent this long (e.g. 3s, 5).
-    #[arg(long, value_name = "D", default_value = "3s", value_parser = listen::parse_duration)]
+    #[arg(long, value_name = "D", default_value = "3s", value_parser = parse_timeout)]
     timeout: Duration,
     /// Write the statistics as JSON to this file at exit.
     #[arg(long, value_name = "FILE")]
@@ -48,6 +48,14 @@ struct Cli {
     /// No live status line; only warnings in the stderr log.
     #[arg(long)]
     quiet: bool,
+}
+
+/// `--timeout`: a duration longer than zero.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match listen::parse_duration(s)? {
+        d if d.is_zero() => Err("the timeout must be longer than 0".into()),
+        d => Ok(d),
+    }
 }
 
 /// stderr for the log, clearing the live status line first when one may be on screen, so a
