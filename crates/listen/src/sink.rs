@@ -391,6 +391,24 @@ impl std::fmt::Debug for CpalSink {
     }
 }
 
+/// Runs `f` with alsa-lib's own messages, which it otherwise prints straight to stderr (e.g.
+/// "ALSA lib pcm.c:2666:(snd_pcm_open_noupdate) Unknown PCM default" on a machine without a
+/// sound card), captured on this thread and logged at debug level instead: the user gets our
+/// one-line error, not a screenful of library noise.
+fn quiet_alsa<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(target_os = "linux")]
+    let captured = alsa::Output::local_error_handler().ok();
+    let r = f();
+    #[cfg(target_os = "linux")]
+    if let Some(out) = captured {
+        let text = out.borrow().to_string();
+        if !text.trim().is_empty() {
+            tracing::debug!("alsa-lib: {}", text.trim_end());
+        }
+    }
+    r
+}
+
 fn device_name(d: &cpal::Device) -> String {
     d.description()
         .map(|x| x.name().to_owned())
@@ -546,6 +564,10 @@ impl CpalSink {
     /// Checks that an output device (the default, or `name`) exists and answers, before the
     /// handshake: "no device" is then reported without bothering the server.
     pub fn probe(name: Option<&str>) -> Result<(), SinkError> {
+        quiet_alsa(|| Self::probe_inner(name))
+    }
+
+    fn probe_inner(name: Option<&str>) -> Result<(), SinkError> {
         let d = find_device(name)?;
         let n = d
             .supported_output_configs()
@@ -563,6 +585,10 @@ impl CpalSink {
     /// Opens the device (the default, or `name`) for a stream of `rate` and `channels`, and
     /// starts it playing (silence until audio comes).
     pub fn open(name: Option<&str>, rate: u32, channels: u16) -> Result<Self, SinkError> {
+        quiet_alsa(|| Self::open_inner(name, rate, channels))
+    }
+
+    fn open_inner(name: Option<&str>, rate: u32, channels: u16) -> Result<Self, SinkError> {
         use cpal::SampleFormat as F;
         let device = find_device(name)?;
         let dev_name = device_name(&device);
@@ -673,6 +699,10 @@ impl Sink for CpalSink {
 /// The output devices and their formats, one line each, for `--list-devices`: the id and the
 /// name (either works with `--device`), then the ranges of channels and rates and the formats.
 pub fn list_devices() -> Result<Vec<String>, SinkError> {
+    quiet_alsa(list_devices_inner)
+}
+
+fn list_devices_inner() -> Result<Vec<String>, SinkError> {
     let host = cpal::default_host();
     let default = host
         .default_output_device()

@@ -138,3 +138,24 @@ async fn sigint_ends_with_exit_0_stats_and_leave() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(srv.log.lock().unwrap().leaves >= 1);
 }
+
+#[test]
+fn a_missing_device_is_exactly_one_line_on_stderr_exit_1() {
+    let o = listen()
+        .args([
+            "--server",
+            "127.0.0.1:9",
+            "--device",
+            "no-such-device-anywhere",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "more than one line (library noise?): {err}"
+    );
+    assert!(err.contains("--output"), "{err}");
+}
