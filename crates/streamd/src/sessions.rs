@@ -454,10 +454,10 @@ impl Sessions {
                 .filter(|(_, s)| now.saturating_duration_since(s.last_heard) > timeout)
                 .map(|(a, s)| (*a, s.start_seq)),
         );
-        for i in start..out.len() {
-            let a = out[i].0;
-            self.remove(&a);
-            self.stats.evicted += 1;
+        for (a, _) in &out[start..] {
+            if self.remove(a) {
+                self.stats.evicted += 1;
+            }
         }
     }
 

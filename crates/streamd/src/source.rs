@@ -94,7 +94,7 @@ pub enum SourceError {
         path: PathBuf,
     },
     /// Not a container symphonia recognises, or no audio track in it.
-    #[error("{}: not an audio file symphonia can read ({detail})", .path.display())]
+    #[error("{}: not an audio file ({detail}); use mp3, flac, wav, ogg/vorbis or m4a/aac", .path.display())]
     NotAudio {
         /// The path given.
         path: PathBuf,
@@ -102,7 +102,7 @@ pub enum SourceError {
         detail: String,
     },
     /// An audio track whose codec this build cannot decode.
-    #[error("{}: unsupported audio codec ({detail}); use mp3, flac, wav, ogg/vorbis or aac", .path.display())]
+    #[error("{}: unsupported audio codec ({detail}); use mp3, flac, wav, ogg/vorbis or m4a/aac", .path.display())]
     UnsupportedCodec {
         /// The path given.
         path: PathBuf,
@@ -195,6 +195,10 @@ impl Source {
                         source: std::io::Error::new(io.kind(), io.to_string()),
                     }
                 }
+                SymError::Unsupported(_) => SourceError::NotAudio {
+                    path: pb.clone(),
+                    detail: "no known audio container or stream found".into(),
+                },
                 other => SourceError::NotAudio {
                     path: pb.clone(),
                     detail: other.to_string(),
