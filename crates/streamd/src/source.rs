@@ -176,34 +176,48 @@ impl Source {
             return Err(SourceError::Empty { path: pb });
         }
 
-        let mss = MediaSourceStream::new(Box::new(file), Default::default());
         let mut hint = Hint::new();
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
             hint.with_extension(ext);
         }
-        let format = symphonia::default::get_probe()
-            .probe(
+        let probe = |mss: MediaSourceStream<'static>| {
+            symphonia::default::get_probe().probe(
                 &hint,
                 mss,
                 FormatOptions::default(),
                 MetadataOptions::default(),
             )
-            .map_err(|e| match e {
-                SymError::IoError(ref io) if io.kind() != ErrorKind::UnexpectedEof => {
-                    SourceError::Unreadable {
-                        path: pb.clone(),
-                        source: std::io::Error::new(io.kind(), io.to_string()),
-                    }
-                }
-                SymError::Unsupported(_) => SourceError::NotAudio {
-                    path: pb.clone(),
-                    detail: "no known audio container or stream found".into(),
-                },
-                other => SourceError::NotAudio {
-                    path: pb.clone(),
-                    detail: other.to_string(),
-                },
+        };
+        let mut res = probe(MediaSourceStream::new(Box::new(file), Default::default()));
+        if let Err(SymError::IoError(e)) = &res
+            && e.kind() == ErrorKind::UnexpectedEof
+        {
+            // Some readers (ogg) look at the end of a seekable file to learn its length and
+            // fail if it was truncated. Read it again as a plain stream: a truncated file
+            // streams what it holds.
+            let file = File::open(path).map_err(|e| SourceError::Unreadable {
+                path: pb.clone(),
+                source: e,
             })?;
+            let ro = symphonia::core::io::ReadOnlySource::new(file);
+            res = probe(MediaSourceStream::new(Box::new(ro), Default::default()));
+        }
+        let format = res.map_err(|e| match e {
+            SymError::IoError(ref io) if io.kind() != ErrorKind::UnexpectedEof => {
+                SourceError::Unreadable {
+                    path: pb.clone(),
+                    source: std::io::Error::new(io.kind(), io.to_string()),
+                }
+            }
+            SymError::Unsupported(_) => SourceError::NotAudio {
+                path: pb.clone(),
+                detail: "no known audio container or stream found".into(),
+            },
+            other => SourceError::NotAudio {
+                path: pb.clone(),
+                detail: other.to_string(),
+            },
+        })?;
 
         let track =
             format
