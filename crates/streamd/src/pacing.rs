@@ -15,6 +15,8 @@ use proto::limits::{AUDIO_OVERHEAD, MAX_PAYLOAD};
 /// Most audio one tick may send to catch up after a stall. One second is far more than any
 /// scheduling hiccup on a loaded machine (so normal lateness is always caught up in full), but
 /// bounds the burst a listener's jitter buffer has to absorb (~176 kB for 44.1 kHz stereo).
+/// With long intervals the bound is two intervals instead (see [`MediaClock::new`]), since
+/// one on-time tick already carries a whole interval.
 pub const MAX_CATCH_UP: Duration = Duration::from_secs(1);
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
@@ -39,17 +41,25 @@ pub struct MediaClock {
     sent: u64,
     /// Total time given up to slips, for the log.
     slipped: Duration,
+    /// Most frames owed before the clock slips.
+    max_owed: u64,
 }
 
 impl MediaClock {
-    /// A stopped clock at `rate` frames per second.
-    pub fn new(rate: u32) -> Self {
+    /// A stopped clock at `rate` frames per second, ticking every `interval`: it slips after
+    /// a stall longer than [`MAX_CATCH_UP`] or two intervals, whichever is longer.
+    pub fn new(rate: u32, interval: Duration) -> Self {
+        let rate = rate.max(1);
+        let window = MAX_CATCH_UP.max(interval.saturating_mul(2));
+        let max_owed =
+            u64::try_from(window.as_nanos() * u128::from(rate) / NANOS_PER_SEC).unwrap_or(u64::MAX);
         Self {
-            rate: rate.max(1),
+            rate,
             anchor: None,
             anchor_frames: 0,
             sent: 0,
             slipped: Duration::ZERO,
+            max_owed,
         }
     }
 
@@ -87,7 +97,7 @@ impl MediaClock {
     pub fn due(&mut self, now: Instant) -> u64 {
         let Some(anchor) = self.anchor else { return 0 };
         let owed = self.due_total(anchor, now).saturating_sub(self.sent);
-        let max = self.max_catch_up_frames();
+        let max = self.max_owed;
         if owed > max {
             let excess = owed - max;
             let excess_time = Duration::from_nanos(
@@ -107,11 +117,6 @@ impl MediaClock {
     pub fn sent(&mut self, frames: u64) {
         self.sent += frames;
     }
-
-    fn max_catch_up_frames(&self) -> u64 {
-        u64::try_from(MAX_CATCH_UP.as_nanos() * u128::from(self.rate) / NANOS_PER_SEC)
-            .unwrap_or(u64::MAX)
-    }
 }
 
 /// Sizes of the datagrams for `frames` due frames: full packets of `fpp` frames, the last one
@@ -130,6 +135,7 @@ mod tests {
     use super::*;
 
     const RATE: u32 = 44_100;
+    const TICK: Duration = Duration::from_millis(20);
 
     #[test]
     fn frames_per_packet_fits_mtu() {
@@ -152,14 +158,14 @@ mod tests {
 
     #[test]
     fn nothing_due_before_start() {
-        let mut c = MediaClock::new(RATE);
+        let mut c = MediaClock::new(RATE, TICK);
         assert_eq!(c.due(Instant::now()), 0);
     }
 
     #[test]
     fn an_hour_of_ticks_does_not_drift() {
         let t0 = Instant::now();
-        let mut c = MediaClock::new(RATE);
+        let mut c = MediaClock::new(RATE, TICK);
         c.start(t0);
         let interval = Duration::from_millis(20);
         let ticks = 3600 * 50;
@@ -190,7 +196,7 @@ mod tests {
     #[test]
     fn catch_up_after_a_stall() {
         let t0 = Instant::now();
-        let mut c = MediaClock::new(RATE);
+        let mut c = MediaClock::new(RATE, TICK);
         c.start(t0);
         let d = c.due(t0 + Duration::from_millis(20));
         assert_eq!(d, 882);
@@ -210,7 +216,7 @@ mod tests {
     #[test]
     fn a_long_stall_slips_instead_of_bursting() {
         let t0 = Instant::now();
-        let mut c = MediaClock::new(RATE);
+        let mut c = MediaClock::new(RATE, TICK);
         c.start(t0);
         // 5 s stall: only MAX_CATCH_UP worth goes out at once.
         let d = c.due(t0 + Duration::from_secs(5));
@@ -220,5 +226,20 @@ mod tests {
         // Afterwards the clock runs on from the new anchor.
         let d = c.due(t0 + Duration::from_millis(5020));
         assert_eq!(d, 882);
+    }
+
+    #[test]
+    fn long_intervals_never_slip_on_time() {
+        // A 2 s interval sends 2 s per tick: more than MAX_CATCH_UP, yet on time.
+        let t0 = Instant::now();
+        let tick = Duration::from_secs(2);
+        let mut c = MediaClock::new(RATE, tick);
+        c.start(t0);
+        for i in 1..=100u32 {
+            let d = c.due(t0 + tick * i + Duration::from_millis(150));
+            c.sent(d);
+        }
+        assert_eq!(c.slipped(), Duration::ZERO);
+        assert_eq!(c.frames_sent(), 200 * u64::from(RATE) + 150 * 441 / 10);
     }
 }

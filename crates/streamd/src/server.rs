@@ -378,7 +378,7 @@ impl Driver {
             s.config.client_timeout,
         );
         Driver {
-            clock: MediaClock::new(si.sample_rate),
+            clock: MediaClock::new(si.sample_rate, s.config.interval),
             config: s.config,
             socket: s.socket,
             source: s.source,

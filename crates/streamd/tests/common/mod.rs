@@ -35,7 +35,19 @@ pub struct Received {
 
 impl TestClient {
     pub async fn new(server: SocketAddr) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // A big receive buffer, so a catch-up burst after a stall of this loaded machine is
+        // not lost in our own socket (the kernel caps it at net.core.rmem_max).
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        let _ = s.set_recv_buffer_size(4 << 20);
+        s.set_nonblocking(true).unwrap();
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let sock = UdpSocket::from_std(s.into()).unwrap();
         Self { sock, server }
     }
 
