@@ -29,7 +29,7 @@ use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
 use symphonia::core::io::MediaSourceStream;
-use symphonia::core::meta::MetadataOptions;
+use symphonia::core::meta::{MetadataOptions, StandardTag};
 
 /// Demuxer errors in a row after which the file is treated as ended: a reader that cannot get
 /// past damage would otherwise spin forever on it. 64 covers any plausible run of bad frames in
@@ -48,7 +48,7 @@ pub struct SourceInfo {
     pub total_frames: Option<u64>,
     /// Short codec name ("mp3", "flac", "aac", ...), for the start log line.
     pub codec: String,
-    /// Human-readable name: the file name without its extension.
+    /// Human-readable name: the file's title tag, else its name without the extension.
     pub title: String,
 }
 
@@ -202,7 +202,7 @@ impl Source {
             let ro = symphonia::core::io::ReadOnlySource::new(file);
             res = probe(MediaSourceStream::new(Box::new(ro), Default::default()));
         }
-        let format = res.map_err(|e| match e {
+        let mut format = res.map_err(|e| match e {
             SymError::IoError(ref io) if io.kind() != ErrorKind::UnexpectedEof => {
                 SourceError::Unreadable {
                     path: pb.clone(),
@@ -252,10 +252,20 @@ impl Source {
                 detail: e.to_string(),
             })?;
 
-        let title = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        // The file's own title tag if it has one, else its name without the extension.
+        let tagged = format.metadata().skip_to_latest().and_then(|rev| {
+            rev.media.tags.iter().find_map(|t| match &t.std {
+                Some(StandardTag::TrackTitle(s)) if !s.trim().is_empty() => {
+                    Some(s.chars().filter(|c| !c.is_control()).collect::<String>())
+                }
+                _ => None,
+            })
+        });
+        let title = tagged.unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
         let mut src = Source {
             path: pb.clone(),
             info: SourceInfo {

@@ -68,7 +68,13 @@ fn every_fixture_decodes_with_the_expected_format_and_frame_count() {
             Some(frames as u64),
             "{name}: total_frames"
         );
-        assert_eq!(info.title, name.split('.').next().unwrap());
+        // make.sh tags the stereo mp3 with a title; the others fall back to the file name.
+        let title = if name == "stereo44.mp3" {
+            "earshot stereo fixture"
+        } else {
+            name.split('.').next().unwrap()
+        };
+        assert_eq!(info.title, title, "{name}");
     }
 }
 
