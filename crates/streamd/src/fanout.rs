@@ -8,7 +8,8 @@
 //!
 //! This is the portable implementation and the seam for a faster one: the same signature can
 //! be backed by `sendmmsg` (batch across listeners) and UDP GSO (`UDP_SEGMENT`, batch within a
-//! listener's tick), which is why the loop is per destination, then per datagram.
+//! listener's tick), which is why the loop is per destination, then per datagram. The socket
+//! is tokio's (the receive side awaits on it) but sends go straight to the kernel.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -70,8 +71,13 @@ impl Fanout {
     }
 
     /// Sends one datagram to one address. Never waits; a failure is counted.
+    ///
+    /// The syscall is made directly on the (non-blocking) socket rather than through tokio's
+    /// `try_send_to`: tokio answers `WouldBlock` without asking the kernel until its reactor
+    /// has seen the socket writable (right after bind, and after any `EAGAIN` until the next
+    /// reactor turn), which would drop datagrams the kernel would have taken.
     pub fn send_one(&mut self, sock: &UdpSocket, datagram: &[u8], dest: SocketAddr) -> bool {
-        match sock.try_send_to(datagram, dest) {
+        match socket2::SockRef::from(sock).send_to(datagram, &dest.into()) {
             Ok(n) => {
                 self.stats.datagrams += 1;
                 self.stats.bytes += n as u64;

@@ -661,8 +661,9 @@ impl Driver {
                 self.end_tasks.spawn(async move {
                     for _ in 1..END_REPEAT {
                         tokio::time::sleep(END_SPACING).await;
-                        // Best effort, like every datagram.
-                        let _ = sock.try_send_to(&bytes, addr);
+                        // Best effort, like every datagram (straight to the kernel, as in
+                        // the fan-out).
+                        let _ = socket2::SockRef::from(&*sock).send_to(&bytes, &addr.into());
                     }
                 });
             }
