@@ -301,6 +301,8 @@ impl IgnoredCounts {
 struct Driver {
     config: Config,
     socket: Arc<UdpSocket>,
+    /// For the start line.
+    local_addr: SocketAddr,
     source: Source,
     /// Welcome template (start_seq/start_ts filled per join).
     info: StreamInfo,
@@ -381,6 +383,7 @@ impl Driver {
             clock: MediaClock::new(si.sample_rate, s.config.interval),
             config: s.config,
             socket: s.socket,
+            local_addr: s.local_addr,
             source: s.source,
             info,
             sessions,
@@ -411,8 +414,9 @@ impl Driver {
             .map(|d| format!("{:.3}s", d.as_secs_f64()))
             .unwrap_or_else(|| "unknown".into());
         tracing::info!(
-            "streaming {} ({}, {} Hz, {} ch, {}) every {:?} in datagrams of <= {} bytes ({} frames), \
+            "on {}: streaming {} ({}, {} Hz, {} ch, {}) every {:?} in datagrams of <= {} bytes ({} frames), \
              max {} listeners, client timeout {:?}, start {}, loop {}",
+            self.local_addr,
             self.config.file.display(),
             si.codec,
             si.sample_rate,
@@ -675,7 +679,7 @@ impl Driver {
         let ig = self.ignored_period;
         tracing::info!(
             "summary: {} listeners, sent {} datagrams / {} bytes ({} dropped), audio seq {}, \
-             ignored {} in the last {:?} (malformed {}, wrong version {}, short connect {}, \
+             ignored {} since the last summary (malformed {}, wrong version {}, short connect {}, \
              unexpected {}, not joined {}), {} handshakes not logged",
             self.sessions.len(),
             f.datagrams,
@@ -683,7 +687,6 @@ impl Driver {
             f.dropped(),
             self.next_seq,
             ig.total(),
-            SUMMARY_PERIOD,
             ig.malformed,
             ig.wrong_version,
             ig.short_connect,
@@ -713,7 +716,7 @@ impl Driver {
             for (addr, bytes) in &ends {
                 self.fanout.send_one(&self.socket, bytes, *addr);
             }
-            if i + 1 < END_REPEAT {
+            if i + 1 < END_REPEAT && !ends.is_empty() {
                 tokio::time::sleep(END_SPACING).await;
             }
         }
