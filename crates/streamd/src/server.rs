@@ -468,12 +468,23 @@ impl Driver {
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let socket = Arc::clone(&self.socket);
         loop {
+            // Biased, in this order: shutdown, then the tick (audio is never late because of
+            // incoming traffic), then housekeeping (evictions and the summary still happen under a
+            // flood), then one received datagram. The timers are ready only now and then, so the
+            // receive side is not starved either.
             tokio::select! {
                 biased;
                 () = &mut shutdown => return EndReason::Shutdown,
                 () = next_tick(&mut self.tick) => {
                     if self.on_tick() {
                         return EndReason::Finished;
+                    }
+                }
+                _ = housekeeping.tick() => {
+                    self.on_housekeeping();
+                    if last_summary.elapsed() >= SUMMARY_PERIOD {
+                        last_summary = Instant::now();
+                        self.log_summary();
                     }
                 }
                 r = socket.recv_from(&mut buf) => match r {
@@ -485,13 +496,6 @@ impl Driver {
                         tracing::trace!("receive error (ignored): {e}");
                     }
                 },
-                _ = housekeeping.tick() => {
-                    self.on_housekeeping();
-                    if last_summary.elapsed() >= SUMMARY_PERIOD {
-                        last_summary = Instant::now();
-                        self.log_summary();
-                    }
-                }
             }
         }
     }

@@ -286,3 +286,38 @@ async fn garbage_and_unreachable_listeners_do_not_disturb_the_stream() {
     assert_eq!(s.listeners_served, 2);
     assert!(s.ignored >= 6, "{s:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_flood_neither_stops_nor_delays_the_stream() {
+    let (addr, _stop, run) = start(config("stereo44.mp3")).await;
+    let c = TestClient::new(addr).await;
+    let w = c.welcome().await;
+    // 20 000 junk datagrams (bounded), from another task, while the stream plays.
+    let flood = tokio::spawn(async move {
+        let g = TestClient::new(addr).await;
+        for i in 0..20_000u32 {
+            let mut junk = [0u8; 64];
+            junk[..4].copy_from_slice(&i.to_le_bytes());
+            g.send_raw(&junk).await;
+            if i % 200 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+    let r = c.collect_until_end(WAIT).await;
+    flood.await.unwrap();
+    let (_, end) = r.end.expect("End");
+    assert_eq!(end.reason, EndReason::Finished);
+    for (i, (seq, _)) in r.audio.iter().enumerate() {
+        assert_eq!(*seq, w.start_seq + i as u64, "no audio lost or reordered");
+    }
+    assert_eq!(
+        samples(&r.audio),
+        streamd::source::decode_all(&fixture("stereo44.mp3"))
+            .unwrap()
+            .1
+    );
+    let s = run.await.unwrap();
+    assert!(s.ignored > 1000, "{s:?}");
+    assert_eq!(s.listeners_served, 1);
+}
