@@ -822,4 +822,41 @@ mod tests {
         }
         assert!(s.is_empty());
     }
+
+    proptest::proptest! {
+        /// Whatever arrives, from whomever: no panic, and no reply to an address that has not
+        /// echoed a cookie is larger than what it sent (RFC 9000 §8).
+        #[test]
+        fn never_amplifies_to_unvalidated_addresses(
+            dgrams in proptest::collection::vec(
+                (0u16..4, 0u8..12, 0u8..3, proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+                1..60,
+            )
+        ) {
+            let now = Instant::now();
+            let mut s = table(now, 2);
+            for (port, ty, ver, body) in dgrams {
+                // Mostly well-formed headers (so every message type is reached), with bodies
+                // that are random, and sometimes a valid Connect or Join.
+                let from = addr(port);
+                let version = [1, 1, 2][usize::from(ver)]; // mostly v1, sometimes a future version
+                let mut d = vec![b'E', b'S', version, ty];
+                d.extend_from_slice(&[0; 8]);
+                d.extend_from_slice(&body);
+                if ty == 1 && body.len() > 200 {
+                    d = connect();
+                }
+                if ty == 3 && body.len() > 250 {
+                    d = enc(Message::Join(Join { cookie: s.cookie(now, &from) }));
+                }
+                let joined_before = s.contains(&from);
+                let h = s.handle(now, from, &d, &info(), LivePosition::default());
+                let validated = joined_before || matches!(h.event, Event::Accepted { .. } | Event::Rejoined | Event::Rejected(_));
+                if let Some(r) = &h.reply {
+                    proptest::prop_assert!(validated || r.len() <= d.len(), "{:?} -> {} bytes", h.event, r.len());
+                }
+                proptest::prop_assert!(s.len() <= 2);
+            }
+        }
+    }
 }
