@@ -297,17 +297,23 @@ impl IgnoredCounts {
     }
 }
 
-/// The state of one run.
+/// The state of one run: the cores, the buffers reused every tick, and counters.
 struct Driver {
+    /// What we were told (`looping` is cleared if the file cannot be reopened).
     config: Config,
+    /// Shared with the tasks that repeat eviction `End`s.
     socket: Arc<UdpSocket>,
     /// For the start line.
     local_addr: SocketAddr,
+    /// The file being played (replaced by a fresh pass with `--loop`).
     source: Source,
     /// Welcome template (start_seq/start_ts filled per join).
     info: StreamInfo,
+    /// Who listens (sans-IO).
     sessions: Sessions,
+    /// What is due (sans-IO).
     clock: MediaClock,
+    /// The send path and its counters.
     fanout: Fanout,
     /// Frames per Audio datagram.
     fpp: usize,
@@ -320,16 +326,19 @@ struct Driver {
     tick_datagrams: Vec<Bytes>,
     /// The tick timer, once streaming has started.
     tick: Option<Interval>,
-    /// Repeats of eviction `End`s in flight.
+    /// Repeats of eviction `End`s in flight (at most MAX_PENDING_ENDS).
     end_tasks: JoinSet<()>,
+    /// Most listeners at once, for the summary.
     peak_listeners: usize,
+    /// Receive errors survived, for the summary.
     recv_errors: u64,
     /// Corrupt packets in earlier passes of the file (--loop), and the count last logged.
     corrupt_seen: u64,
     corrupt_logged: u64,
-    /// Ignored datagrams since the last summary line, and in total.
+    /// Ignored datagrams by kind since the last summary line (totals are in `sessions`).
     ignored_period: IgnoredCounts,
-    /// Handshake lines logged this summary period (capped at HANDSHAKE_LOG_BURST).
+    /// Handshake lines logged this summary period (capped at HANDSHAKE_LOG_BURST), and the
+    /// ones only counted.
     handshake_logged: u64,
     handshake_unlogged: u64,
     /// File passes completed (for --loop).
