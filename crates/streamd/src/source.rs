@@ -433,6 +433,45 @@ impl Source {
     }
 }
 
+impl Source {
+    /// The file as an iterator of chunks of `frames` frames each (the last may be shorter):
+    /// the same samples the server cuts into datagrams, for tools and tests that want owned
+    /// chunks rather than [`Source::read_frames`]'s buffer reuse.
+    pub fn chunks(self, frames: usize) -> Chunks {
+        Chunks {
+            source: self,
+            frames: frames.max(1),
+        }
+    }
+}
+
+/// Iterator over a [`Source`] in fixed-size chunks of interleaved samples; see
+/// [`Source::chunks`].
+#[derive(Debug)]
+pub struct Chunks {
+    /// The file being read.
+    source: Source,
+    /// Frames per chunk.
+    frames: usize,
+}
+
+impl Chunks {
+    /// The source, e.g. for its counters once iteration is done.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+}
+
+impl Iterator for Chunks {
+    type Item = Vec<i16>;
+
+    fn next(&mut self) -> Option<Vec<i16>> {
+        let ch = usize::from(self.source.info.channels);
+        let mut v = Vec::with_capacity(self.frames * ch);
+        (self.source.read_frames(self.frames, &mut v) > 0).then_some(v)
+    }
+}
+
 /// Decodes a whole file: exactly the samples the server streams from it (one pass, no loop),
 /// for fidelity tests that compare a listener's output sample for sample.
 pub fn decode_all(path: &Path) -> Result<(SourceInfo, Vec<i16>), SourceError> {

@@ -135,6 +135,18 @@ fn chunks_are_exact_and_concatenate_to_decode_all() {
 }
 
 #[test]
+fn chunks_iterator_yields_the_same_samples() {
+    let (_, all) = decode_all(&fixture("stereo44.flac")).unwrap();
+    let chunks: Vec<Vec<i16>> = Source::open(&fixture("stereo44.flac"))
+        .unwrap()
+        .chunks(882)
+        .collect();
+    assert_eq!(chunks.len(), 100); // 88200 frames / 882 = exactly 100 intervals of 20 ms
+    assert!(chunks.iter().all(|c| c.len() == 882 * 2));
+    assert_eq!(chunks.concat(), all);
+}
+
+#[test]
 fn corrupt_frames_are_skipped_and_streaming_goes_on() {
     for name in ["stereo44.mp3", "stereo44.flac"] {
         let mut bytes = std::fs::read(fixture(name)).unwrap();
