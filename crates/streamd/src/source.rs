@@ -15,7 +15,10 @@
 //!   priming but not the padding), so what is streamed is exactly `total_frames` frames.
 //!   [`decode_all`] returns the same frames, so fidelity tests still compare sample for sample.
 //! - Corrupt packets are skipped (the decoder resyncs) and counted in
-//!   [`Source::corrupt_packets`]; a truncated file streams what it holds and then ends.
+//!   [`Source::corrupt_packets`]. Most damage never reaches the decoder: the flac demuxer
+//!   drops frames whose CRC fails, which we count as gaps in the packets' timestamps; the mp3
+//!   demuxer resyncs past damage and numbers its packets consecutively, so a loss there is
+//!   not countable (it shows only as fewer frames). A truncated file streams what it holds.
 //! - Rate and channel count come from the first decoded buffer (authoritative, unlike some
 //!   container headers); a later buffer with another spec is skipped as corrupt, because the
 //!   stream's format is fixed by the `Welcome` every listener already holds.
@@ -137,6 +140,9 @@ pub struct Source {
     eof: bool,
     /// Hand out no more than this many frames (AAC only: cuts the encoder's tail padding).
     frame_cap: Option<u64>,
+    /// Timestamp the next packet should have: a later one means the demuxer skipped damaged
+    /// data (mp3 resync, flac CRC) without telling us, and is counted as corrupt.
+    expected_pts: Option<i64>,
 }
 
 impl std::fmt::Debug for Source {
@@ -289,6 +295,7 @@ impl Source {
             frames_read: 0,
             eof: false,
             frame_cap: None,
+            expected_pts: None,
         };
         if src.info.codec == "aac" {
             src.frame_cap = total_frames;
@@ -317,7 +324,8 @@ impl Source {
         &self.path
     }
 
-    /// Packets skipped because they did not decode (or changed format mid-stream).
+    /// Packets skipped as damaged: ones that did not decode (or changed format mid-stream),
+    /// and gaps in the packet timeline where the demuxer skipped data (each gap counts once).
     pub fn corrupt_packets(&self) -> u64 {
         self.corrupt_packets
     }
@@ -400,6 +408,12 @@ impl Source {
             if packet.track_id != self.track_id {
                 continue;
             }
+            let pts = packet.pts.get();
+            if self.expected_pts.is_some_and(|e| pts > e) {
+                self.corrupt_packets += 1;
+                tracing::debug!(file = %self.path.display(), "gap before packet at {pts}: damaged data skipped");
+            }
+            self.expected_pts = Some(packet.pts.saturating_add(packet.dur).get());
             match self.decoder.decode(&packet) {
                 Ok(buf) => {
                     errors = 0;

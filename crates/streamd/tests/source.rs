@@ -163,12 +163,19 @@ fn corrupt_frames_are_skipped_and_streaming_goes_on() {
         // Audio from after the damage came through.
         assert!(frames > 88200 * 7 / 10, "{name}: only {frames} frames");
         assert!(frames <= 88200 + 1152, "{name}: {frames} frames");
-        // And the damage was either counted or resynced over: the decode differs from the clean one.
+        // The damage was counted, and the audio before it matches the clean decode.
+        // flac drops the frame whose CRC fails: a gap in the timeline, counted. symphonia's
+        // mp3 demuxer resyncs past damage and renumbers the packets, so nothing marks the
+        // loss there; it shows only as fewer frames.
+        if name.ends_with(".flac") {
+            assert!(src.corrupt_packets() >= 1, "{name}: damage not counted");
+        }
         let clean = decode_all(&fixture(name)).unwrap().1;
         assert_ne!(pcm, clean, "{name}: damage had no effect?");
-        eprintln!(
-            "{name}: {frames} frames, {} corrupt packets",
-            src.corrupt_packets()
+        assert_eq!(
+            pcm[..20_000],
+            clean[..20_000],
+            "{name}: audio before the damage"
         );
     }
 }
