@@ -140,8 +140,8 @@ pub struct Source {
     eof: bool,
     /// Hand out no more than this many frames (AAC only: cuts the encoder's tail padding).
     frame_cap: Option<u64>,
-    /// Timestamp the next packet should have: a later one means the demuxer skipped damaged
-    /// data (mp3 resync, flac CRC) without telling us, and is counted as corrupt.
+    /// Timestamp the next packet should have: a later one means the flac demuxer skipped a
+    /// damaged frame (CRC) without telling us, and is counted as corrupt.
     expected_pts: Option<i64>,
 }
 
@@ -409,7 +409,10 @@ impl Source {
                 continue;
             }
             let pts = packet.pts.get();
-            if self.expected_pts.is_some_and(|e| pts > e) {
+            // Only flac's timeline is both exact and taken from the stream: ogg's granule
+            // positions legitimately jump at block-size changes, mp3 packets are renumbered
+            // after a resync, and mp4/wav timestamps come from tables, not from the data.
+            if self.info.codec == "flac" && self.expected_pts.is_some_and(|e| pts > e) {
                 self.corrupt_packets += 1;
                 tracing::debug!(file = %self.path.display(), "gap before packet at {pts}: damaged data skipped");
             }
