@@ -321,3 +321,44 @@ async fn a_garbage_flood_neither_stops_nor_delays_the_stream() {
     assert!(s.ignored > 1000, "{s:?}");
     assert_eq!(s.listeners_served, 1);
 }
+
+#[tokio::test]
+async fn loop_repeats_the_file_seamlessly() {
+    let mut cfg = config("mono22.wav");
+    cfg.looping = true;
+    let (addr, stop, run) = start(cfg).await;
+    let expected = streamd::source::decode_all(&fixture("mono22.wav"))
+        .unwrap()
+        .1;
+    // Joining 300 ms after start-up still starts at the beginning (--start first-client).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = TestClient::new(addr).await;
+    let w = c.welcome().await;
+    assert_eq!((w.start_seq, w.start_ts), (0, 0));
+    // Collect a little more than one pass (2 s of audio).
+    let want = expected.len() + 22050 / 2;
+    let mut got = Vec::new();
+    let mut ts = 0u64;
+    while got.len() < want {
+        let p = c.recv(WAIT).await.expect("audio");
+        if let Message::Audio(a) = p.msg {
+            assert_eq!(a.ts, ts, "ts keeps counting across the loop");
+            ts += (a.pcm.len() / 2) as u64;
+            got.extend(
+                a.pcm
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]])),
+            );
+        }
+    }
+    assert_eq!(got[..expected.len()], expected[..]);
+    let tail = got.len() - expected.len();
+    assert_eq!(
+        got[expected.len()..],
+        expected[..tail],
+        "second pass starts at frame 0"
+    );
+    stop.send(()).unwrap();
+    let s = run.await.unwrap();
+    assert_eq!(s.end_reason, EndReason::Shutdown);
+}
