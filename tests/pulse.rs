@@ -1,0 +1,119 @@
+//! The headless-audio harness itself: a known tone played with `pacat` through a private
+//! PulseAudio pipe sink comes out sample for sample and takes real time; the guard leaves no
+//! process behind. Skipped loudly where PulseAudio is missing, unless `EARSHOT_REQUIRE_PULSE`
+//! is set (CI), where that is a failure.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use earshot::testing::pulse::{Pulse, SINK_NAME, pulse_available, trim_silence};
+
+/// True when the test may run; prints why not otherwise.
+fn pulse_or_skip(test: &str) -> bool {
+    match pulse_available() {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                std::env::var_os("EARSHOT_REQUIRE_PULSE").is_none(),
+                "EARSHOT_REQUIRE_PULSE is set but PulseAudio is unavailable: {why}"
+            );
+            eprintln!("\n!!!!! SKIPPED {test}: no PulseAudio here: {why} !!!!!\n");
+            false
+        }
+    }
+}
+
+/// A deterministic tone: 440 Hz, a different phase per channel, never exactly zero (so its
+/// ends are found exactly in the sink's silence).
+fn tone(rate: u32, channels: u16, frames: usize) -> Vec<i16> {
+    let mut out = Vec::with_capacity(frames * usize::from(channels));
+    for n in 0..frames {
+        for c in 0..channels {
+            let t = n as f64 / f64::from(rate);
+            let v = (9000.0 * (2.0 * std::f64::consts::PI * 440.0 * t + f64::from(c) + 0.3).sin())
+                .round() as i16;
+            out.push(if v == 0 { 1 } else { v });
+        }
+    }
+    out
+}
+
+/// Plays `samples` with pacat through `pulse`; returns how long pacat took.
+fn play(pulse: &Pulse, samples: &[i16]) -> Duration {
+    let path = pulse.dir().join("tone.raw");
+    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    std::fs::write(&path, bytes).unwrap();
+    let t0 = Instant::now();
+    let st = pulse
+        .command("pacat")
+        .args(["--playback", "--raw", "--format=s16le"])
+        .arg(format!("--rate={}", pulse.rate()))
+        .arg(format!("--channels={}", pulse.channels()))
+        .arg(format!("--device={SINK_NAME}"))
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "pacat failed ({st}); log: {}",
+        pulse.log_tail()
+    );
+    t0.elapsed()
+}
+
+fn round_trip(rate: u32, channels: u16, secs: f64) {
+    let frames = (f64::from(rate) * secs) as usize;
+    let sent = tone(rate, channels, frames);
+    let pulse = Pulse::start(rate, channels).unwrap();
+    let took = play(&pulse, &sent);
+    let captured = pulse.stop_and_read().unwrap();
+    let played = trim_silence(&captured, channels);
+    assert_eq!(played.len(), sent.len(), "captured length in samples");
+    assert!(
+        played == sent.as_slice(),
+        "captured samples differ from the tone"
+    );
+    // Real time: pacat returns once drained, so never much sooner than the audio lasts;
+    // the upper bound only guards against a hang on a loaded machine.
+    let want = Duration::from_secs_f64(secs);
+    assert!(
+        took >= want.mul_f64(0.8),
+        "played {want:?} of audio in {took:?}"
+    );
+    assert!(
+        took <= want + Duration::from_secs(8),
+        "took {took:?} for {want:?}"
+    );
+}
+
+#[test]
+fn tone_is_captured_sample_exact_in_real_time_44k_stereo() {
+    if pulse_or_skip("tone_is_captured_sample_exact_in_real_time_44k_stereo") {
+        round_trip(44_100, 2, 1.5);
+    }
+}
+
+#[test]
+fn tone_is_captured_sample_exact_in_real_time_48k_mono() {
+    if pulse_or_skip("tone_is_captured_sample_exact_in_real_time_48k_mono") {
+        round_trip(48_000, 1, 1.0);
+    }
+}
+
+#[test]
+fn dropping_the_guard_stops_exactly_its_processes() {
+    if !pulse_or_skip("dropping_the_guard_stops_exactly_its_processes") {
+        return;
+    }
+    let pulse = Pulse::start(44_100, 2).unwrap();
+    let (Some(daemon), Some(reader)) = pulse.pids() else {
+        panic!("both processes must be running");
+    };
+    let proc_dir = |pid: u32| std::path::PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc_dir(daemon).exists() && proc_dir(reader).exists());
+    let dir = pulse.dir().to_path_buf();
+    drop(pulse);
+    assert!(!proc_dir(daemon).exists(), "daemon {daemon} still there");
+    assert!(!proc_dir(reader).exists(), "reader {reader} still there");
+    assert!(!dir.exists(), "temp dir removed");
+}
