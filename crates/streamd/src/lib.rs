@@ -1,1 +1,19 @@
-//! earshot server.
+//! earshot server: streams one audio file over UDP to many listeners.
+//!
+//! Sans-IO cores under a thin tokio shell (as quinn-proto/quinn and str0m):
+//! - [`source`]: symphonia decoding into interleaved s16 frames, pulled on demand.
+//! - [`pacing`]: the media clock that says how many frames are due at `now`, without drift.
+//! - [`sessions`]: the listener table: stateless cookie handshake, capacity, keepalive,
+//!   eviction, leave, and the anti-amplification rule.
+//! - [`fanout`]: "send these datagrams to these addresses", non-blocking; the seam for
+//!   `sendmmsg`/GSO.
+//! - [`server`]: the tokio driver that moves bytes between the socket, the timers and the cores.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod fanout;
+pub mod pacing;
+pub mod server;
+pub mod sessions;
+pub mod source;

@@ -1,2 +1,207 @@
-//! streamd binary.
-fn main() {}
+//! `streamd`: the command line around [`streamd::server`]. Parses flags (usage errors exit 2),
+//! sets up logging (stderr, `--log-file`, `RUST_LOG`), binds (errors exit 1 with one line),
+//! runs until the end of the file or Ctrl-C/SIGTERM (exit 0 once `End` went out); a second
+//! Ctrl-C exits at once.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use streamd::cli::{parse_client_timeout, parse_interval};
+use streamd::server::{Config, Server, StartError, StartMode};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Exit code for a runtime error (file, socket, ...).
+const EXIT_RUNTIME: u8 = 1;
+/// Log filter without RUST_LOG: our info lines, nothing from the decoders.
+const DEFAULT_FILTER: &str = "info,symphonia=off";
+/// Exit code for a usage error (what clap uses too).
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Start {
+    /// When the first listener joins.
+    FirstClient,
+    /// At once; listeners join live.
+    Now,
+}
+
+/// Stream an audio file over UDP to many listeners.
+#[derive(Debug, Parser)]
+#[command(name = "streamd", version, about)]
+struct Cli {
+    /// UDP port to listen on (0: any free port; the log says which).
+    #[arg(long)]
+    port: u16,
+    /// Audio file to stream (mp3, flac, wav, ogg/vorbis, m4a/aac).
+    #[arg(long)]
+    file: PathBuf,
+    /// Send tick, 5ms..2s: e.g. 20ms, 0.5s or plain seconds (0.02).
+    #[arg(long, default_value = "20ms", value_parser = parse_interval, value_name = "DURATION")]
+    interval: Duration,
+    /// Address to bind.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    bind: IpAddr,
+    /// Most listeners at once; more get "server full".
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_clients: u32,
+    /// Evict a listener silent this long.
+    #[arg(long, default_value = "5s", value_parser = parse_client_timeout, value_name = "DURATION")]
+    client_timeout: Duration,
+    /// When streaming starts.
+    #[arg(long, value_enum, default_value_t = Start::FirstClient)]
+    start: Start,
+    /// Repeat the file forever.
+    #[arg(long = "loop")]
+    looping: bool,
+    /// Largest datagram in bytes.
+    #[arg(long, default_value_t = 1400, value_parser = clap::value_parser!(u16).range(576..=8192))]
+    mtu: u16,
+    /// Also write the log to this file.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+}
+
+impl Cli {
+    fn config(&self) -> Config {
+        let mut c = Config::new(self.file.clone(), SocketAddr::new(self.bind, self.port));
+        c.interval = self.interval;
+        c.max_clients = self.max_clients as usize;
+        c.client_timeout = self.client_timeout;
+        c.start = match self.start {
+            Start::FirstClient => StartMode::FirstClient,
+            Start::Now => StartMode::Now,
+        };
+        c.looping = self.looping;
+        c.mtu = usize::from(self.mtu);
+        c.log_file = self.log_file.clone();
+        c
+    }
+}
+
+fn init_logging(log_file: Option<&PathBuf>) -> Result<(), String> {
+    // symphonia chats at info (and logs a failed probe as an error, which we report ourselves
+    // in one line): quiet by default, RUST_LOG still reaches it.
+    let filter =
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let file_layer = match log_file {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("cannot open log file {}: {e}", p.display()))?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(std::sync::Mutex::new(f)),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(filter())
+        .with(stderr)
+        .with(file_layer)
+        .try_init()
+        .map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+/// Completes on the first Ctrl-C or SIGTERM; then arms a second Ctrl-C to exit at once.
+async fn shutdown_signal() {
+    let term = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            if r.is_err() {
+                // No Ctrl-C handler possible: wait for SIGTERM only.
+                std::future::pending::<()>().await;
+            }
+        }
+        () = term => {}
+    }
+    tracing::info!("shutting down: sending End to every listener (Ctrl-C again to exit at once)");
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("streamd: interrupted again; exiting without finishing");
+            std::process::exit(i32::from(EXIT_RUNTIME));
+        }
+    });
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        // Help and version exit 0, usage errors exit 2, with clap's message.
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = init_logging(cli.log_file.as_ref()) {
+        eprintln!("streamd: error: {e}");
+        return ExitCode::from(EXIT_RUNTIME);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("streamd: error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    rt.block_on(run(cli.config()))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let server = match Server::bind(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("streamd: error: {e}");
+            return ExitCode::from(match e {
+                StartError::Config(_) => EXIT_USAGE,
+                _ => EXIT_RUNTIME,
+            });
+        }
+    };
+    tracing::info!("listening on {}", server.local_addr());
+    match server.run(shutdown_signal()).await {
+        Ok(s) => {
+            tracing::info!(
+                "done ({:?}): {} listeners served (peak {}), {} audio datagrams, {} datagrams / {} bytes sent, {} dropped, {} ignored, {} corrupt packets skipped",
+                s.end_reason,
+                s.listeners_served,
+                s.peak_listeners,
+                s.audio_datagrams,
+                s.sent.datagrams,
+                s.sent.bytes,
+                s.sent.dropped(),
+                s.ignored,
+                s.corrupt_packets
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("streamd: error: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The `streamd` binary: exit codes and one-line errors, the first log line, a full run to EOF
+//! with a listener, and SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestClient, WAIT, fixture};
+use proto::{EndReason, Message};
+
+fn streamd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_streamd"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// Runs to completion, but never longer than WAIT (kills the child it started, by PID).
+fn run(args: &[&str]) -> Output {
+    let mut child = streamd()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > WAIT {
+            child.kill().unwrap();
+            panic!("streamd {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr_lines(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+/// A startup error: exit 1, exactly one line, naming `what`, no panic.
+fn assert_one_line_error(o: &Output, code: i32, what: &str) {
+    let lines = stderr_lines(o);
+    assert_eq!(o.status.code(), Some(code), "{lines:?}");
+    assert_eq!(lines.len(), 1, "one line: {lines:?}");
+    assert!(lines[0].contains(what), "{lines:?} should name {what}");
+    assert!(!lines[0].contains("panicked"));
+}
+
+#[test]
+fn missing_file_is_one_line_exit_1() {
+    let f = fixture("does-not-exist.mp3");
+    let o = run(&[
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--file",
+        f.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, 1, "does-not-exist.mp3");
+    assert!(stderr_lines(&o)[0].contains("not found"));
+}
+
+#[test]
+fn non_audio_file_is_one_line_exit_1() {
+    let f = fixture("not-audio.txt");
+    let o = run(&[
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--file",
+        f.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, 1, "not-audio.txt");
+    assert!(stderr_lines(&o)[0].contains("not an audio file"));
+    let f = fixture("empty.mp3");
+    let o = run(&[
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--file",
+        f.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, 1, "empty.mp3");
+}
+
+#[test]
+fn bad_interval_is_a_usage_error_exit_2() {
+    let f = fixture("stereo44.mp3");
+    for bad in ["1ms", "3s", "fast", "-1"] {
+        let arg = format!("--interval={bad}");
+        let o = run(&["--port", "0", "--file", f.to_str().unwrap(), &arg]);
+        assert_eq!(o.status.code(), Some(2), "--interval {bad}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--interval"), "{err}");
+        assert!(!err.contains("panicked"));
+    }
+    // Missing required option: also a usage error.
+    let o = run(&["--port", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn port_in_use_is_one_line_exit_1() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let f = fixture("stereo44.mp3");
+    let o = run(&[
+        "--port",
+        &port,
+        "--bind",
+        "127.0.0.1",
+        "--file",
+        f.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, 1, &format!("127.0.0.1:{port}"));
+    assert!(stderr_lines(&o)[0].contains("in use"));
+}
+
+#[test]
+fn help_exits_0() {
+    let o = run(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--client-timeout"));
+}
+
+/// Spawns a server on an ephemeral port and returns it with the address from its first line.
+fn spawn_server(extra: &[&str]) -> (Child, SocketAddr, BufReader<std::process::ChildStderr>) {
+    let f = fixture("stereo44.mp3");
+    let mut child = streamd()
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--file",
+            f.to_str().unwrap(),
+        ])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    let addr = first
+        .trim()
+        .rsplit("listening on ")
+        .next()
+        .and_then(|a| a.parse().ok());
+    let Some(addr) = addr.filter(|_| first.contains("listening on ")) else {
+        let _ = child.kill();
+        panic!("first line should be 'listening on ADDR:PORT', got {first:?}");
+    };
+    (child, addr, err)
+}
+
+fn wait_exit(child: &mut Child) -> i32 {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code().unwrap_or(-1);
+        }
+        if t0.elapsed() > WAIT {
+            child.kill().unwrap();
+            panic!("streamd did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn streams_to_a_listener_and_exits_0_at_eof() {
+    let (mut child, addr, err) = spawn_server(&[]);
+    let c = TestClient::new(addr).await;
+    c.welcome().await;
+    let r = c.collect_until_end(WAIT).await;
+    let (_, end) = r.end.expect("End at EOF");
+    assert_eq!(end.reason, EndReason::Finished);
+    assert_eq!(end.last_seq, Some(r.audio.len() as u64 - 1));
+    assert_eq!(wait_exit(&mut child), 0);
+    let log: Vec<String> = err.lines().map(Result::unwrap).collect();
+    let text = log.join("\n");
+    assert!(
+        text.contains("stereo44.mp3") && text.contains("44100 Hz"),
+        "{text}"
+    );
+    assert!(text.contains("accepted 127.0.0.1:"), "{text}");
+    assert!(text.contains("connect from 127.0.0.1:"), "{text}");
+}
+
+#[tokio::test]
+async fn sigterm_sends_end_and_exits_0() {
+    let (mut child, addr, _err) = spawn_server(&["--loop", "--interval", "0.01"]);
+    let c = TestClient::new(addr).await;
+    c.welcome().await;
+    assert!(matches!(c.recv(WAIT).await.unwrap().msg, Message::Audio(_)));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let p = c.recv_control(WAIT).await.expect("End after SIGTERM");
+    match p.msg {
+        Message::End(e) => assert_eq!(e.reason, EndReason::Shutdown),
+        m => panic!("expected End, got {m:?}"),
+    }
+    assert_eq!(wait_exit(&mut child), 0);
+}
+
+#[test]
+fn log_file_gets_the_same_lines() {
+    let log = std::env::temp_dir().join(format!("streamd-cli-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let (mut child, _addr, _err) = spawn_server(&["--log-file", log.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    assert_eq!(wait_exit(&mut child), 0);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .contains("listening on 127.0.0.1:"),
+        "{text}"
+    );
+    assert!(text.contains("stream ended"), "{text}");
+    assert!(!text.contains('\u{1b}'), "no colour codes in the file");
+}
