@@ -1,1 +1,16 @@
-//! earshot client.
+//! earshot client: connects to a `streamd`, plays its stream through a jitter buffer into an
+//! audio device or a WAV file, and reports how the transmission went.
+//!
+//! The protocol logic is sans-IO and takes explicit time: [`jitter`] (reorder, conceal,
+//! rebuffer) and [`stats`] (counters, RFC 3550 jitter). [`sink`] holds the outputs behind one
+//! trait, [`client`] the thin tokio shell that drives them; the `listen` binary parses flags and
+//! calls [`client::run`].
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod jitter;
+pub mod sink;
+pub mod stats;
+
+pub use client::{Config, ListenError, Outcome, parse_duration, run};
+pub use stats::{EndReason, Stats};

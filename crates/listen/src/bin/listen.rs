@@ -1,2 +1,186 @@
-//! listen binary.
-fn main() {}
+//! The `listen` command: flags → [`listen::Config`], Ctrl-C → the interrupt future, the result
+//! → an exit code (0 ended or Ctrl-C, 1 error, 2 usage, 3 rejected, 4 no answer / timeout /
+//! evicted). Logs go to stderr (human-readable, `RUST_LOG` filters) and to `--log-file`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+/// Plays an earshot stream and reports how the transmission went.
+#[derive(Debug, Parser)]
+#[command(name = "listen", version)]
+struct Cli {
+    /// The server, HOST:PORT (HOST may be a name).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        required_unless_present = "list_devices"
+    )]
+    server: Option<String>,
+    /// Write the stream to this WAV file (16-bit, the stream's rate and channels) instead of
+    /// playing it.
+    #[arg(long, value_name = "FILE.wav")]
+    output: Option<PathBuf>,
+    /// Play through this output device instead of the default one (see --list-devices).
+    #[arg(long, value_name = "NAME")]
+    device: Option<String>,
+    /// List the output devices and their formats, then exit.
+    #[arg(long)]
+    list_devices: bool,
+    /// Jitter-buffer target (e.g. 100ms, 0.2); grows when the server's interval needs more.
+    #[arg(long, value_name = "D", default_value = "100ms", value_parser = listen::parse_duration)]
+    latency: Duration,
+    /// Give up when the server is silent this long (e.g. 3s, 5).
+    #[arg(long, value_name = "D", default_value = "3s", value_parser = listen::parse_duration)]
+    timeout: Duration,
+    /// Write the statistics as JSON to this file at exit.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+    /// Also write the log to this file.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    /// No live status line; only warnings in the stderr log.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// stderr for the log, clearing the live status line first when one may be on screen, so a
+/// log line never lands in the middle of it (the status line is redrawn on its next tick).
+struct LogStderr {
+    /// stderr is a terminal and the status line is on.
+    clear: bool,
+}
+
+/// One log event's writer: the clearing sequence goes before its first byte.
+struct ClearingWriter {
+    /// Still to write the clearing sequence.
+    pending: bool,
+}
+
+impl std::io::Write for ClearingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut e = std::io::stderr().lock();
+        if self.pending {
+            self.pending = false;
+            e.write_all(b"\r\x1b[K")?;
+        }
+        e.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogStderr {
+    type Writer = ClearingWriter;
+    fn make_writer(&'a self) -> ClearingWriter {
+        ClearingWriter {
+            pending: self.clear,
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) -> Result<(), String> {
+    let default = if cli.quiet { "warn" } else { "info" };
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(LogStderr {
+            clear: !cli.quiet && std::io::stderr().is_terminal(),
+        })
+        .with_target(false)
+        .with_filter(filter());
+    let file = match &cli.log_file {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("cannot open log file {}: {e}", p.display()))?;
+            let filter =
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(Arc::new(f))
+                    .with_ansi(false)
+                    .with_filter(filter),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .init();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(&cli) {
+        eprintln!("listen: {e}");
+        return ExitCode::from(1);
+    }
+    if cli.list_devices {
+        return match listen::sink::list_devices() {
+            Ok(lines) if lines.is_empty() => {
+                println!("no output devices");
+                ExitCode::SUCCESS
+            }
+            Ok(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("listen: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let Some(server) = cli.server.clone() else {
+        eprintln!("listen: --server HOST:PORT is required");
+        return ExitCode::from(2);
+    };
+    let config = listen::Config {
+        server,
+        output: cli.output.clone(),
+        device: cli.device.clone(),
+        list_devices: false,
+        latency: cli.latency,
+        timeout: cli.timeout,
+        stats_json: cli.stats_json.clone(),
+        log_file: cli.log_file.clone(),
+        quiet: cli.quiet,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("listen: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No signal handler: never interrupt rather than interrupt at once.
+            std::future::pending::<()>().await;
+        }
+    };
+    match rt.block_on(listen::run(config, interrupt)) {
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
+        Err(e) => {
+            tracing::debug!("{e:?}");
+            eprintln!("listen: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The `listen` binary against the fake server: the command line, exit codes, messages, the
+//! stats file and Ctrl-C (SIGINT sent to the child by its PID).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{FakeServer, Script};
+use proto::RejectReason;
+
+fn listen() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_listen"));
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Runs the binary off the async runtime so the fake server keeps serving.
+async fn output(mut c: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = listen().output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = listen()
+        .args(["--server", "127.0.0.1:9", "--latency", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("soon"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_with_bare_seconds_exits_4() {
+    let (_sock, addr) = FakeServer::silent().await;
+    let wav = common::tmp("cli-none.wav");
+    let mut c = listen();
+    c.args(["--server", &addr.to_string(), "--timeout", "1", "--output"])
+        .arg(&wav);
+    let t = Instant::now();
+    let o = output(c).await;
+    assert_eq!(o.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("no answer from {addr} after 1 s")),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(!wav.exists(), "a failed run left a WAV behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_server_exits_3_with_one_line() {
+    let mut sc = Script::clean(9600);
+    sc.reject = Some(RejectReason::Full { max_clients: 3 });
+    let srv = FakeServer::start(sc).await;
+    let mut c = listen();
+    c.args(["--server", &srv.addr.to_string(), "--quiet", "--output"])
+        .arg(common::tmp("cli-full.wav"));
+    let o = output(c).await;
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("server {} is full (3 listeners)", srv.addr)),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_streams_to_wav_and_writes_stats_json() {
+    let srv = FakeServer::start(Script::clean(9600)).await;
+    let wav = common::tmp("cli-ok.wav");
+    let json = common::tmp("cli-ok.json");
+    let log = common::tmp("cli-ok.log");
+    let mut c = listen();
+    c.args([
+        "--server",
+        &format!("localhost:{}", srv.addr.port()),
+        "--latency",
+        "0.05",
+    ])
+    .arg("--output")
+    .arg(&wav)
+    .arg("--stats-json")
+    .arg(&json)
+    .arg("--log-file")
+    .arg(&log);
+    let o = output(c).await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("stream statistics"), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["expected"], 40);
+    assert_eq!(v["lost"], 0);
+    assert_eq!(v["end_reason"], "finished");
+    let (_, samples) = common::read_wav(&wav);
+    assert!(samples == common::source(9600));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("stream statistics"), "{logged}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_ends_with_exit_0_stats_and_leave() {
+    let srv = FakeServer::start(Script::clean(48_000 * 10)).await;
+    let json = common::tmp("cli-int.json");
+    let mut c = listen();
+    c.args(["--server", &srv.addr.to_string(), "--quiet"])
+        .arg("--output")
+        .arg(common::tmp("cli-int.wav"))
+        .arg("--stats-json")
+        .arg(&json)
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let pid = child.id().to_string();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let k = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(k.success());
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["end_reason"], "interrupted");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(srv.log.lock().unwrap().leaves >= 1);
+}
