@@ -17,7 +17,10 @@ fn listener_beyond_capacity_is_rejected_and_admitted_after_a_leave() {
     let mut b = Listener::start(server.addr, dir, "b", &[]);
     for l in [&a, &b] {
         assert!(
-            server.proc.wait_for_line(&format!("accepted"), SLOW).is_some(),
+            server
+                .proc
+                .wait_for_line(&format!("accepted"), SLOW)
+                .is_some(),
             "no accept logged: {}",
             l.proc.stderr()
         );
@@ -25,7 +28,12 @@ fn listener_beyond_capacity_is_rejected_and_admitted_after_a_leave() {
     wait_accepted(&server, 2);
 
     let mut c = Listener::start(server.addr, dir, "c", &[]);
-    assert_eq!(c.proc.exit_code(SLOW), 3, "third listener: {}", c.proc.stderr());
+    assert_eq!(
+        c.proc.exit_code(SLOW),
+        3,
+        "third listener: {}",
+        c.proc.stderr()
+    );
     let msg = c.proc.stderr();
     assert!(
         msg.contains(&format!("server {} is full (2 listeners)", server.addr)),
@@ -41,10 +49,18 @@ fn listener_beyond_capacity_is_rejected_and_admitted_after_a_leave() {
     let mut d = Listener::start(server.addr, dir, "d", &[]);
     wait_accepted(&server, 3);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(d.proc.wait_timeout(Duration::ZERO).is_none(), "d exited: {}", d.proc.stderr());
+    assert!(
+        d.proc.wait_timeout(Duration::ZERO).is_none(),
+        "d exited: {}",
+        d.proc.stderr()
+    );
     d.proc.signal("INT");
     assert_eq!(d.proc.exit_code(SLOW), 0, "{}", d.proc.stderr());
-    assert!(stat(&d.stats(), "received") > 0, "d got no audio: {}", d.stats());
+    assert!(
+        stat(&d.stats(), "received") > 0,
+        "d got no audio: {}",
+        d.stats()
+    );
 
     b.proc.signal("INT");
     assert_eq!(b.proc.exit_code(SLOW), 0);

@@ -24,11 +24,17 @@ fn stream_one(name: &str) -> Result<(), String> {
     let mut listener = Listener::start(server.addr, &dir.path(), "l", &["--latency", "200ms"]);
     let code = listener.proc.exit_code(SLOW);
     if code != 0 {
-        return Err(format!("{name}: listen exited {code}: {}", listener.proc.stderr()));
+        return Err(format!(
+            "{name}: listen exited {code}: {}",
+            listener.proc.stderr()
+        ));
     }
     let server_code = server.proc.exit_code(SLOW);
     if server_code != 0 {
-        return Err(format!("{name}: streamd exited {server_code}: {}", server.proc.stderr()));
+        return Err(format!(
+            "{name}: streamd exited {server_code}: {}",
+            server.proc.stderr()
+        ));
     }
     let (spec, got) = listener.samples();
     if spec.sample_rate != info.sample_rate || spec.channels != info.channels {
@@ -42,9 +48,17 @@ fn stream_one(name: &str) -> Result<(), String> {
         ));
     }
     let s = listener.stats();
-    for (key, want) in [("lost", 0), ("out_of_order", 0), ("duplicates", 0), ("late", 0)] {
+    for (key, want) in [
+        ("lost", 0),
+        ("out_of_order", 0),
+        ("duplicates", 0),
+        ("late", 0),
+    ] {
         if stat(&s, key) != want {
-            return Err(format!("{name}: {key} = {} (want {want}): {s}", stat(&s, key)));
+            return Err(format!(
+                "{name}: {key} = {} (want {want}): {s}",
+                stat(&s, key)
+            ));
         }
     }
     if stat(&s, "expected") != stat(&s, "received") || stat(&s, "received") == 0 {
@@ -61,8 +75,10 @@ fn every_fixture_arrives_sample_exact() {
     // Two at a time: real-time streams, on a 2-core machine shared with the rest of the suite.
     let mut failures = Vec::new();
     for pair in FIXTURES.chunks(2) {
-        let handles: Vec<_> =
-            pair.iter().map(|n| std::thread::spawn(move || stream_one(n))).collect();
+        let handles: Vec<_> = pair
+            .iter()
+            .map(|n| std::thread::spawn(move || stream_one(n)))
+            .collect();
         for h in handles {
             if let Err(e) = h.join().unwrap() {
                 failures.push(e);

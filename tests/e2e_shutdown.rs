@@ -24,7 +24,11 @@ fn stop_with(signal: &str) {
     // Let audio flow.
     let deadline = Instant::now() + SLOW;
     while server.proc.stderr().matches("accepted").count() < 2 {
-        assert!(Instant::now() < deadline, "not accepted: {}", server.proc.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "not accepted: {}",
+            server.proc.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(1000));
@@ -35,14 +39,25 @@ fn stop_with(signal: &str) {
         let code = l.proc.exit_code(SLOW);
         let took = t0.elapsed();
         assert_eq!(code, 0, "listener after SIG{signal}: {}", l.proc.stderr());
-        assert!(took < PROMPT, "listener took {took:?} to exit after SIG{signal}");
+        assert!(
+            took < PROMPT,
+            "listener took {took:?} to exit after SIG{signal}"
+        );
         let s = l.stats();
         assert_eq!(s["end_reason"], "shutdown", "{s}");
         assert!(stat(&s, "received") > 0);
         let table = l.proc.stdout() + &l.proc.stderr();
-        assert!(table.contains("lost") && table.contains('%'), "no statistics table:\n{table}");
+        assert!(
+            table.contains("lost") && table.contains('%'),
+            "no statistics table:\n{table}"
+        );
     }
-    assert_eq!(server.proc.exit_code(SLOW), 0, "streamd after SIG{signal}: {}", server.proc.stderr());
+    assert_eq!(
+        server.proc.exit_code(SLOW),
+        0,
+        "streamd after SIG{signal}: {}",
+        server.proc.stderr()
+    );
 }
 
 #[test]
@@ -62,7 +77,11 @@ fn a_listener_that_missed_every_end_times_out_with_exit_4() {
     let mut l = Listener::start(server.addr, dir.path(), "l", &["--timeout", "1s"]);
     let deadline = Instant::now() + SLOW;
     while !server.proc.stderr().contains("accepted") {
-        assert!(Instant::now() < deadline, "not accepted: {}", server.proc.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "not accepted: {}",
+            server.proc.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(800));
@@ -72,7 +91,10 @@ fn a_listener_that_missed_every_end_times_out_with_exit_4() {
     let code = l.proc.exit_code(SLOW);
     let took = t0.elapsed();
     assert_eq!(code, 4, "{}", l.proc.stderr());
-    assert!(took >= Duration::from_millis(900), "exited after {took:?}, before its 1 s timeout");
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after {took:?}, before its 1 s timeout"
+    );
     assert_eq!(l.stats()["end_reason"], "timeout");
     let _ = server.proc.wait_timeout(SLOW);
 }

@@ -23,7 +23,10 @@ pub const SLOW: Duration = Duration::from_secs(30);
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let path = dir.join(name);
     if !path.exists() {
         BUILT.call_once(|| {
@@ -41,7 +44,9 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A fixture under `tests/fixtures/`.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// The demo clip (8 s mp3): long enough for tests that act mid-stream.
@@ -51,7 +56,10 @@ pub fn demo_clip() -> PathBuf {
 
 /// A fresh temporary folder, removed on drop.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("earshot-e2e-").tempdir().expect("temp dir")
+    tempfile::Builder::new()
+        .prefix("earshot-e2e-")
+        .tempdir()
+        .expect("temp dir")
 }
 
 /// Lines a child wrote to stderr, shared with the thread that drains the pipe (a full pipe
@@ -83,12 +91,19 @@ impl Proc {
     /// Starts `program args…` with extra environment variables.
     pub fn spawn(program: &Path, args: &[String], envs: &[(String, String)]) -> Proc {
         let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.env("RUST_LOG", "info").env("NO_COLOR", "1").env_remove("RUST_BACKTRACE");
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_BACKTRACE");
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {program:?}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program:?}: {e}"));
         let stderr = Lines::default();
         let err_pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
@@ -107,7 +122,14 @@ impl Proc {
             *out.lock().unwrap() = s;
         });
         let name = program.file_name().unwrap().to_string_lossy().into_owned();
-        Proc { name, child, stderr, stdout, status: None, started: Instant::now() }
+        Proc {
+            name,
+            child,
+            stderr,
+            stdout,
+            status: None,
+            started: Instant::now(),
+        }
     }
 
     /// The child's PID, for signals.
@@ -144,8 +166,15 @@ impl Proc {
 
     /// Sends a signal (`INT`, `TERM`, `KILL`) to the child by its PID.
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
-        assert!(st.map(|s| s.success()).unwrap_or(false), "kill -{sig} {}", self.pid());
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+        assert!(
+            st.map(|s| s.success()).unwrap_or(false),
+            "kill -{sig} {}",
+            self.pid()
+        );
     }
 
     /// Waits for the child to exit, at most `timeout`.
@@ -173,7 +202,11 @@ impl Proc {
     pub fn exit_code(&mut self, timeout: Duration) -> i32 {
         match self.wait_timeout(timeout) {
             Some(st) => st.code().unwrap_or_else(|| {
-                panic!("{} died from a signal ({st}); stderr:\n{}", self.name, self.stderr())
+                panic!(
+                    "{} died from a signal ({st}); stderr:\n{}",
+                    self.name,
+                    self.stderr()
+                )
             }),
             None => panic!(
                 "{} still running after {timeout:?}; stderr:\n{}",
@@ -233,7 +266,10 @@ impl Server {
         all.extend(args.iter().map(|s| s.to_string()));
         let proc = Proc::spawn(&bin("streamd"), &all, &[]);
         let line = proc.wait_for_line("listening on", SLOW).unwrap_or_else(|| {
-            panic!("streamd never said `listening on`; stderr:\n{}", proc.stderr())
+            panic!(
+                "streamd never said `listening on`; stderr:\n{}",
+                proc.stderr()
+            )
         });
         let addr = line
             .split("listening on")
@@ -271,13 +307,21 @@ impl Listener {
             "--quiet".into(),
         ];
         all.extend(args.iter().map(|s| s.to_string()));
-        Listener { proc: Proc::spawn(&bin("listen"), &all, &[]), wav, json }
+        Listener {
+            proc: Proc::spawn(&bin("listen"), &all, &[]),
+            wav,
+            json,
+        }
     }
 
     /// The statistics JSON it wrote at exit.
     pub fn stats(&self) -> serde_json::Value {
         let text = std::fs::read_to_string(&self.json).unwrap_or_else(|e| {
-            panic!("read {}: {e}; stderr:\n{}", self.json.display(), self.proc.stderr())
+            panic!(
+                "read {}: {e}; stderr:\n{}",
+                self.json.display(),
+                self.proc.stderr()
+            )
         });
         serde_json::from_str(&text).unwrap()
     }
@@ -290,8 +334,8 @@ impl Listener {
 
 /// Spec and interleaved samples of a 16-bit WAV.
 pub fn read_wav(path: &Path) -> (hound::WavSpec, Vec<i16>) {
-    let mut r = hound::WavReader::open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut r =
+        hound::WavReader::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let spec = r.spec();
     let samples = r.samples::<i16>().collect::<Result<Vec<_>, _>>().unwrap();
     (spec, samples)
@@ -299,12 +343,17 @@ pub fn read_wav(path: &Path) -> (hound::WavSpec, Vec<i16>) {
 
 /// A counter from the statistics JSON.
 pub fn stat(stats: &serde_json::Value, key: &str) -> u64 {
-    stats[key].as_u64().unwrap_or_else(|| panic!("stats has no integer `{key}`: {stats}"))
+    stats[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stats has no integer `{key}`: {stats}"))
 }
 
 /// The first index at which two sample streams differ, for readable failures.
 pub fn first_difference(a: &[i16], b: &[i16]) -> Option<usize> {
-    a.iter().zip(b).position(|(x, y)| x != y).or((a.len() != b.len()).then(|| a.len().min(b.len())))
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or((a.len() != b.len()).then(|| a.len().min(b.len())))
 }
 
 /// Resident memory of a process, from /proc, in KiB.
