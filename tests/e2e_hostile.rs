@@ -1,0 +1,236 @@
+//! Hostile input while streaming: tens of thousands of random, truncated, oversized,
+//! wrong-version and replayed datagrams, forged cookies, a valid `Join` replayed from another
+//! address, and `Report`s / `Leave`s from strangers. The listener's audio must be unchanged, the
+//! server must neither crash nor grow, no stranger may receive audio, and no address may receive
+//! more bytes than it sent before it is validated (PROTOCOL.md §5.2).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use proto::limits::MIN_CONNECT_LEN;
+use proto::{Connect, Join, Message, Packet, Report, encode};
+use rand::{Rng, SeedableRng};
+
+/// What one stranger socket sent and received.
+#[derive(Default, Debug)]
+struct Tally {
+    sent: u64,
+    received: u64,
+    audio: u64,
+    welcomes: u64,
+}
+
+/// One stranger: a socket with its own address, which drains whatever comes back.
+struct Stranger {
+    sock: UdpSocket,
+    tally: Tally,
+}
+
+impl Stranger {
+    fn new() -> Stranger {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        Stranger {
+            sock,
+            tally: Tally::default(),
+        }
+    }
+
+    fn send(&mut self, to: SocketAddr, bytes: &[u8]) {
+        // A full socket buffer just drops this one: the flood is best effort.
+        if self.sock.send_to(bytes, to).is_ok() {
+            self.tally.sent += bytes.len() as u64;
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 9000];
+        while let Ok((n, _)) = self.sock.recv_from(&mut buf) {
+            self.tally.received += n as u64;
+            match proto::decode(&buf[..n]).map(|p| p.msg) {
+                Ok(Message::Audio(_)) => self.tally.audio += 1,
+                Ok(Message::Welcome(_)) => self.tally.welcomes += 1,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn enc(p: Packet) -> Bytes {
+    let mut b = BytesMut::new();
+    encode(&p, &mut b).unwrap();
+    b.freeze()
+}
+
+fn connect() -> Bytes {
+    let pad = MIN_CONNECT_LEN - proto::limits::HEADER_LEN - 1 - 8;
+    enc(Packet::new(
+        0,
+        Message::Connect(Connect {
+            max_version: 1,
+            padding: vec![0; pad].into(),
+        }),
+    ))
+}
+
+/// A real handshake from `s`: returns its valid Join bytes (the cookie is bound to `s`'s
+/// address).
+fn handshake_join(s: &mut Stranger, server: SocketAddr) -> Bytes {
+    s.send(server, &connect());
+    let deadline = Instant::now() + SLOW;
+    let mut buf = [0u8; 9000];
+    s.sock.set_nonblocking(false).unwrap();
+    s.sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let join = loop {
+        assert!(Instant::now() < deadline, "no Challenge from the server");
+        let Ok((n, _)) = s.sock.recv_from(&mut buf) else {
+            s.send(server, &connect());
+            continue;
+        };
+        s.tally.received += n as u64;
+        if let Ok(Packet {
+            msg: Message::Challenge(c),
+            ..
+        }) = proto::decode(&buf[..n])
+        {
+            break enc(Packet::new(1, Message::Join(Join { cookie: c.cookie })));
+        }
+    };
+    s.sock.set_nonblocking(true).unwrap();
+    join
+}
+
+#[test]
+fn hostile_traffic_changes_nothing_for_a_listener() {
+    let clip = demo_clip();
+    let (_, expected) = streamd::source::decode_all(&clip).unwrap();
+    let dir = tempdir();
+    let mut server = Server::start(&clip, &[]);
+    let addr = server.addr;
+    let mut listener = Listener::start(addr, dir.path(), "l", &["--latency", "300ms"]);
+    server
+        .proc
+        .wait_for_line("accepted", SLOW)
+        .expect("listener accepted");
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_before = rss_kib(server.proc.pid());
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xea5);
+    let mut strangers: Vec<Stranger> = (0..16).map(|_| Stranger::new()).collect();
+    // A legitimate handshake from socket 0, whose Join the others replay. Socket 0 itself is
+    // validated only if it sends that Join, which it never does.
+    let join = handshake_join(&mut strangers[0], addr);
+    let valid_audio_like = {
+        let mut b = BytesMut::new();
+        proto::encode_audio(1, 0, &[0; 64], &mut b);
+        b.freeze()
+    };
+    let report = enc(Packet::new(3, Message::Report(Report::default())));
+    let leave = enc(Packet::new(4, Message::Leave));
+
+    const ROUNDS: usize = 2_000;
+    const PER_ROUND: usize = 16; // 32,000 datagrams over ~4 s
+    let mut sent_total = 0usize;
+    for round in 0..ROUNDS {
+        for k in 0..PER_ROUND {
+            let s = 1 + (round * PER_ROUND + k) % (strangers.len() - 1);
+            let datagram: Vec<u8> = match k % 8 {
+                0 => (0..rng.random_range(0..200))
+                    .map(|_| rng.random())
+                    .collect(),
+                1 => {
+                    let mut v = connect().to_vec();
+                    v.truncate(rng.random_range(0..v.len()));
+                    v
+                }
+                2 => vec![0x45; 8192 + rng.random_range(1..800)],
+                3 => {
+                    let mut v = connect().to_vec();
+                    v[2] = rng.random_range(2..=255); // wrong version
+                    v
+                }
+                4 => join.to_vec(), // valid Join replayed from another address
+                5 => {
+                    let mut cookie = [0u8; proto::COOKIE_LEN];
+                    rng.fill(&mut cookie);
+                    enc(Packet::new(1, Message::Join(Join { cookie }))).to_vec()
+                }
+                6 => {
+                    if round % 2 == 0 {
+                        report.to_vec()
+                    } else {
+                        leave.to_vec()
+                    }
+                }
+                _ => valid_audio_like.to_vec(), // server-only type from a stranger
+            };
+            strangers[s].send(addr, &datagram);
+            sent_total += 1;
+        }
+        if round % 50 == 0 {
+            strangers.iter_mut().for_each(Stranger::drain);
+        }
+        std::thread::sleep(Duration::from_micros(2_000));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    strangers.iter_mut().for_each(Stranger::drain);
+    let rss_after = rss_kib(server.proc.pid());
+    assert!(sent_total >= 30_000);
+
+    for (i, s) in strangers.iter().enumerate() {
+        assert_eq!(
+            s.tally.audio, 0,
+            "stranger {i} received audio: {:?}",
+            s.tally
+        );
+        assert_eq!(
+            s.tally.welcomes, 0,
+            "stranger {i} was welcomed: {:?}",
+            s.tally
+        );
+        assert!(
+            s.tally.received <= s.tally.sent,
+            "stranger {i} received more bytes than it sent before validation: {:?}",
+            s.tally
+        );
+    }
+    // The server did answer strangers (fresh Challenges for replayed and forged Joins, NotJoined
+    // for stranger Reports), so the byte accounting above was tested, not vacuous.
+    let answered: u64 = strangers[1..].iter().map(|s| s.tally.received).sum();
+    assert!(answered > 0, "no stranger got any answer at all");
+    eprintln!(
+        "strangers sent {sent_total} datagrams, got {answered} bytes back; RSS {rss_before} -> {rss_after} KiB"
+    );
+    assert!(
+        rss_after <= rss_before + 4 * 1024,
+        "server RSS grew from {rss_before} KiB to {rss_after} KiB under the flood"
+    );
+
+    assert_eq!(
+        listener.proc.exit_code(SLOW),
+        0,
+        "{}",
+        listener.proc.stderr()
+    );
+    let s = listener.stats();
+    assert_eq!(
+        (stat(&s, "lost"), stat(&s, "late"), stat(&s, "duplicates")),
+        (0, 0, 0),
+        "{s}"
+    );
+    let (_, got) = listener.samples();
+    assert_eq!(
+        first_difference(&got, &expected),
+        None,
+        "the listener's audio changed"
+    );
+    assert_eq!(server.proc.exit_code(SLOW), 0, "{}", server.proc.stderr());
+    assert!(server.proc.wait_for_line("panic", Duration::ZERO).is_none());
+}
