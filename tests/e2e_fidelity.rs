@@ -21,7 +21,7 @@ fn stream_one(name: &str) -> Result<(), String> {
     let (info, expected) = streamd::source::decode_all(&file).map_err(|e| e.to_string())?;
     let dir = tempdir();
     let mut server = Server::start(&file, &["--interval", "20ms"]);
-    let mut listener = Listener::start(server.addr, &dir.path(), "l", &["--latency", "200ms"]);
+    let mut listener = Listener::start(server.addr, dir.path(), "l", &["--latency", "200ms"]);
     let code = listener.proc.exit_code(SLOW);
     if code != 0 {
         return Err(format!(
