@@ -5,32 +5,32 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proto::limits::MAX_DATAGRAM;
 
 struct Tracking;
 
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
 thread_local! {
     /// Only allocations on a measuring thread count: the test harness allocates on others.
     static MEASURING: Cell<bool> = const { Cell::new(false) };
+    /// Largest allocation seen on this thread while measuring (per thread, so that tests
+    /// running in parallel do not see each other's allocations).
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
 }
 
 fn record(size: usize) {
     if MEASURING.with(Cell::get) {
-        LARGEST.fetch_max(size, Ordering::Relaxed);
+        LARGEST.with(|l| l.set(l.get().max(size)));
     }
 }
 
 /// Largest single allocation `f` makes on this thread.
 fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    LARGEST.store(0, Ordering::SeqCst);
+    LARGEST.with(|l| l.set(0));
     MEASURING.with(|m| m.set(true));
     let out = f();
     MEASURING.with(|m| m.set(false));
-    (out, LARGEST.load(Ordering::SeqCst))
+    (out, LARGEST.with(Cell::get))
 }
 
 // SAFETY: forwards every call unchanged to the system allocator; only records sizes.
