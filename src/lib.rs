@@ -1,1 +1,2 @@
 //! earshot: umbrella package owning examples/ and tests/.
+pub mod load;
