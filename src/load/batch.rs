@@ -195,7 +195,7 @@ impl BatchSender {
                     while to < dgrams.len()
                         && to - d < MAX_GSO_SEGMENTS
                         && dgrams[to].len() <= first
-                        && dgrams[to].len() > 0
+                        && !dgrams[to].is_empty()
                         && bytes + dgrams[to].len() <= MAX_GSO_BYTES
                     {
                         bytes += dgrams[to].len();
