@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
 use earshot::load::batch::{BatchSender, SendMode, SendStats};
 use earshot::load::procfs;
+use earshot::load::stats::Quantiles;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::resource::{Resource, UsageWho, getrlimit, setrlimit};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, setsockopt, sockopt};
@@ -124,6 +125,8 @@ fn drain(socks: Vec<UdpSocket>, stop: Arc<AtomicBool>, count: Arc<AtomicU64>) ->
 
 struct Outcome {
     stats: SendStats,
+    /// Wall time of each tick's batched send, ms: the lower bound of fan-out skew.
+    tick_ms: Quantiles,
     cpu: Duration,
     ticks: u64,
     late_ticks: u64,
@@ -139,6 +142,7 @@ fn send_loop(tx: UdpSocket, dests: Vec<SocketAddr>, mode: SendMode, duration: Du
     let pcm = vec![0u8; PCM];
     let mut stats = SendStats::default();
     let mut late_ticks = 0;
+    let mut tick_ms = Vec::with_capacity(ticks_total as usize);
     for tick in 0..ticks_total {
         let due = start + INTERVAL * tick as u32;
         let now = Instant::now();
@@ -160,10 +164,13 @@ fn send_loop(tx: UdpSocket, dests: Vec<SocketAddr>, mode: SendMode, duration: Du
         });
         // One allocation per tick (not per listener) for the list of destinations.
         let items: Vec<(SocketAddr, &[Bytes])> = dests.iter().map(|d| (*d, &dgrams[..])).collect();
+        let t = Instant::now();
         stats += sender.send_batch(&tx, &items);
+        tick_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Outcome {
         stats,
+        tick_ms: Quantiles::of(&mut tick_ms),
         cpu: procfs::own_cpu(UsageWho::RUSAGE_THREAD).saturating_sub(cpu0),
         ticks: ticks_total,
         late_ticks,
@@ -243,6 +250,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
             "failed": out.stats.failed,
             "would_block": out.stats.would_block,
             "late_ticks": out.late_ticks,
+            "tick_send_ms": out.tick_ms,
             "received": read.load(Ordering::Relaxed),
             "rx_queue_drops": drops,
         });
@@ -255,7 +263,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         );
         println!(
             "  sent {} datagrams ({} B) in {} sendmmsg calls; failed {} would-block {}; late ticks {}; \
-             received {} ; receiver queue drops {}",
+             received {}; receiver queue drops {}",
             out.stats.datagrams,
             out.stats.bytes,
             out.stats.syscalls,
@@ -264,6 +272,10 @@ fn run(a: &Args) -> anyhow::Result<()> {
             out.late_ticks,
             read.load(Ordering::Relaxed),
             drops
+        );
+        println!(
+            "  one tick's send (the floor of fan-out skew): p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            out.tick_ms.p50, out.tick_ms.p99, out.tick_ms.max
         );
     }
     Ok(())

@@ -5,6 +5,10 @@
 //!     [--server-pid PID] [--json] [--threads 2]
 //! ```
 //! Prints a summary, or with `--json` one JSON object (see `earshot::load::LoadReport`).
+//!
+//! Until `streamd` lands, `--fake-server` serves a minimal protocol-complete stand-in at
+//! `--server` for `--duration` instead (`earshot::load::fake`), in its own process so that the
+//! two sides' CPU are measured apart.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -34,6 +38,15 @@ struct Args {
     /// Worker threads (default: 2, or 1 for a single listener).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Serve the fake server at --server for --duration instead of loading one.
+    #[arg(long)]
+    fake_server: bool,
+    /// With --fake-server: most listeners to welcome.
+    #[arg(long, default_value_t = 10_000)]
+    max_clients: usize,
+    /// With --fake-server: send with GSO (default) or plain sendmmsg.
+    #[arg(long)]
+    no_gso: bool,
     /// Connects per second while the listeners join.
     #[arg(long, default_value_t = load::DEFAULT_CONNECT_RATE)]
     connect_rate: u32,
@@ -51,6 +64,25 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let a = Args::parse();
+    if a.fake_server {
+        let mode = if a.no_gso {
+            load::batch::SendMode::Plain
+        } else {
+            load::batch::SendMode::Gso
+        };
+        let res = std::net::UdpSocket::bind(a.server)
+            .and_then(|s| load::fake::serve(&s, a.duration, a.max_clients, mode));
+        return match res {
+            Ok(st) => {
+                println!("fake server: {st:?}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: fake server on {}: {e}", a.server);
+                ExitCode::from(2)
+            }
+        };
+    }
     let mut cfg = LoadConfig::new(a.server, a.listeners, a.duration);
     cfg.server_pid = a.server_pid;
     cfg.threads = a.threads;

@@ -14,6 +14,7 @@
 //! between the kernel's arrival timestamp and the tool reading the datagram.
 
 pub mod batch;
+pub mod fake;
 pub mod listener;
 pub mod procfs;
 pub mod stats;
@@ -39,7 +40,7 @@ use stats::{Quantiles, SkewTable};
 /// 63 addresses cover 4,000 listeners.
 pub const LISTENERS_PER_ADDRESS: usize = 64;
 
-/// Default Connects per second while the listeners join: fast enough for 1,000 listeners in half
+/// Default Connects (and at the end, `Leave`s) per second: fast enough for 1,000 listeners in half
 /// a second, slow enough not to overflow a server's receive buffer with handshakes.
 pub const DEFAULT_CONNECT_RATE: u32 = 2_000;
 
@@ -64,7 +65,7 @@ pub struct LoadConfig {
     pub server_pid: Option<u32>,
     /// Worker threads; 0 picks min(2, listeners).
     pub threads: usize,
-    /// Connects per second while joining.
+    /// Connects per second while joining, and `Leave`s per second at the end.
     pub connect_rate: u32,
     /// Reading time after `duration` before `Leave`.
     pub drain: Duration,
@@ -275,6 +276,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             server: cfg.server,
             stop_at,
             drain: cfg.drain,
+            leave_pace: Duration::from_secs_f64(threads as f64 / rate),
         })
         .collect();
     let mut order: Vec<Vec<usize>> = vec![Vec::new(); threads];

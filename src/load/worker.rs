@@ -29,6 +29,9 @@ pub const RECV_BATCH: usize = 8;
 /// How often timers (connect pacing, retries, reports) are checked.
 const SWEEP: Duration = Duration::from_millis(10);
 
+/// `Leave`s sent back to back before a pause.
+const LEAVE_CHUNK: u32 = 16;
+
 /// Every how many audio datagrams the read lag (kernel arrival → our processing) is sampled.
 const LAG_SAMPLE_EVERY: u64 = 64;
 
@@ -44,6 +47,9 @@ pub(crate) struct WorkerSetup {
     pub stop_at: Instant,
     /// How long to keep reading after `stop_at` before sending `Leave`.
     pub drain: Duration,
+    /// Pause per `Leave` sent: all listeners leaving at once would overflow the server's
+    /// receive buffer, and a lost `Leave` keeps the server sending until it evicts.
+    pub leave_pace: Duration,
 }
 
 /// What a worker hands back.
@@ -112,6 +118,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
         server,
         stop_at,
         drain,
+        leave_pace,
     } = setup;
     let locals = sockets
         .iter()
@@ -166,9 +173,14 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
             draining_until = Some(now + drain);
         }
         if draining_until.is_some_and(|t| now >= t) {
+            let mut sent = 0u32;
             for (l, s) in listeners.iter_mut().zip(&sockets) {
                 if let Some(p) = l.leave(now) {
                     send(s, &p, &mut r.send_errors);
+                    sent += 1;
+                    if sent % LEAVE_CHUNK == 0 {
+                        std::thread::sleep(leave_pace * LEAVE_CHUNK);
+                    }
                 }
             }
             break;
