@@ -48,6 +48,14 @@ const SOURCE_SECONDS: u32 = 600;
 /// Time to let a system settle (clients connected, buffers filled) before measuring.
 const WARMUP: Duration = Duration::from_secs(3);
 
+/// Most snapclient processes started without `--force`: each decodes FLAC in its own process;
+/// 500 on this 2-core machine drove the load average to 95 and neither side kept real time.
+const MAX_SNAPCLIENTS: usize = 300;
+
+/// A run "holds" when its throughput per listener is at least this share of the same system's
+/// throughput at the smallest N measured; larger N are then skipped for a system that did not.
+const HOLD_SHARE: f64 = 0.9;
+
 /// GStreamer receiver branches per `gst-launch-1.0` process.
 const GST_BRANCHES_PER_PROCESS: usize = 100;
 
@@ -58,6 +66,7 @@ struct Opts {
     duration: Duration,
     peers: Vec<String>,
     install: bool,
+    force: bool,
     out: PathBuf,
 }
 
@@ -118,7 +127,7 @@ impl Drop for Procs {
 
 fn usage() -> &'static str {
     "cargo xtask bench-peers [--listeners 1,100,1000] [--duration SECS] \
-     [--peers floor,fake,earshot,snapserver,gstreamer] [--no-install] [--out DIR]"
+     [--peers floor,fake,earshot,snapserver,gstreamer] [--no-install] [--force] [--out DIR]"
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Opts> {
@@ -129,6 +138,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             .map(String::from)
             .to_vec(),
         install: true,
+        force: false,
         out: PathBuf::from("target/bench-peers"),
     };
     let mut it = args.iter();
@@ -158,6 +168,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             }
             "--peers" => o.peers = val()?.split(',').map(|s| s.trim().to_string()).collect(),
             "--no-install" => o.install = false,
+            "--force" => o.force = true,
             "--out" => o.out = PathBuf::from(val()?),
             "-h" | "--help" => {
                 println!("{}", usage());
@@ -178,9 +189,34 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         ensure_packages()?;
     }
     let (wav, raw) = write_source(&o.out)?;
-    let mut rows = Vec::new();
-    for &n in &o.listeners {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut listeners = o.listeners.clone();
+    listeners.sort_unstable();
+    // system → bytes/s per listener at its smallest N (the real-time reference).
+    let mut baseline: std::collections::HashMap<String, f64> = Default::default();
+    let mut gave_up: std::collections::HashMap<String, usize> = Default::default();
+    for &n in &listeners {
         for peer in &o.peers {
+            if let Some(&at) = gave_up.get(peer) {
+                rows.push(Row {
+                    system: peer.clone(),
+                    n,
+                    loss: "-".into(),
+                    note: format!("skipped: did not hold at N={at}"),
+                    ..Row::default()
+                });
+                continue;
+            }
+            if peer == "snapserver" && n > MAX_SNAPCLIENTS && !o.force {
+                rows.push(Row {
+                    system: peer.clone(),
+                    n,
+                    loss: "-".into(),
+                    note: format!("skipped: over {MAX_SNAPCLIENTS} snapclient processes (--force)"),
+                    ..Row::default()
+                });
+                continue;
+            }
             eprintln!(
                 "bench-peers: {peer} with {n} listeners for {:?} ...",
                 o.duration
@@ -194,7 +230,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 other => bail!("unknown peer {other}; usage: {}", usage()),
             };
             match res {
-                Ok(r) => rows.extend(r),
+                Ok(r) => {
+                    for row in &r {
+                        eprintln!("{}", render_row(row));
+                        let Some(b) = row.bytes_per_s else { continue };
+                        let base = *baseline.entry(row.system.clone()).or_insert(b);
+                        if b < HOLD_SHARE * base {
+                            gave_up.insert(peer.clone(), n);
+                        }
+                    }
+                    rows.extend(r);
+                }
                 Err(e) => rows.push(Row {
                     system: peer.clone(),
                     n,
@@ -452,9 +498,8 @@ fn earshot_like(n: usize, o: &Opts, file: Option<&Path>) -> anyhow::Result<Row> 
     })
 }
 
-/// Measures a server process over `o.duration` after the warm-up: CPU s and peak RSS.
+/// Measures a server process over `o.duration` from now: CPU s and peak RSS.
 fn measure(pid: u32, o: &Opts) -> anyhow::Result<(f64, f64)> {
-    std::thread::sleep(WARMUP);
     let cpu0 = proc_cpu_s(pid)?;
     let end = Instant::now() + o.duration;
     let mut rss: f64 = 0.0;
@@ -527,18 +572,15 @@ fn snapserver(n: usize, o: &Opts, raw: &Path) -> anyhow::Result<Row> {
                 .stderr(Stdio::null()),
         )?;
     }
+    std::thread::sleep(WARMUP);
     let b0 = ss_sum(port, "bytes_acked");
     let s0 = ss_sum(port, "segs_out");
-    let t0 = Instant::now();
     let (cpu, rss) = measure(pid, o)?;
-    let secs = t0.elapsed().as_secs_f64() - WARMUP.as_secs_f64();
     let bytes = ss_sum(port, "bytes_acked") - b0;
     let segs = ss_sum(port, "segs_out") - s0;
     let conns = count_conns(port);
     procs.stop_all();
-    // The first ss sample is before the clients are all connected: use the whole-connection
-    // counters' growth over the warm-up + measure window.
-    let span = secs + WARMUP.as_secs_f64();
+    let span = o.duration.as_secs_f64();
     Ok(Row {
         system: "snapserver".into(),
         n,
@@ -660,6 +702,7 @@ fn gstreamer(n: usize, o: &Opts, wav: &Path) -> anyhow::Result<Row> {
         }
         (pkts, bytes, lost)
     });
+    std::thread::sleep(WARMUP);
     let (cpu, rss) = measure(pid, o)?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (pkts, bytes, lost) = counter
@@ -719,20 +762,23 @@ fn render(rows: &[Row], d: Duration) -> String {
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|---|");
     for r in rows {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.system,
-            r.n,
-            fmt_opt(r.cpu_per_listener, 6),
-            fmt_opt(r.rss_mib, 1),
-            fmt_opt(r.dgrams_per_s, 1),
-            fmt_opt(r.bytes_per_s, 0),
-            r.loss,
-            r.note
-        );
+        let _ = writeln!(s, "{}", render_row(r));
     }
     s
+}
+
+fn render_row(r: &Row) -> String {
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        r.system,
+        r.n,
+        fmt_opt(r.cpu_per_listener, 6),
+        fmt_opt(r.rss_mib, 1),
+        fmt_opt(r.dgrams_per_s, 1),
+        fmt_opt(r.bytes_per_s, 0),
+        r.loss,
+        r.note
+    )
 }
 
 #[cfg(test)]
