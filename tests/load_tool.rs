@@ -221,6 +221,10 @@ fn exact_counts_with_capacity_scripted_loss_end_and_skew() {
     assert_eq!(rep.totals.lost, 45);
     assert_eq!(rep.totals.received, 3 * 3 * TICKS - 45);
     assert_eq!(rep.totals.duplicates, 0);
+    assert_eq!(
+        rep.totals.short_at_end, 0,
+        "End.last_seq makes the tail exact"
+    );
     let worst = rep.worst.as_ref().unwrap();
     assert_eq!(worst.counts.lost, 43);
     assert_eq!(worst.index, 1);
@@ -270,6 +274,7 @@ fn stops_after_duration_and_leaves() {
     assert_eq!(seen.leaves.len(), 2, "both listeners sent Leave");
     assert!(rep.totals.received > 0);
     assert_eq!(rep.totals.lost, 0, "{rep}");
+    assert_eq!(rep.totals.short_at_end, 0);
     assert_eq!(rep.totals.expected, rep.totals.received);
 }
 

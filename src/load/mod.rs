@@ -99,6 +99,11 @@ pub struct Counts {
     pub duplicates: u64,
     /// Datagrams that arrived after a higher seq.
     pub out_of_order: u64,
+    /// The part of `lost` after the listener's own highest seq, up to the run's cutoff (the
+    /// highest seq any listener had when the duration ran out): a server running behind real
+    /// time at the end, or a listener the server silently stopped serving. `lost -
+    /// short_at_end` are gaps.
+    pub short_at_end: u64,
 }
 
 impl Counts {
@@ -401,7 +406,8 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             }
             // A listener still in the stream at the end is owed everything up to the cutoff; one
             // the server ended is owed up to End.last_seq.
-            let last = if matches!(l.phase, Phase::Ended(_)) {
+            let ended = matches!(l.phase, Phase::Ended(_));
+            let last = if ended {
                 l.end_last_seq
             } else {
                 cutoff.max(l.end_last_seq)
@@ -412,6 +418,11 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
                 lost: t.lost(last),
                 duplicates: t.duplicates(),
                 out_of_order: t.out_of_order(),
+                short_at_end: if ended {
+                    0
+                } else {
+                    t.expected(last) - t.expected(t.highest())
+                },
             };
             let tot = &mut rep.totals;
             tot.expected += c.expected;
@@ -419,6 +430,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             tot.lost += c.lost;
             tot.duplicates += c.duplicates;
             tot.out_of_order += c.out_of_order;
+            tot.short_at_end += c.short_at_end;
             if rep.worst.as_ref().is_none_or(|w| c.lost > w.counts.lost) {
                 rep.worst = Some(Worst {
                     index: order[k][j],
@@ -458,11 +470,13 @@ impl fmt::Display for LoadReport {
         )?;
         writeln!(
             f,
-            "  audio       expected {}  received {}  lost {} ({:.3}%)  duplicates {}  out of order {}",
+            "  audio       expected {}  received {}  lost {} ({:.3}%, of which {} short at the end)  \
+             duplicates {}  out of order {}",
             t.expected,
             t.received,
             t.lost,
             t.loss_pct(),
+            t.short_at_end,
             t.duplicates,
             t.out_of_order
         )?;
