@@ -538,3 +538,39 @@ impl fmt::Display for LoadReport {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn listeners_spread_over_loopback_addresses() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert_eq!(bind_ip(lo, 0), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(
+            bind_ip(lo, LISTENERS_PER_ADDRESS - 1),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))
+        );
+        assert_eq!(
+            bind_ip(lo, LISTENERS_PER_ADDRESS),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))
+        );
+        assert_eq!(
+            bind_ip(lo, 254 * LISTENERS_PER_ADDRESS),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 1, 1))
+        );
+        let remote = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(bind_ip(remote, 5000), IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(
+            bind_ip(IpAddr::V6(Ipv6Addr::LOCALHOST), 9),
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        );
+    }
+
+    #[test]
+    fn zero_listeners_is_an_error() {
+        let cfg = LoadConfig::new("127.0.0.1:9".parse().unwrap(), 0, Duration::from_secs(1));
+        assert!(run(&cfg).is_err());
+    }
+}
