@@ -146,7 +146,14 @@ impl BatchSender {
                 &mut stats,
             ) {
                 Ok(sent) if sent == end - i => i = end,
-                Ok(sent) => i += sent, // the next call reports the error of message `i + sent`
+                // The next call reports the error of message `i + sent`.
+                Ok(sent) if sent > 0 => i += sent,
+                Ok(_) => {
+                    // Nothing taken and no error: count the message as failed rather than spin.
+                    let m = self.msgs[i];
+                    stats.failed += (m.to - m.from) as u64;
+                    i += 1;
+                }
                 Err(Errno::EAGAIN) => {
                     stats.would_block += self.msgs[i..]
                         .iter()
@@ -311,6 +318,12 @@ mod tests {
             // GSO segments arrive as separate datagrams, in order.
             assert_eq!(recv_all(r), vec![1388, 1388, 1000]);
         }
+    }
+
+    #[test]
+    fn the_sender_can_live_in_a_tokio_task() {
+        fn assert_send<T: Send + 'static>() {}
+        assert_send::<BatchSender>();
     }
 
     #[test]
