@@ -31,6 +31,14 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::resource::{Resource, UsageWho, getrlimit, setrlimit};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, setsockopt, sockopt};
 
+/// Prints to stdout, ignoring a closed pipe (e.g. `| head -1`) instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 /// Tick of the simulated stream.
 const INTERVAL: Duration = Duration::from_millis(20);
 /// Datagrams per tick per listener.
@@ -254,14 +262,14 @@ fn run(a: &Args) -> anyhow::Result<()> {
             "received": read.load(Ordering::Relaxed),
             "rx_queue_drops": drops,
         });
-        println!("{j}");
+        out!("{j}");
     } else {
-        println!(
+        out!(
             "floor {mode_name}: N={} for {audio_s:.1} audio s: sender cpu {:.3} s = {per:.7} s per audio s per listener",
             a.listeners,
             out.cpu.as_secs_f64()
         );
-        println!(
+        out!(
             "  sent {} datagrams ({} B) in {} sendmmsg calls; failed {} would-block {}; late ticks {}; \
              received {}; receiver queue drops {}",
             out.stats.datagrams,
@@ -273,9 +281,11 @@ fn run(a: &Args) -> anyhow::Result<()> {
             read.load(Ordering::Relaxed),
             drops
         );
-        println!(
+        out!(
             "  one tick's send (the floor of fan-out skew): p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
-            out.tick_ms.p50, out.tick_ms.p99, out.tick_ms.max
+            out.tick_ms.p50,
+            out.tick_ms.p99,
+            out.tick_ms.max
         );
     }
     Ok(())

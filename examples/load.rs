@@ -17,6 +17,22 @@ use std::time::Duration;
 use clap::Parser;
 use earshot::load::{self, LoadConfig};
 
+/// Prints to stdout, ignoring a closed pipe (e.g. `| head -1`) instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// Like `out!` without the newline.
+macro_rules! out_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 /// Load a streamd server with many listeners and report loss, skew and CPU.
 #[derive(Parser, Debug)]
 struct Args {
@@ -74,7 +90,7 @@ fn main() -> ExitCode {
             .and_then(|s| load::fake::serve(&s, a.duration, a.max_clients, mode));
         return match res {
             Ok(st) => {
-                println!("fake server: {st:?}");
+                out!("fake server: {st:?}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -91,14 +107,14 @@ fn main() -> ExitCode {
         Ok(rep) => {
             if a.json {
                 match serde_json::to_string(&rep) {
-                    Ok(j) => println!("{j}"),
+                    Ok(j) => out!("{j}"),
                     Err(e) => {
                         eprintln!("error: cannot serialise the report: {e}");
                         return ExitCode::from(1);
                     }
                 }
             } else {
-                print!("{rep}");
+                out_raw!("{rep}");
             }
             ExitCode::SUCCESS
         }
