@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example load -- --server 127.0.0.1:5004 --listeners 1000 --duration 60s \
-//!     [--server-pid PID] [--json] [--threads 2]
+//!     [--server-pid PID] [--json] [--threads N]
 //! ```
 //! Prints a summary, or with `--json` one JSON object (see `earshot::load::LoadReport`).
 //!
@@ -51,7 +51,7 @@ struct Args {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
-    /// Worker threads (default: 2, or 1 for a single listener).
+    /// Worker threads (default: 1 per 1,500 listeners, at most 2).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Serve the fake server at --server for --duration instead of loading one.
