@@ -32,8 +32,13 @@ const SWEEP: Duration = Duration::from_millis(10);
 /// `Leave`s sent back to back before a pause.
 const LEAVE_CHUNK: u32 = 16;
 
-/// Every how many audio datagrams the read lag (kernel arrival → our processing) is sampled.
+/// Every how many audio datagrams the read lag (kernel arrival → our processing) is sampled at
+/// first.
 const LAG_SAMPLE_EVERY: u64 = 64;
+
+/// Most lag samples kept: when full, every other one is dropped and the stride doubles, so a long
+/// run keeps an even sample in bounded memory (8 MiB).
+const LAG_SAMPLES_MAX: usize = 1 << 20;
 
 /// One worker's share of the run.
 pub(crate) struct WorkerSetup {
@@ -147,6 +152,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
         send_errors: 0,
     };
     let mut max_seen: Option<u64> = None;
+    let mut lag_stride = LAG_SAMPLE_EVERY;
     let mut draining_until: Option<Instant> = None;
     let mut next_sweep = Instant::now();
     let mut send = |s: &UdpSocket, p: &proto::Packet, errs: &mut u64| {
@@ -245,8 +251,16 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
                                 max_seen = max_seen.max(Some(seq));
                             }
                         }
-                        if r.audio % LAG_SAMPLE_EVERY == 0 {
+                        if r.audio % lag_stride == 0 {
                             r.lag_ms.push((realtime_ns() - t) as f64 / 1e6);
+                            if r.lag_ms.len() >= LAG_SAMPLES_MAX {
+                                let mut k = 0;
+                                r.lag_ms.retain(|_| {
+                                    k += 1;
+                                    k % 2 == 0
+                                });
+                                lag_stride *= 2;
+                            }
                         }
                         continue;
                     }
