@@ -3,11 +3,12 @@
 //! them with apt-get when running as root on Debian/Ubuntu), so a fresh machine needs nothing
 //! else. `.ci/run` is exactly `cargo xtask test`.
 
+mod bench_peers;
 mod system;
 
 use std::process::{Command, ExitCode};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 /// What every build needs: cpal links ALSA, found through pkg-config.
 const BUILD_PACKAGES: &[&str] = &["libasound2-dev", "pkg-config"];
@@ -113,8 +114,23 @@ fn test() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench_peers(_args: &[String]) -> Result<ExitCode> {
-    bail!("bench-peers is not wired up yet")
+fn bench_peers(args: &[String]) -> Result<ExitCode> {
+    system::ensure_packages(BUILD_PACKAGES)?;
+    std::env::set_current_dir(workspace_root()).context("cannot enter the workspace root")?;
+    let st = status(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "streamd",
+        "-p",
+        "earshot",
+        "--examples",
+    ]))?;
+    if !st.success() {
+        return Ok(exit_code(st));
+    }
+    bench_peers::run(args)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The cargo that runs us, so a toolchain chosen by rustup or `+nightly` is kept.

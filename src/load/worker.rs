@@ -1,0 +1,312 @@
+//! A load-tool worker thread: one `epoll` over its share of the listeners' sockets, each ready
+//! socket drained with `recvmmsg` (up to [`RECV_BATCH`] datagrams per system call), arrival times
+//! from the kernel (`SO_TIMESTAMPNS`), so that neither skew nor loss depends on how promptly this
+//! thread gets the CPU. Audio takes a fast path that reads the 12-byte header and the payload
+//! length without copying the PCM; everything else goes through `proto::decode`.
+
+use std::io::IoSliceMut;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::resource::UsageWho;
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use nix::sys::time::TimeSpec;
+use proto::limits::{AUDIO_OVERHEAD, MAX_DATAGRAM};
+use proto::{MAGIC, MessageType, VERSION};
+
+use super::listener::Listener;
+use super::procfs::own_cpu;
+use super::stats::{Recorded, SkewTable};
+
+/// Datagrams per `recvmmsg`: a listener gets 3 per 20 ms tick, so 8 drains a socket in one call
+/// even after a hiccup of a tick or two.
+pub const RECV_BATCH: usize = 8;
+
+/// How often timers (connect pacing, retries, reports) are checked.
+const SWEEP: Duration = Duration::from_millis(10);
+
+/// `Leave`s sent back to back before a pause.
+const LEAVE_CHUNK: u32 = 16;
+
+/// Every how many audio datagrams the read lag (kernel arrival → our processing) is sampled at
+/// first.
+const LAG_SAMPLE_EVERY: u64 = 64;
+
+/// Most lag samples kept: when full, every other one is dropped and the stride doubles, so a long
+/// run keeps an even sample in bounded memory (8 MiB).
+const LAG_SAMPLES_MAX: usize = 1 << 20;
+
+/// One worker's share of the run.
+pub(crate) struct WorkerSetup {
+    /// The listeners' sockets (non-blocking, timestamping on).
+    pub sockets: Vec<UdpSocket>,
+    /// The listeners, parallel to `sockets`.
+    pub listeners: Vec<Listener>,
+    /// The server's address; datagrams from anywhere else are counted as foreign.
+    pub server: SocketAddr,
+    /// When to stop counting and start the drain.
+    pub stop_at: Instant,
+    /// How long to keep reading after `stop_at` before sending `Leave`.
+    pub drain: Duration,
+    /// Pause per `Leave` sent: all listeners leaving at once would overflow the server's
+    /// receive buffer, and a lost `Leave` keeps the server sending until it evicts.
+    pub leave_pace: Duration,
+}
+
+/// What a worker hands back.
+pub(crate) struct WorkerResult {
+    /// The listeners with their counters.
+    pub listeners: Vec<Listener>,
+    /// Local addresses of the sockets, parallel to `listeners`.
+    pub locals: Vec<SocketAddr>,
+    /// First/last arrival of each seq among this worker's listeners.
+    pub skew: SkewTable,
+    /// Highest audio seq any of this worker's listeners had received at `stop_at`.
+    pub cutoff: Option<u64>,
+    /// CPU time of this thread.
+    pub cpu: Duration,
+    /// Sampled read lag in milliseconds.
+    pub lag_ms: Vec<f64>,
+    /// Audio datagrams read.
+    pub audio: u64,
+    /// `recvmmsg` calls made.
+    pub recv_calls: u64,
+    /// Datagrams from an address other than the server's.
+    pub foreign: u64,
+    /// Datagrams that did not decode.
+    pub garbage: u64,
+    /// Packets we failed to send (socket errors).
+    pub send_errors: u64,
+}
+
+fn realtime_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// The seq of a well-formed `Audio` datagram, read without copying the payload: the same checks
+/// as `proto::decode` (header, length prefix equal to what is there, whole samples).
+pub fn audio_seq(d: &[u8]) -> Option<u64> {
+    if d.len() < AUDIO_OVERHEAD
+        || d.len() > MAX_DATAGRAM
+        || d[0..2] != MAGIC
+        || d[2] != VERSION
+        || d[3] != MessageType::Audio as u8
+    {
+        return None;
+    }
+    let seq = u64::from_le_bytes(d[4..12].try_into().ok()?);
+    let len = u64::from_le_bytes(d[20..28].try_into().ok()?);
+    let pcm = (d.len() - AUDIO_OVERHEAD) as u64;
+    (len == pcm && pcm % 2 == 0).then_some(seq)
+}
+
+/// A kernel socket address as a std one (IPv4 or IPv6).
+fn to_std(a: SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+/// Runs one worker to the end of the run.
+pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
+    let WorkerSetup {
+        sockets,
+        mut listeners,
+        server,
+        stop_at,
+        drain,
+        leave_pace,
+    } = setup;
+    let locals = sockets
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    for (i, s) in sockets.iter().enumerate() {
+        epoll.add(s, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))?;
+    }
+    let mut events = vec![EpollEvent::empty(); 256];
+    let mut bufs: Box<[[u8; MAX_DATAGRAM]; RECV_BATCH]> = Box::new([[0; MAX_DATAGRAM]; RECV_BATCH]);
+    let mut hdrs: MultiHeaders<SockaddrStorage> =
+        MultiHeaders::preallocate(RECV_BATCH, Some(nix::cmsg_space!(TimeSpec)));
+    let mut out = BytesMut::with_capacity(256);
+    let mut r = WorkerResult {
+        listeners: Vec::new(),
+        locals: Vec::new(),
+        skew: SkewTable::default(),
+        cutoff: None,
+        cpu: Duration::ZERO,
+        lag_ms: Vec::new(),
+        audio: 0,
+        recv_calls: 0,
+        foreign: 0,
+        garbage: 0,
+        send_errors: 0,
+    };
+    let mut max_seen: Option<u64> = None;
+    let mut lag_stride = LAG_SAMPLE_EVERY;
+    let mut draining_until: Option<Instant> = None;
+    let mut next_sweep = Instant::now();
+    let mut send = |s: &UdpSocket, p: &proto::Packet, errs: &mut u64| {
+        out.clear();
+        if proto::encode(p, &mut out).is_err() || s.send_to(&out, server).is_err() {
+            *errs += 1;
+        }
+    };
+    loop {
+        let now = Instant::now();
+        if now >= next_sweep {
+            for (l, s) in listeners.iter_mut().zip(&sockets) {
+                if let Some(p) = l.poll(now) {
+                    send(s, &p, &mut r.send_errors);
+                }
+            }
+            next_sweep = now + SWEEP;
+            if listeners.iter().all(Listener::is_done) {
+                break;
+            }
+        }
+        if draining_until.is_none() && now >= stop_at {
+            r.cutoff = max_seen;
+            draining_until = Some(now + drain);
+        }
+        if draining_until.is_some_and(|t| now >= t) {
+            let mut sent = 0u32;
+            for (l, s) in listeners.iter_mut().zip(&sockets) {
+                if let Some(p) = l.leave(now) {
+                    send(s, &p, &mut r.send_errors);
+                    sent += 1;
+                    if sent % LEAVE_CHUNK == 0 {
+                        std::thread::sleep(leave_pace * LEAVE_CHUNK);
+                    }
+                }
+            }
+            break;
+        }
+        let wait = next_sweep
+            .saturating_duration_since(now)
+            .as_millis()
+            .clamp(1, 100) as u16;
+        let n = match epoll.wait(&mut events, wait) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        for ev in &events[..n] {
+            let i = ev.data() as usize;
+            let (Some(sock), Some(l)) = (sockets.get(i), listeners.get_mut(i)) else {
+                continue;
+            };
+            // Drain this socket: repeat while a call fills the whole batch.
+            loop {
+                let mut meta = [(0usize, false, 0i64); RECV_BATCH];
+                let got = {
+                    let mut iovs = bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
+                    let res = recvmmsg(
+                        sock.as_raw_fd(),
+                        &mut hdrs,
+                        iovs.iter_mut(),
+                        MsgFlags::MSG_DONTWAIT,
+                        None,
+                    );
+                    r.recv_calls += 1;
+                    let Ok(res) = res else { break };
+                    let mut got = 0;
+                    for (m, msg) in meta.iter_mut().zip(res) {
+                        let from_server = msg.address.and_then(to_std) == Some(server);
+                        let mut t = 0;
+                        if let Ok(cm) = msg.cmsgs() {
+                            for c in cm {
+                                if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                                    t = ts.tv_sec() * 1_000_000_000 + ts.tv_nsec();
+                                }
+                            }
+                        }
+                        *m = (msg.bytes, from_server, t);
+                        got += 1;
+                    }
+                    got
+                };
+                let now = Instant::now();
+                for (k, &(len, from_server, t)) in meta[..got].iter().enumerate() {
+                    if !from_server {
+                        r.foreign += 1;
+                        continue;
+                    }
+                    let d = &bufs[k][..len.min(MAX_DATAGRAM)];
+                    if let Some(seq) = audio_seq(d) {
+                        r.audio += 1;
+                        let t = if t == 0 { realtime_ns() } else { t };
+                        if l.on_audio(seq) == Recorded::New {
+                            r.skew.record(seq, t);
+                            if draining_until.is_none() {
+                                max_seen = max_seen.max(Some(seq));
+                            }
+                        }
+                        if r.audio % lag_stride == 0 {
+                            r.lag_ms.push((realtime_ns() - t) as f64 / 1e6);
+                            if r.lag_ms.len() >= LAG_SAMPLES_MAX {
+                                let mut k = 0;
+                                r.lag_ms.retain(|_| {
+                                    k += 1;
+                                    k % 2 == 0
+                                });
+                                lag_stride *= 2;
+                            }
+                        }
+                        continue;
+                    }
+                    match proto::decode(d) {
+                        Ok(p) => {
+                            if let Some(reply) = l.on_packet(now, p) {
+                                send(sock, &reply, &mut r.send_errors);
+                            }
+                        }
+                        Err(_) => r.garbage += 1,
+                    }
+                }
+                if got < RECV_BATCH {
+                    break;
+                }
+            }
+        }
+    }
+    r.cpu = own_cpu(UsageWho::RUSAGE_THREAD);
+    r.listeners = listeners;
+    r.locals = locals;
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn audio_fast_path_agrees_with_decode() {
+        let mut b = BytesMut::new();
+        proto::encode_audio(77, 1000, &[1u8; 1360], &mut b);
+        assert_eq!(b.len(), 1388);
+        assert_eq!(audio_seq(&b), Some(77));
+        assert!(proto::decode(&b).is_ok());
+        // Truncated, odd, wrong type: neither path accepts them.
+        assert_eq!(audio_seq(&b[..1387]), None);
+        assert!(proto::decode(&b[..1387]).is_err());
+        let mut odd = BytesMut::new();
+        proto::encode_audio(1, 0, &[1u8; 3], &mut odd);
+        assert_eq!(audio_seq(&odd), None);
+        assert!(proto::decode(&odd).is_err());
+        assert_eq!(
+            audio_seq(b"ES\x01\x07garbage-garbage-garbage-garbage"),
+            None
+        );
+    }
+}
