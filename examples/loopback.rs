@@ -134,7 +134,8 @@ async fn run(args: Args) -> Result<()> {
         None => match listen::sink::CpalSink::probe(None) {
             Ok(()) => None,
             Err(e) => {
-                println!("no sound device here ({e}): writing what it would play to {DEFAULT_WAV}");
+                tracing::debug!("no sound device: {e}");
+                println!("no sound device here: writing what it would play to {DEFAULT_WAV}");
                 Some(PathBuf::from(DEFAULT_WAV))
             }
         },
