@@ -6,30 +6,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
 
-/// The example binary, built next to the test executables by `cargo test --all-targets`.
-fn loopback() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples/loopback");
-    assert!(
-        dir.exists(),
-        "{} missing: run through `cargo test --all-targets`",
-        dir.display()
-    );
-    dir
-}
-
 /// Runs the demo in `cwd` with no audio server reachable (a private, empty runtime dir).
 fn run_demo(cwd: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(loopback())
+    let out = Command::new(built("loopback", true))
         .args(args)
         .current_dir(cwd)
         .env("HOME", cwd)

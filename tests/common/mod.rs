@@ -16,30 +16,46 @@ use std::time::{Duration, Instant};
 /// 2-core box.
 pub const SLOW: Duration = Duration::from_secs(30);
 
-/// Path of a workspace binary (`streamd`, `listen`) next to this test executable.
+/// Builds (once per test process) and returns the path of a workspace binary (`streamd`,
+/// `listen`) or, with `example = true`, an example of this package (`loopback`).
 ///
-/// `cargo test --workspace` (and so `cargo xtask test`) builds every binary before it runs any
-/// test. Run alone, `cargo test -p earshot` does not: then we build them once ourselves.
-pub fn bin(name: &str) -> PathBuf {
+/// `cargo test --all-targets` builds the binaries, but examples only as test harnesses under a
+/// hashed name, and a stale binary from an older checkout could linger: asking cargo is the one
+/// way to be sure what runs is the source under test (a no-op when it is up to date).
+pub fn built(name: &str, example: bool) -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let st = Command::new(env!("CARGO"))
+            .args([
+                "build", "--quiet", "-p", "streamd", "-p", "listen", "-p", "earshot",
+            ])
+            .args(["--bins", "--example", "loopback"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "building the binaries under test failed");
+    });
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>");
-    let path = dir.join(name);
-    if !path.exists() {
-        BUILT.call_once(|| {
-            let st = Command::new(env!("CARGO"))
-                .args(["build", "-p", "streamd", "-p", "listen"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build");
-            assert!(st.success(), "building streamd and listen failed");
-        });
-    }
-    assert!(path.exists(), "{} not found", path.display());
+    let path = if example {
+        dir.join("examples").join(name)
+    } else {
+        dir.join(name)
+    };
+    assert!(
+        path.exists(),
+        "{} not found after building it",
+        path.display()
+    );
     path
+}
+
+/// Path of a workspace binary (`streamd`, `listen`), built if needed.
+pub fn bin(name: &str) -> PathBuf {
+    built(name, false)
 }
 
 /// A fixture under `tests/fixtures/`.
