@@ -50,8 +50,8 @@ pub enum DecodeError {
     Malformed {
         /// The type from the header.
         msg_type: MessageType,
-        /// What bincode said.
-        detail: String,
+        /// What was wrong, in a few words (static: rejecting garbage allocates nothing here).
+        detail: &'static str,
     },
     /// The body decoded but bytes were left over.
     #[error("{extra} trailing bytes after a {msg_type:?} body")]
@@ -140,7 +140,7 @@ fn body<'a, T: Deserialize<'a>>(t: MessageType, b: &'a [u8]) -> Result<T, Decode
     let (v, used) = bincode::serde::borrow_decode_from_slice::<T, _>(b, cfg()).map_err(|e| {
         DecodeError::Malformed {
             msg_type: t,
-            detail: e.to_string(),
+            detail: describe(&e),
         }
     })?;
     if used != b.len() {
@@ -150,6 +150,21 @@ fn body<'a, T: Deserialize<'a>>(t: MessageType, b: &'a [u8]) -> Result<T, Decode
         });
     }
     Ok(v)
+}
+
+/// A fixed description of a bincode error, so that rejecting a malformed datagram (a hot path
+/// under a flood) formats and allocates nothing.
+fn describe(e: &bincode::error::DecodeError) -> &'static str {
+    use bincode::error::DecodeError as E;
+    match e {
+        E::UnexpectedEnd { .. } => "body ends early",
+        E::LimitExceeded => "a length prefix exceeds the datagram limit",
+        E::Utf8 { .. } => "text is not UTF-8",
+        E::UnexpectedVariant { .. } => "unknown enum variant",
+        E::InvalidBooleanValue(_) => "invalid option tag",
+        E::OutsideUsizeRange(_) => "a length does not fit this machine",
+        _ => "body does not decode",
+    }
 }
 
 /// Decodes one datagram. Any input gives a packet or a [`DecodeError`]: it never panics and

@@ -16,17 +16,21 @@ thread_local! {
     /// Largest allocation seen on this thread while measuring (per thread, so that tests
     /// running in parallel do not see each other's allocations).
     static LARGEST: Cell<usize> = const { Cell::new(0) };
+    /// How many allocations this thread made while measuring.
+    static COUNT: Cell<usize> = const { Cell::new(0) };
 }
 
 fn record(size: usize) {
     if MEASURING.with(Cell::get) {
         LARGEST.with(|l| l.set(l.get().max(size)));
+        COUNT.with(|c| c.set(c.get() + 1));
     }
 }
 
 /// Largest single allocation `f` makes on this thread.
 fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
     LARGEST.with(|l| l.set(0));
+    COUNT.with(|c| c.set(0));
     MEASURING.with(|m| m.set(true));
     let out = f();
     MEASURING.with(|m| m.set(false));
@@ -115,4 +119,26 @@ fn a_valid_max_size_datagram_allocates_at_most_its_size() {
         "allocated {largest} for a {}-byte datagram",
         buf.len()
     );
+}
+
+#[test]
+fn rejecting_common_garbage_allocates_nothing() {
+    // What a flood is made of: truncated audio, lying length prefixes, foreign and oversized
+    // datagrams. The server rejects each on its receive path; none may touch the heap.
+    let mut truncated = header(6);
+    truncated.extend_from_slice(&0u64.to_le_bytes());
+    truncated.extend_from_slice(&100u64.to_le_bytes());
+    truncated.extend_from_slice(&[0; 10]);
+    let mut lying = header(6);
+    lying.extend_from_slice(&0u64.to_le_bytes());
+    lying.extend_from_slice(&u64::MAX.to_le_bytes());
+    let foreign = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+    let oversized = vec![0x45u8; MAX_DATAGRAM + 1];
+    let inputs = [truncated, lying, foreign, oversized, header(200), header(4)];
+    COUNT.with(|c| c.set(0));
+    MEASURING.with(|m| m.set(true));
+    let rejected = inputs.iter().filter(|i| proto::decode(i).is_err()).count();
+    MEASURING.with(|m| m.set(false));
+    assert_eq!(rejected, inputs.len());
+    assert_eq!(COUNT.with(Cell::get), 0, "rejecting garbage allocated");
 }
