@@ -59,6 +59,13 @@ pub const RECV_BUFFER: usize = 8 << 20;
 /// How often the live status line is redrawn: smooth to a human, negligible CPU.
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Lowest sample rate accepted from a `Welcome`: telephone quality and up.
+pub const MIN_RATE: u32 = 4_000;
+/// Highest sample rate accepted from a `Welcome`: the highest studio rate in use.
+pub const MAX_RATE: u32 = 384_000;
+/// Most channels accepted from a `Welcome`: beyond any speaker layout a listener has.
+pub const MAX_CHANNELS: u16 = 32;
+
 /// Longest server interval accepted from a `Welcome`; the protocol's design range is 5 ms..2 s,
 /// and a far longer one would only make the jitter buffer huge.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(10);
@@ -383,11 +390,27 @@ fn check_stream(server: &str, info: &StreamInfo) -> Result<(), ListenError> {
             detail: detail.to_owned(),
         })
     };
-    if info.sample_rate == 0 {
-        return bad("sample rate 0");
+    // Bounds on what a server may announce: every buffer the client sizes from these (the
+    // jitter buffer, concealment, the sink, the WAV header) stays sane however hostile the
+    // `Welcome` is.
+    if !(MIN_RATE..=MAX_RATE).contains(&info.sample_rate) {
+        return bad(&format!(
+            "sample rate {} Hz (expected {MIN_RATE}..={MAX_RATE})",
+            info.sample_rate
+        ));
     }
-    if info.channels == 0 {
-        return bad("0 channels");
+    if info.channels == 0 || info.channels > MAX_CHANNELS {
+        return bad(&format!(
+            "{} channels (expected 1..={MAX_CHANNELS})",
+            info.channels
+        ));
+    }
+    let max_fpp = proto::limits::MAX_PAYLOAD / info.bytes_per_frame();
+    if info.frames_per_packet == 0 || info.frames_per_packet as usize > max_fpp {
+        return bad(&format!(
+            "{} frames per packet (expected 1..={max_fpp})",
+            info.frames_per_packet
+        ));
     }
     if info.format != SampleFormat::S16Le {
         return bad("unknown sample format");

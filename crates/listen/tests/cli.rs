@@ -33,11 +33,18 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("soon"));
-    let o = listen()
-        .args(["--server", "127.0.0.1:9", "--timeout", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
+    // Zero, and durations so long the clock arithmetic would overflow.
+    for (flag, value) in [
+        ("--timeout", "0"),
+        ("--timeout", "1e19"),
+        ("--latency", "1e19"),
+    ] {
+        let o = listen()
+            .args(["--server", "127.0.0.1:9", flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {o:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,19 +119,31 @@ async fn a_host_name_streams_to_wav_and_writes_stats_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_ends_with_exit_0_stats_and_leave() {
+    signal_ends_with_exit_0_stats_and_leave("INT").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_with_exit_0_stats_and_leave() {
+    signal_ends_with_exit_0_stats_and_leave("TERM").await;
+}
+
+async fn signal_ends_with_exit_0_stats_and_leave(signal: &str) {
     let srv = FakeServer::start(Script::clean(48_000 * 10)).await;
-    let json = common::tmp("cli-int.json");
+    let json = common::tmp(&format!("cli-{signal}.json"));
     let mut c = listen();
     c.args(["--server", &srv.addr.to_string(), "--quiet"])
         .arg("--output")
-        .arg(common::tmp("cli-int.wav"))
+        .arg(common::tmp(&format!("cli-{signal}.wav")))
         .arg("--stats-json")
         .arg(&json)
         .stderr(Stdio::piped());
     let child = c.spawn().unwrap();
     let pid = child.id().to_string();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let k = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let k = Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
     assert!(k.success());
     let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await

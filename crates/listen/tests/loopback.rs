@@ -152,6 +152,19 @@ async fn a_late_joiner_plays_from_its_start_ts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_welcome_is_refused_not_obeyed() {
+    // Each of these would size buffers (or a WAV header) from attacker-chosen numbers.
+    for (rate, ch) in [(2_000_000_000, 2), (44_100, 60_000), (1, 2)] {
+        let mut sc = Script::clean(TOTAL);
+        sc.welcome_format = Some((rate, ch));
+        let srv = FakeServer::start(sc).await;
+        let e = run(config(srv.addr, "hostile.wav")).await.unwrap_err();
+        assert_eq!(e.exit_code(), 1, "{rate} Hz {ch} ch: {e}");
+        assert!(e.to_string().contains("unusable stream description"), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_server_is_reported_with_exit_3() {
     let mut sc = Script::clean(TOTAL);
     sc.reject = Some(RejectReason::Full { max_clients: 3 });

@@ -34,7 +34,7 @@ struct Cli {
     #[arg(long)]
     list_devices: bool,
     /// Jitter-buffer target (e.g. 100ms, 0.2); grows when the server's interval needs more.
-    #[arg(long, value_name = "D", default_value = "100ms", value_parser = listen::parse_duration)]
+    #[arg(long, value_name = "D", default_value = "100ms", value_parser = parse_latency)]
     latency: Duration,
     /// Give up when the server is silent this long (e.g. 3s, 5).
     #[arg(long, value_name = "D", default_value = "3s", value_parser = parse_timeout)]
@@ -50,10 +50,27 @@ struct Cli {
     quiet: bool,
 }
 
-/// `--timeout`: a duration longer than zero.
+/// Longest `--timeout`: a day. Longer is no use to anyone and, near `Duration::MAX`, would
+/// overflow the clock arithmetic.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest `--latency`: a jitter buffer of a minute is already absurd; more only delays the start
+/// for ever.
+const MAX_LATENCY: Duration = Duration::from_secs(60);
+
+/// `--timeout`: longer than zero, at most [`MAX_TIMEOUT`].
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     match listen::parse_duration(s)? {
         d if d.is_zero() => Err("the timeout must be longer than 0".into()),
+        d if d > MAX_TIMEOUT => Err(format!("the timeout must be at most {MAX_TIMEOUT:?}")),
+        d => Ok(d),
+    }
+}
+
+/// `--latency`: at most [`MAX_LATENCY`].
+fn parse_latency(s: &str) -> Result<Duration, String> {
+    match listen::parse_duration(s)? {
+        d if d > MAX_LATENCY => Err(format!("the latency must be at most {MAX_LATENCY:?}")),
         d => Ok(d),
     }
 }
@@ -177,10 +194,30 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Ctrl-C and SIGTERM (a service manager, `timeout`, `kill`) both end the run the proper
+    // way: Leave to the server, statistics printed and written.
     let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            // No signal handler: never interrupt rather than interrupt at once.
-            std::future::pending::<()>().await;
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                // No signal handler: never interrupt rather than interrupt at once.
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let term = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {}
+            () = term => {}
         }
     };
     match rt.block_on(listen::run(config, interrupt)) {

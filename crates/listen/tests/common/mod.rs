@@ -57,6 +57,8 @@ pub struct Script {
     pub garbage: bool,
     /// From another socket, send a copy of every tick's first datagram with wrong samples.
     pub foreign: bool,
+    /// Announce this (hostile) sample rate and channel count in the `Welcome` instead.
+    pub welcome_format: Option<(u32, u16)>,
 }
 
 impl Script {
@@ -77,6 +79,7 @@ impl Script {
             answer_v2: false,
             garbage: false,
             foreign: false,
+            welcome_format: None,
         }
     }
 
@@ -205,9 +208,10 @@ async fn serve(sock: Arc<UdpSocket>, script: Script, log: Arc<Mutex<Log>>) {
                     sock.send_to(&enc(&r), from).await.unwrap();
                     continue;
                 }
+                let (sample_rate, channels) = script.welcome_format.unwrap_or((RATE, CH));
                 let info = StreamInfo {
-                    sample_rate: RATE,
-                    channels: CH,
+                    sample_rate,
+                    channels,
                     format: SampleFormat::S16Le,
                     interval_us: script.interval.as_micros() as u32,
                     frames_per_packet: FPP as u32,
