@@ -180,6 +180,13 @@ impl Fanout {
         self.path
     }
 
+    /// Checks `sock` for GSO now (rather than on the first send) and says which path will
+    /// be used, for the start-up log.
+    pub fn detect(&mut self, sock: &UdpSocket) -> SendPath {
+        self.probe(sock);
+        self.path
+    }
+
     /// Checks once, on the first send, whether the socket takes GSO.
     fn probe(&mut self, sock: &UdpSocket) {
         if self.probed {
