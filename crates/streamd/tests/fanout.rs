@@ -86,6 +86,10 @@ async fn deliver_all_ticks(path: SendPath, n: usize, dead_every: usize) {
             dests.insert(i, a);
             dead += 1;
         }
+        // And one address the kernel refuses outright (port 0: EINVAL): mid-batch, so
+        // sendmmsg returns a partial count and the send must resume after it.
+        dests.insert(dests.len() / 2, SocketAddr::from(([127, 0, 0, 1], 0)));
+        dead += 1;
     }
     let mut f = Fanout::with_path(path);
     let ticks = ticks();
@@ -125,6 +129,11 @@ async fn deliver_all_ticks(path: SendPath, n: usize, dead_every: usize) {
         "{path:?} {s:?}"
     );
     assert!(s.datagrams >= per_listener * n as u64, "{path:?} {s:?}");
+    if dead_every > 0 {
+        // The refused address lost its datagrams, and only those (per datagram: GSO falls
+        // back to plain sends for that listener to tell a bad address from a bad route).
+        assert_eq!(s.dropped(), per_listener, "{path:?} {s:?}");
+    }
     if path == SendPath::Gso && cfg!(target_os = "linux") && dead == 0 {
         // One sendmmsg per super-datagram for up to MAX_BATCH listeners: the catch-up tick
         // takes two super-datagrams; nothing went out one datagram a call.

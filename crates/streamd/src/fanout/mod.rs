@@ -331,7 +331,7 @@ mod linux {
             from: usize,
         ) {
             // GSO path downgraded since the chunk was planned: send its datagrams plainly.
-            if seg.is_some() && self.path != SendPath::Gso || self.path == SendPath::PerDatagram {
+            if (seg.is_some() && self.path != SendPath::Gso) || self.path == SendPath::PerDatagram {
                 self.plain_rest(sock, msg, dests, from);
                 return;
             }
