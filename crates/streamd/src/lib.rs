@@ -5,8 +5,8 @@
 //! - [`pacing`]: the media clock that says how many frames are due at `now`, without drift.
 //! - [`sessions`]: the listener table: stateless cookie handshake, capacity, keepalive,
 //!   eviction, leave, and the anti-amplification rule.
-//! - [`fanout`]: "send these datagrams to these addresses", non-blocking; the seam for
-//!   `sendmmsg`/GSO.
+//! - [`fanout`]: "send these datagrams to these addresses", non-blocking, batched: `sendmmsg`
+//!   across listeners and UDP GSO within a listener's tick on Linux, `send_to` elsewhere.
 //! - [`server`]: the tokio driver that moves bytes between the socket, the timers and the cores.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -151,8 +151,10 @@ impl Sessions {
             origin: now,
             max_clients,
             client_timeout,
-            table: HashMap::new(),
-            addrs: Vec::new(),
+            // Reserved for the whole capacity up front: a join never rehashes or moves the
+            // table mid-stream, and untouched pages cost no memory.
+            table: HashMap::with_capacity(max_clients),
+            addrs: Vec::with_capacity(max_clients),
             accepting: true,
             control_seq: 0,
             stats: SessionStats::default(),
@@ -821,6 +823,53 @@ mod tests {
             );
         }
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn ten_thousand_listeners_join_leave_and_stay_consistent() {
+        let now = Instant::now();
+        let mut s = table(now, 10_000);
+        let live = LivePosition::default();
+        let a = |i: u32| SocketAddr::from(([127, 0, (i >> 8) as u8, i as u8], 40_000));
+        for i in 0..10_000 {
+            let from = a(i);
+            let join = enc(Message::Join(Join {
+                cookie: s.cookie(now, &from),
+            }));
+            let h = s.handle(now, from, &join, &info(), live);
+            assert!(
+                matches!(h.event, Event::Accepted { .. }),
+                "{i}: {:?}",
+                h.event
+            );
+        }
+        assert_eq!(s.len(), 10_000);
+        // Full at exactly --max-clients.
+        let extra = SocketAddr::from(([127, 1, 0, 1], 1));
+        let join = enc(Message::Join(Join {
+            cookie: s.cookie(now, &extra),
+        }));
+        assert!(matches!(
+            s.handle(now, extra, &join, &info(), live).event,
+            Event::Rejected(RejectReason::Full {
+                max_clients: 10_000
+            })
+        ));
+        // Every third leaves; the rest are still found by address and in the fan-out slice.
+        let leave = enc(Message::Leave);
+        for i in (0..10_000).step_by(3) {
+            assert_eq!(
+                s.handle(now, a(i), &leave, &info(), live).event,
+                Event::Left
+            );
+        }
+        assert_eq!(s.len(), 10_000 - 3334);
+        let mut fan: Vec<SocketAddr> = s.addrs().to_vec();
+        fan.sort();
+        let mut want: Vec<SocketAddr> = (0..10_000).filter(|i| i % 3 != 0).map(a).collect();
+        want.sort();
+        assert_eq!(fan, want);
+        assert!((0..10_000).all(|i| s.contains(&a(i)) == (i % 3 != 0)));
     }
 
     proptest::proptest! {
