@@ -606,6 +606,18 @@ struct Receiver<'a> {
     from: SocketAddr,
     /// The stream's length, to conceal trailing loss of a finished stream.
     total_frames: Option<u64>,
+    /// Most frames one datagram holds: bounds how much trailing loss may be concealed.
+    frames_per_packet: u64,
+    /// Bytes per frame, to count the frames of each datagram.
+    bytes_per_frame: usize,
+    /// Frames per second, to turn the frames left after `End` into a deadline.
+    rate: u32,
+    /// One past the last frame received so far.
+    received_end: u64,
+    /// How long the server may be silent (also the grace after the end has played out).
+    silence: Duration,
+    /// Set at `End`: the run ends by then even if the sink stops taking audio.
+    end_deadline: Option<tokio::time::Instant>,
     /// Reception counters.
     tracker: Tracker,
     /// The playout.
@@ -633,18 +645,28 @@ impl Receiver<'_> {
         match p.msg {
             Message::Audio(a) => {
                 if self.tracker.on_audio(now, p.seq, a.ts) == Arrival::New {
+                    let frames = (a.pcm.len() / self.bytes_per_frame) as u64;
+                    self.received_end = self.received_end.max(a.ts.saturating_add(frames));
                     self.jb.push(a.ts, a.pcm);
                 }
             }
             Message::End(e) if self.ended.is_none() => {
-                let trailing = e
-                    .last_seq
-                    .is_some_and(|l| self.tracker.highest().is_none_or(|h| l > h));
-                let end_ts = if trailing && e.reason == proto::EndReason::Finished {
-                    self.total_frames
-                } else {
-                    None
+                // Trailing loss of a finished stream is concealed to the end, but never past
+                // what the missing datagrams could have held: a truncated file (whose header
+                // overstates its length) or a lying server cannot make us play hours of silence.
+                let end_ts = match (e.reason, self.tracker.highest(), e.last_seq) {
+                    (proto::EndReason::Finished, Some(h), Some(l)) if l > h => {
+                        let most = (l - h).saturating_mul(self.frames_per_packet);
+                        self.total_frames
+                            .map(|t| t.min(self.received_end.saturating_add(most)))
+                    }
+                    _ => None,
                 };
+                let left = end_ts
+                    .unwrap_or(self.received_end)
+                    .saturating_sub(self.jb.position());
+                self.end_deadline =
+                    Some(tokio::time::Instant::now() + duration_of(left, self.rate) + self.silence);
                 self.tracker.on_end(e.last_seq);
                 self.jb.end(end_ts);
                 let r = EndReason::from(e.reason);
@@ -719,6 +741,12 @@ async fn stream(
         server,
         from: link.server,
         total_frames: info.total_frames,
+        frames_per_packet: u64::from(info.frames_per_packet),
+        bytes_per_frame: info.bytes_per_frame(),
+        rate,
+        received_end: info.start_ts,
+        silence,
+        end_deadline: None,
         tracker,
         jb,
         last_heard: tokio::time::Instant::now(),
@@ -798,6 +826,12 @@ async fn stream(
                 let buffered_ms = rx.jb.buffered().as_millis().min(u128::from(u32::MAX)) as u32;
                 let r = rx.tracker.report(&rx.jb.counters(), buffered_ms);
                 link.send(Message::Report(r)).await;
+            }
+            () = tokio::time::sleep_until(rx.end_deadline.unwrap_or(rx.last_heard)),
+                if rx.end_deadline.is_some() =>
+            {
+                tracing::warn!("the end of the stream did not play out in time; stopping");
+                break rx.ended.unwrap_or(EndReason::Finished);
             }
             () = tokio::time::sleep_until(rx.last_heard + silence), if rx.ended.is_none() => {
                 tracing::warn!("server {server} silent for {}", fmt_secs(silence));

@@ -152,6 +152,37 @@ async fn a_late_joiner_plays_from_its_start_ts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailing_loss_is_concealed_only_as_far_as_the_missing_datagrams_reach() {
+    // The Welcome claims an hour; the stream is 1.2 s and its last datagram is lost. The end is
+    // concealed (the WAV keeps the stream's length), but not the hour the header claimed.
+    let mut sc = Script::clean(TOTAL);
+    sc.welcome_total = Some(u64::from(RATE) * 3600);
+    let last = 1000 + sc.packets() - 1; // the fake server's seqs start at 1000
+    sc.drop.insert(last);
+    let srv = FakeServer::start(sc).await;
+    // Without the cap this would play silence toward the claimed hour: fail, do not hang.
+    let o = tokio::time::timeout(
+        Duration::from_secs(30),
+        run(config(srv.addr, "trailing-cap.wav")),
+    )
+    .await
+    .expect("listen kept playing long after the stream's end")
+    .unwrap();
+    assert_eq!(o.exit_code(), 0);
+    assert_eq!(o.stats.lost, 1, "{:?}", o.stats);
+    let (_, samples) = read_wav(&tmp("trailing-cap.wav"));
+    let frames = samples.len() as u64 / u64::from(CH);
+    assert!(
+        frames <= TOTAL + FPP,
+        "{frames} frames for a {TOTAL}-frame stream"
+    );
+    assert!(
+        frames >= TOTAL - FPP,
+        "trailing loss was not concealed: {frames} frames"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_welcome_is_refused_not_obeyed() {
     // Each of these would size buffers (or a WAV header) from attacker-chosen numbers.
     for (rate, ch) in [(2_000_000_000, 2), (44_100, 60_000), (1, 2)] {

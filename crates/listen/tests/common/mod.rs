@@ -59,6 +59,9 @@ pub struct Script {
     pub foreign: bool,
     /// Announce this (hostile) sample rate and channel count in the `Welcome` instead.
     pub welcome_format: Option<(u32, u16)>,
+    /// Announce this stream length in the `Welcome` instead of `total` (a truncated file's
+    /// header, or a lying server).
+    pub welcome_total: Option<u64>,
 }
 
 impl Script {
@@ -80,6 +83,7 @@ impl Script {
             garbage: false,
             foreign: false,
             welcome_format: None,
+            welcome_total: None,
         }
     }
 
@@ -215,7 +219,7 @@ async fn serve(sock: Arc<UdpSocket>, script: Script, log: Arc<Mutex<Log>>) {
                     format: SampleFormat::S16Le,
                     interval_us: script.interval.as_micros() as u32,
                     frames_per_packet: FPP as u32,
-                    total_frames: Some(script.total),
+                    total_frames: Some(script.welcome_total.unwrap_or(script.total)),
                     start_seq,
                     start_ts,
                     title: "fake".into(),
