@@ -632,8 +632,14 @@ impl Driver {
                     self.start_streaming();
                 }
             }
-            Event::Rejoined => tracing::info!("{from} joined again; welcomed again"),
-            Event::Rejected(reason) => tracing::info!("rejected {from}: {reason:?}"),
+            // A validated host can replay its own Join as fast as it likes for the cookie's
+            // lifetime: these lines share the handshake budget, so it cannot flood the log.
+            Event::Rejoined => {
+                self.log_handshake(format_args!("{from} joined again; welcomed again"));
+            }
+            Event::Rejected(reason) => {
+                self.log_handshake(format_args!("rejected {from}: {reason:?}"));
+            }
             Event::Report(r) => tracing::debug!(
                 "report from {from}: received {} lost {} late {} dup {} ooo {} highest {} jitter {} us buffered {} ms",
                 r.received,
