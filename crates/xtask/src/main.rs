@@ -124,6 +124,7 @@ fn bench_peers(args: &[String]) -> Result<ExitCode> {
         "streamd",
         "-p",
         "earshot",
+        "--bins",
         "--examples",
     ]))?;
     if !st.success() {
