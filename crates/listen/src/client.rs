@@ -7,10 +7,11 @@
 //! `Welcome` or `Reject`. The last message is resent with doubling backoff until `--timeout`.
 //! Then audio flows into the jitter buffer, the sink pulls from it after every wake-up and at the
 //! latest when it asks to be refilled ([`Sink::refill_at`]; no fixed tick, so a WAV sink at a
-//! 20 ms server interval wakes the client ~100 times a second, not 250), a `Report` goes out every [`proto::limits::REPORT_INTERVAL`], and the stream ends with `End`
-//! (played out first), silence past `--timeout` (at least two server intervals, since the
-//! server is silent between bursts), `Error{NotJoined}` (evicted) or the interrupt future
-//! (Ctrl-C). `Leave` is sent on every exit after the handshake began.
+//! 20 ms server interval wakes the client ~100 times a second, not 250), a `Report` goes out
+//! every [`proto::limits::REPORT_INTERVAL`], and the stream ends with `End` (played out first),
+//! silence past `--timeout` (at least two server intervals, since the server is silent between
+//! bursts), `Error{NotJoined}` (evicted) or the interrupt future (Ctrl-C). `Leave` is sent on
+//! every exit after the handshake began.
 
 use std::future::Future;
 use std::io::IsTerminal;
