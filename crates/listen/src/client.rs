@@ -1,15 +1,17 @@
 //! The tokio shell: one task that moves datagrams between the socket, the sans-IO cores
-//! ([`crate::jitter`], [`crate::stats`]) and a [`Sink`], on three timers (playout tick, report,
+//! ([`crate::jitter`], [`crate::stats`]) and a [`Sink`], on three timers (refill, report,
 //! silence timeout).
 //!
 //! Handshake: `Connect` (padded to [`proto::limits::MIN_CONNECT_LEN`]) → `Challenge` → `Join`
 //! with the cookie (a fresh `Challenge` answering a `Join` means: join again with the new one) →
 //! `Welcome` or `Reject`. The last message is resent with doubling backoff until `--timeout`.
-//! Then audio flows into the jitter buffer, the sink pulls from it every [`PLAYOUT_TICK`], a
-//! `Report` goes out every [`proto::limits::REPORT_INTERVAL`], and the stream ends with `End`
-//! (played out first), silence past `--timeout` (at least two server intervals, since the
-//! server is silent between bursts), `Error{NotJoined}` (evicted) or the interrupt future
-//! (Ctrl-C). `Leave` is sent on every exit after the handshake began.
+//! Then audio flows into the jitter buffer, the sink pulls from it after every wake-up and at the
+//! latest when it asks to be refilled ([`Sink::refill_at`]; no fixed tick, so a WAV sink at a
+//! 20 ms server interval wakes the client ~100 times a second, not 250), a `Report` goes out
+//! every [`proto::limits::REPORT_INTERVAL`], and the stream ends with `End` (played out first),
+//! silence past `--timeout` (at least two server intervals, since the server is silent between
+//! bursts), `Error{NotJoined}` (evicted) or the interrupt future (Ctrl-C). `Leave` is sent on
+//! every exit after the handshake began.
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -42,12 +44,8 @@ pub const HANDSHAKE_RETRY_FIRST: Duration = Duration::from_millis(250);
 /// Cap on the handshake retransmission delay, so a long `--timeout` still retries every 2 s.
 pub const HANDSHAKE_RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// How often the sink is topped up from the jitter buffer: a quarter of the virtual sinks' lead
-/// ([`crate::sink::VIRTUAL_LEAD`]), so a late timer never starves them.
-pub const PLAYOUT_TICK: Duration = Duration::from_millis(5);
-
 /// Most datagrams read in one go after a wake-up before timers get a turn: a 2 s burst of
-/// 48 kHz stereo is ~400 datagrams; 256 keeps the playout tick late by well under a millisecond.
+/// 48 kHz stereo is ~400 datagrams; 256 keeps the sink's refill late by well under a millisecond.
 pub const RECV_BATCH: usize = 256;
 
 /// Receive buffer asked of the kernel: a whole burst of the longest interval (2 s of 48 kHz
@@ -690,6 +688,54 @@ impl Receiver<'_> {
     }
 }
 
+/// Moves audio from the jitter buffer to the sink.
+struct Feeder {
+    /// Pulled frames (reused).
+    out: Vec<i16>,
+    /// Audio has been handed to the sink (for the "playing" log line).
+    playing: bool,
+    /// Underruns already reported.
+    underruns: u64,
+    /// The stream's rate, for messages.
+    rate: u32,
+}
+
+impl Feeder {
+    /// Gives the sink what it asks for now. Returns when to do so again at the latest, or
+    /// `None` when the jitter buffer could not supply it all (buffering, or finished): only
+    /// arriving audio (or `End`) changes that.
+    fn feed(
+        &mut self,
+        jb: &mut JitterBuffer,
+        sink: &mut dyn Sink,
+    ) -> Result<Option<Instant>, SinkError> {
+        let now = Instant::now();
+        let want = sink.demand(now);
+        let mut got = 0;
+        if want > 0 {
+            self.out.clear();
+            got = jb.pull(want, &mut self.out);
+            if got > 0 {
+                if !self.playing {
+                    self.playing = true;
+                    tracing::info!("playing, {:?} buffered", jb.buffered());
+                }
+                sink.write(now, &self.out)?;
+            }
+        }
+        let u = jb.counters().underruns;
+        if u > self.underruns {
+            self.underruns = u;
+            tracing::warn!(
+                "buffer ran empty at {}: rebuffering to {:?}",
+                fmt_pos(duration_of(jb.position(), self.rate)),
+                jb.target()
+            );
+        }
+        Ok((got == want).then(|| sink.refill_at(now)))
+    }
+}
+
 /// The streaming loop: returns why it ended, the two cores for the statistics, and the sink's
 /// error if writing failed.
 async fn stream(
@@ -753,19 +799,30 @@ async fn stream(
         ended: None,
     };
     let status_on = !config.quiet && std::io::stderr().is_terminal();
-    let mut tick = tokio::time::interval(PLAYOUT_TICK);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // The sink is fed after every wake-up (audio arrived, a timer fired) and otherwise at the
+    // instant it asks for ([`Sink::refill_at`]); while the jitter buffer cannot supply it
+    // (buffering, finished) only arriving audio changes that, so this timer is off.
+    let refill = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(refill);
+    let mut refill_armed = false;
     let mut report = tokio::time::interval_at(
         tokio::time::Instant::now() + REPORT_INTERVAL,
         REPORT_INTERVAL,
     );
     report.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // One timer for the silence timeout, moved on only when it fires: re-arming it for every
+    // datagram would cost a timer-wheel update each.
+    let silent = tokio::time::sleep_until(rx.last_heard + silence);
+    tokio::pin!(silent);
     let mut status = tokio::time::interval(STATUS_INTERVAL);
     status.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-    let mut out: Vec<i16> = Vec::new();
-    let mut underruns = 0;
-    let mut playing = false;
+    let mut feeder = Feeder {
+        out: Vec::new(),
+        playing: false,
+        underruns: 0,
+        rate,
+    };
     let mut failure = None;
     let reason = 'run: loop {
         tokio::select! {
@@ -792,36 +849,7 @@ async fn stream(
                     }
                 }
             }
-            _ = tick.tick() => {
-                let now = Instant::now();
-                let want = sink.demand(now);
-                if want > 0 {
-                    out.clear();
-                    if rx.jb.pull(want, &mut out) > 0 {
-                        if !playing {
-                            playing = true;
-                            tracing::info!("playing, {:?} buffered", rx.jb.buffered());
-                        }
-                        if let Err(e) = sink.write(now, &out) {
-                            // The listener cannot go on: it stopped, as if interrupted.
-                            failure = Some(e);
-                            break EndReason::Interrupted;
-                        }
-                    }
-                }
-                let u = rx.jb.counters().underruns;
-                if u > underruns {
-                    underruns = u;
-                    tracing::warn!(
-                        "buffer ran empty at {}: rebuffering to {:?}",
-                        fmt_pos(duration_of(rx.jb.position(), rate)),
-                        rx.jb.target()
-                    );
-                }
-                if let Some(r) = rx.ended && rx.jb.is_finished() {
-                    break r;
-                }
-            }
+            () = &mut refill, if refill_armed => {}
             _ = report.tick(), if rx.ended.is_none() => {
                 let buffered_ms = rx.jb.buffered().as_millis().min(u128::from(u32::MAX)) as u32;
                 let r = rx.tracker.report(&rx.jb.counters(), buffered_ms);
@@ -833,9 +861,14 @@ async fn stream(
                 tracing::warn!("the end of the stream did not play out in time; stopping");
                 break rx.ended.unwrap_or(EndReason::Finished);
             }
-            () = tokio::time::sleep_until(rx.last_heard + silence), if rx.ended.is_none() => {
-                tracing::warn!("server {server} silent for {}", fmt_secs(silence));
-                break EndReason::Timeout;
+            () = &mut silent, if rx.ended.is_none() => {
+                let deadline = rx.last_heard + silence;
+                if tokio::time::Instant::now() < deadline {
+                    silent.as_mut().reset(deadline);
+                } else {
+                    tracing::warn!("server {server} silent for {}", fmt_secs(silence));
+                    break EndReason::Timeout;
+                }
             }
             _ = status.tick(), if status_on => {
                 let pos = fmt_pos(duration_of(rx.jb.position(), rate));
@@ -854,6 +887,28 @@ async fn stream(
                     t.jitter_ms()
                 );
             }
+        }
+        match feeder.feed(&mut rx.jb, sink) {
+            Ok(Some(at)) => {
+                let at = tokio::time::Instant::from_std(at);
+                if !refill_armed || refill.deadline() != at {
+                    // A new timer rather than `reset`: tokio moves a timer to a later deadline
+                    // lazily, leaving its old slot to wake the runtime for nothing.
+                    refill.set(tokio::time::sleep_until(at));
+                }
+                refill_armed = true;
+            }
+            Ok(None) => refill_armed = false,
+            Err(e) => {
+                // The listener cannot go on: it stopped, as if interrupted.
+                failure = Some(e);
+                break EndReason::Interrupted;
+            }
+        }
+        if let Some(r) = rx.ended
+            && rx.jb.is_finished()
+        {
+            break r;
         }
     };
     if status_on {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use listen::sink::{NullSink, Sink, VIRTUAL_LEAD, VirtualDevice, WavSink};
+use listen::sink::{NullSink, Sink, VIRTUAL_LEAD, VIRTUAL_REFILL_MARGIN, VirtualDevice, WavSink};
 
 mod common;
 
@@ -25,6 +25,28 @@ fn virtual_device_consumes_in_real_time() {
     assert_eq!(d.demand(ms(100)), 20);
     d.wrote(ms(100), 3);
     assert_eq!(d.queued(ms(101)), 2);
+}
+
+#[test]
+fn virtual_device_asks_for_a_refill_when_down_to_its_margin() {
+    let t0 = Instant::now();
+    let ms = |m: u64| t0 + Duration::from_millis(m);
+    let mut d = VirtualDevice::new(1000, Duration::from_millis(20));
+    // Nothing written yet: at once.
+    assert_eq!(d.refill_at(ms(0)), ms(0));
+    d.wrote(ms(0), 20);
+    let at = d.refill_at(ms(0));
+    assert_eq!(at, ms(20) - VIRTUAL_REFILL_MARGIN);
+    assert!(at > ms(0));
+    // Then it holds the margin, and has room for the rest.
+    assert_eq!(Duration::from_millis(d.queued(at)), VIRTUAL_REFILL_MARGIN);
+    assert_eq!(d.demand(at) as u64, 20 - d.queued(at));
+    // Already below the margin (a late refill): at once.
+    assert_eq!(d.refill_at(ms(18)), ms(18));
+    // The sinks ask the same of their device.
+    let mut s = NullSink::new(1000, 1);
+    s.write(ms(0), &[0; 20]).unwrap();
+    assert_eq!(s.refill_at(ms(0)), at);
 }
 
 #[test]
