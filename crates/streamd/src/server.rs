@@ -18,7 +18,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::fanout::{Fanout, FanoutStats};
 use crate::pacing::{self, MediaClock};
-use crate::sessions::{Event, Ignored, LivePosition, Sessions};
+use crate::sessions::{self, Event, Ignored, LivePosition, Sessions};
 use crate::source::{Source, SourceError, SourceInfo};
 
 /// Shortest `--interval`: below 5 ms the per-tick overhead dominates and timers on a loaded
@@ -676,10 +676,7 @@ impl Driver {
                 self.config.client_timeout,
                 self.sessions.len()
             );
-            let end = End {
-                reason: EndReason::Evicted,
-                last_seq: self.last_audio().filter(|&l| l >= start_seq),
-            };
+            let end = sessions::end_after(start_seq, EndReason::Evicted, self.last_audio());
             let Ok(bytes) = proto::encode_to_bytes(&Packet::new(self.next_seq, Message::End(end)))
             else {
                 continue;

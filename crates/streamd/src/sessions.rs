@@ -466,11 +466,17 @@ impl Sessions {
     /// The `End` for `addr` with `reason`: `last_seq` is the last Audio sent, or `None` if
     /// none was sent since it joined.
     pub fn end_for(&self, addr: &SocketAddr, reason: EndReason, last_audio: Option<u64>) -> End {
-        let start = self.start_seq(addr).unwrap_or(0);
-        End {
-            reason,
-            last_seq: last_audio.filter(|&l| l >= start),
-        }
+        end_after(self.start_seq(addr).unwrap_or(0), reason, last_audio)
+    }
+}
+
+/// The `End` for a listener that joined at `start_seq`: `last_seq` is the last Audio sent, or
+/// `None` when none was sent since it joined. Also for a listener already gone from the table
+/// (eviction), which is why it takes the start rather than the address.
+pub fn end_after(start_seq: u64, reason: EndReason, last_audio: Option<u64>) -> End {
+    End {
+        reason,
+        last_seq: last_audio.filter(|&l| l >= start_seq),
     }
 }
 
