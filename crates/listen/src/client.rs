@@ -225,15 +225,9 @@ fn fmt_secs(d: Duration) -> String {
 }
 
 /// Parses a duration as humantime (`100ms`, `2s`, `1m 30s`) or a bare number of seconds
-/// (`5`, `0.25`), which humantime rejects.
+/// (`5`, `0.25`): the syntax every earshot program shares ([`proto::duration`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("{s:?} is not a duration of zero or more seconds"));
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("{s:?} is not a duration ({e}); e.g. 100ms, 2s or 0.5"))
+    proto::duration::parse_duration(s)
 }
 
 async fn resolve(server: &str) -> Result<SocketAddr, ListenError> {

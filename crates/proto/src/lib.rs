@@ -8,10 +8,13 @@
 //! This crate is sans-IO: no sockets, no clock. [`decode`] accepts any byte string and returns a
 //! packet or a typed [`DecodeError`], never panicking and never allocating more than the datagram
 //! holds. [`Codec`] adapts the same functions to `tokio_util::udp::UdpFramed`.
+//!
+//! [`duration`] is the duration syntax every earshot command line shares.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod codec;
+pub mod duration;
 pub mod limits;
 mod message;
 mod wire;
