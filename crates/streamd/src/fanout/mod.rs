@@ -25,10 +25,13 @@
 //!
 //! Per tick the work is O(listeners × datagrams) for the kernel and O(listeners) for us, with
 //! no allocation: the address array is reused (grown only when the table grows) and the kernel
-//! header array is preallocated ([`mmsg`]). The socket is tokio's (the receive side awaits on
-//! it) but sends go straight to the kernel: tokio's `try_send_to` answers `WouldBlock` without
-//! asking the kernel until its reactor has seen the socket writable, which would drop
-//! datagrams the kernel would have taken.
+//! header array is preallocated ([`mmsg`]). The server's socket is tokio's (the receive side
+//! awaits on it) but sends go straight to the kernel: tokio's `try_send_to` answers
+//! `WouldBlock` without asking the kernel until its reactor has seen the socket writable,
+//! which would drop datagrams the kernel would have taken. Any [`Socket`] works the same way,
+//! so tools on plain threads (the load tool's stand-in server, the floor benchmark) send
+//! through this very code with a std `UdpSocket`; give them a non-blocking one (the batched
+//! paths never wait anyway, `send_to` would on a blocking socket).
 
 #[cfg(target_os = "linux")]
 pub mod mmsg;
@@ -37,7 +40,6 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
 
 #[cfg(target_os = "linux")]
 pub use mmsg::{MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
@@ -46,6 +48,20 @@ pub use mmsg::{MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
 /// kept so that code and docs can name it).
 #[cfg(not(target_os = "linux"))]
 pub const MAX_BATCH: usize = 1;
+
+/// A socket the fan-out sends on: tokio's `UdpSocket` (the server's) or std's (tools on plain
+/// threads); anything with a file descriptor. Every path sends on the descriptor directly.
+#[cfg(unix)]
+pub trait Socket: std::os::fd::AsFd {}
+#[cfg(unix)]
+impl<T: std::os::fd::AsFd> Socket for T {}
+
+/// A socket the fan-out sends on: tokio's `UdpSocket` (the server's) or std's (tools on plain
+/// threads); anything with a socket handle. Every path sends on the handle directly.
+#[cfg(windows)]
+pub trait Socket: std::os::windows::io::AsSocket {}
+#[cfg(windows)]
+impl<T: std::os::windows::io::AsSocket> Socket for T {}
 
 /// How the fan-out hands datagrams to the kernel, best (fewest kernel passes) first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -182,13 +198,13 @@ impl Fanout {
 
     /// Checks `sock` for GSO now (rather than on the first send) and says which path will
     /// be used, for the start-up log.
-    pub fn detect(&mut self, sock: &UdpSocket) -> SendPath {
+    pub fn detect(&mut self, sock: &impl Socket) -> SendPath {
         self.probe(sock);
         self.path
     }
 
     /// Checks once, on the first send, whether the socket takes GSO.
-    fn probe(&mut self, sock: &UdpSocket) {
+    fn probe(&mut self, sock: &impl Socket) {
         if self.probed {
             return;
         }
@@ -212,7 +228,7 @@ impl Fanout {
 
     /// Sends every datagram in `datagrams`, in order, to every address in `dests`. Never waits.
     /// Each address gets exactly the bytes of `datagrams`, in that order, whatever the path.
-    pub fn send(&mut self, sock: &UdpSocket, datagrams: &[Bytes], dests: &[SocketAddr]) {
+    pub fn send(&mut self, sock: &impl Socket, datagrams: &[Bytes], dests: &[SocketAddr]) {
         if datagrams.is_empty() || dests.is_empty() {
             return;
         }
@@ -226,7 +242,7 @@ impl Fanout {
     }
 
     /// The portable path: one `send_to` per datagram per listener.
-    fn send_each(&mut self, sock: &UdpSocket, datagrams: &[Bytes], dests: &[SocketAddr]) {
+    fn send_each(&mut self, sock: &impl Socket, datagrams: &[Bytes], dests: &[SocketAddr]) {
         for dest in dests {
             for d in datagrams {
                 self.send_one(sock, d, *dest);
@@ -238,7 +254,7 @@ impl Fanout {
     ///
     /// The syscall is made directly on the (non-blocking) socket rather than through tokio's
     /// `try_send_to` (see the module doc).
-    pub fn send_one(&mut self, sock: &UdpSocket, datagram: &[u8], dest: SocketAddr) -> bool {
+    pub fn send_one(&mut self, sock: &impl Socket, datagram: &[u8], dest: SocketAddr) -> bool {
         self.stats.syscalls += 1;
         match socket2::SockRef::from(sock).send_to(datagram, &dest.into()) {
             Ok(n) => {
@@ -264,10 +280,9 @@ mod linux {
     use bytes::Bytes;
     use nix::errno::Errno;
     use nix::sys::socket::SockaddrStorage;
-    use tokio::net::UdpSocket;
 
     use super::mmsg::{self, MAX_BATCH, MAX_GSO_BYTES, MAX_GSO_SEGMENTS};
-    use super::{Fanout, SendPath, classify};
+    use super::{Fanout, SendPath, Socket, classify};
 
     /// The GSO shape of a tick: `Some((segment size, datagrams per super-datagram))` when every
     /// datagram but the last has the first one's size, the last is no larger, and at least two
@@ -293,7 +308,7 @@ mod linux {
         /// seq n+1: the least skew), listener-major within a GSO super-datagram.
         pub(super) fn send_batched(
             &mut self,
-            sock: &UdpSocket,
+            sock: &impl Socket,
             datagrams: &[Bytes],
             dests: &[SocketAddr],
         ) {
@@ -324,7 +339,7 @@ mod linux {
         /// form. Handles every error here; falls back to a lower path when the kernel says so.
         fn send_msg(
             &mut self,
-            sock: &UdpSocket,
+            sock: &impl Socket,
             msg: &[Bytes],
             seg: Option<u16>,
             dests: &[SocketAddr],
@@ -401,7 +416,7 @@ mod linux {
         /// `msg`'s datagrams one by one (in order) to `dests[from..]`, on the current path.
         fn plain_rest(
             &mut self,
-            sock: &UdpSocket,
+            sock: &impl Socket,
             msg: &[Bytes],
             dests: &[SocketAddr],
             from: usize,
@@ -421,7 +436,7 @@ mod linux {
         /// One `sendmmsg` of `iov` to `self.dests[i..end]`.
         fn call(
             &mut self,
-            sock: &UdpSocket,
+            sock: &impl Socket,
             iov: &[IoSlice<'_>],
             i: usize,
             end: usize,
@@ -442,6 +457,7 @@ mod tests {
     use super::*;
     use nix::errno::Errno;
     use std::time::Duration;
+    use tokio::net::UdpSocket;
 
     fn dgrams(sizes: &[usize]) -> Vec<Bytes> {
         sizes
