@@ -6,9 +6,11 @@
 //! ```text
 //! cargo run --release --example floor -- --mode gso --listeners 1000 --duration 20s [--json]
 //! ```
-//! `--mode sendmmsg`: one `sendmmsg` message per datagram; `--mode gso`: one GSO super-datagram
-//! (3 segments) per listener per tick, all listeners in one `sendmmsg` (see
-//! `earshot::load::batch`). Receivers are drained by one separate thread (`--receivers drain`,
+//! The sender is `streamd`'s own fan-out (`streamd::fanout::Fanout`) on one non-blocking
+//! socket, so the floor measures the code the server ships. `--mode gso`: one GSO
+//! super-datagram (3 segments) per listener per tick, up to `fanout::MAX_BATCH` listeners per
+//! `sendmmsg`; `--mode sendmmsg`: one `sendmmsg` message per datagram per listener; `--mode
+//! send-to`: one `send_to` per datagram per listener. Receivers are drained by one separate thread (`--receivers drain`,
 //! the default: like real listeners that read) or never read so the kernel drops
 //! (`--receivers drop`); either way only the sender thread's CPU (`RUSAGE_THREAD`) is counted.
 //! On loopback the kernel's delivery to the receiving socket runs in the sender's system call and
@@ -24,12 +26,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
-use earshot::load::batch::{BatchSender, SendMode, SendStats};
-use earshot::load::procfs;
-use earshot::load::stats::Quantiles;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::resource::{Resource, UsageWho, getrlimit, setrlimit};
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, setsockopt, sockopt};
+use proto::duration::parse_duration;
+use streamd::fanout::{Fanout, FanoutStats, SendPath};
+use testkit::load::stats::Quantiles;
+use testkit::procfs;
 
 /// Prints to stdout, ignoring a closed pipe (e.g. `| head -1`) instead of panicking.
 macro_rules! out {
@@ -45,6 +48,8 @@ const INTERVAL: Duration = Duration::from_millis(20);
 const PER_TICK: usize = 3;
 /// PCM bytes per datagram: with the 28-byte Audio overhead, 1388 B on the wire (UDP payload).
 const PCM: usize = 1360;
+/// Longest run: the per-tick timings are kept in memory.
+const MAX_DURATION: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -52,6 +57,26 @@ enum Mode {
     Sendmmsg,
     /// sendmmsg + UDP_SEGMENT, one 3-segment super-datagram per listener per tick.
     Gso,
+    /// send_to, one call per datagram per listener.
+    SendTo,
+}
+
+impl Mode {
+    fn path(self) -> SendPath {
+        match self {
+            Mode::Sendmmsg => SendPath::Sendmmsg,
+            Mode::Gso => SendPath::Gso,
+            Mode::SendTo => SendPath::PerDatagram,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Sendmmsg => "sendmmsg",
+            Mode::Gso => "gso",
+            Mode::SendTo => "send-to",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,7 +96,7 @@ struct Args {
     /// Receiving sockets.
     #[arg(long, default_value_t = 100)]
     listeners: usize,
-    /// How long to send: "20s", or plain seconds.
+    /// How long to send: "20s", or plain seconds; at most an hour.
     #[arg(long, default_value = "10", value_parser = parse_duration)]
     duration: Duration,
     /// What the receiving side does.
@@ -80,16 +105,6 @@ struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.parse::<f64>() {
-        if secs.is_finite() && secs > 0.0 && secs <= 3600.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
-        return Err(format!("duration must be in (0, 3600] s, got {s}"));
-    }
-    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
 /// Reads and discards until told to stop; stores how many datagrams it read in `count`.
@@ -132,23 +147,24 @@ fn drain(socks: Vec<UdpSocket>, stop: Arc<AtomicBool>, count: Arc<AtomicU64>) ->
 }
 
 struct Outcome {
-    stats: SendStats,
+    stats: FanoutStats,
     /// Wall time of each tick's batched send, ms: the lower bound of fan-out skew.
     tick_ms: Quantiles,
     cpu: Duration,
     ticks: u64,
     late_ticks: u64,
-    gso: bool,
+    /// The path in use at the end: the one asked for unless the kernel refused it.
+    path: SendPath,
 }
 
 /// The sender thread: paced ticks, one batched send per tick.
-fn send_loop(tx: UdpSocket, dests: Vec<SocketAddr>, mode: SendMode, duration: Duration) -> Outcome {
-    let mut sender = BatchSender::new(&tx, mode);
+fn send_loop(tx: UdpSocket, dests: Vec<SocketAddr>, path: SendPath, duration: Duration) -> Outcome {
+    let mut sender = Fanout::with_path(path);
+    sender.detect(&tx);
     let cpu0 = procfs::own_cpu(UsageWho::RUSAGE_THREAD);
     let start = Instant::now();
     let ticks_total = (duration.as_secs_f64() / INTERVAL.as_secs_f64()).round() as u64;
     let pcm = vec![0u8; PCM];
-    let mut stats = SendStats::default();
     let mut late_ticks = 0;
     let mut tick_ms = Vec::with_capacity(ticks_total as usize);
     for tick in 0..ticks_total {
@@ -170,23 +186,27 @@ fn send_loop(tx: UdpSocket, dests: Vec<SocketAddr>, mode: SendMode, duration: Du
             );
             b.freeze()
         });
-        // One allocation per tick (not per listener) for the list of destinations.
-        let items: Vec<(SocketAddr, &[Bytes])> = dests.iter().map(|d| (*d, &dgrams[..])).collect();
         let t = Instant::now();
-        stats += sender.send_batch(&tx, &items);
+        sender.send(&tx, &dgrams, &dests);
         tick_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Outcome {
-        stats,
+        stats: sender.stats(),
         tick_ms: Quantiles::of(&mut tick_ms),
         cpu: procfs::own_cpu(UsageWho::RUSAGE_THREAD).saturating_sub(cpu0),
         ticks: ticks_total,
         late_ticks,
-        gso: sender.gso_enabled(),
+        path: sender.path(),
     }
 }
 
 fn run(a: &Args) -> anyhow::Result<()> {
+    if a.duration.is_zero() || a.duration > MAX_DURATION {
+        anyhow::bail!(
+            "--duration must be more than zero and at most {} s",
+            MAX_DURATION.as_secs()
+        );
+    }
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     let want = a.listeners as u64 + 256;
     if soft < want {
@@ -205,6 +225,8 @@ fn run(a: &Args) -> anyhow::Result<()> {
         }
     }
     let tx = UdpSocket::bind("127.0.0.1:0")?;
+    // Non-blocking, as the server's: a full socket buffer drops (counted), never waits.
+    tx.set_nonblocking(true)?;
     let stop = Arc::new(AtomicBool::new(false));
     let read = Arc::new(AtomicU64::new(0));
     let drainer = if a.receivers == Receivers::Drain {
@@ -220,12 +242,8 @@ fn run(a: &Args) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mode = match a.mode {
-        Mode::Sendmmsg => SendMode::Plain,
-        Mode::Gso => SendMode::Gso,
-    };
-    let duration = a.duration;
-    let sender = std::thread::spawn(move || send_loop(tx, dests, mode, duration));
+    let (path, duration) = (a.mode.path(), a.duration);
+    let sender = std::thread::spawn(move || send_loop(tx, dests, path, duration));
     let out = sender
         .join()
         .map_err(|_| anyhow::anyhow!("the sender thread panicked"))?;
@@ -239,11 +257,13 @@ fn run(a: &Args) -> anyhow::Result<()> {
     let drops = procfs::udp_drops(&locals).unwrap_or(0);
     let audio_s = out.ticks as f64 * INTERVAL.as_secs_f64();
     let per = out.cpu.as_secs_f64() / audio_s / a.listeners as f64;
-    let mode_name = match (a.mode, out.gso) {
-        (Mode::Sendmmsg, _) => "sendmmsg",
-        (Mode::Gso, true) => "gso",
-        (Mode::Gso, false) => "gso-unavailable(sendmmsg)",
+    // Says so when the kernel refused the path asked for, e.g. "gso-unavailable(sendmmsg)".
+    let mode_name = if out.path == path {
+        a.mode.name().to_string()
+    } else {
+        format!("{}-unavailable({})", a.mode.name(), out.path.name())
     };
+    let failed = out.stats.dropped_unreachable + out.stats.dropped_other;
     if a.json {
         let j = serde_json::json!({
             "mode": mode_name,
@@ -255,8 +275,8 @@ fn run(a: &Args) -> anyhow::Result<()> {
             "datagrams": out.stats.datagrams,
             "bytes": out.stats.bytes,
             "syscalls": out.stats.syscalls,
-            "failed": out.stats.failed,
-            "would_block": out.stats.would_block,
+            "failed": failed,
+            "would_block": out.stats.dropped_full,
             "late_ticks": out.late_ticks,
             "tick_send_ms": out.tick_ms,
             "received": read.load(Ordering::Relaxed),
@@ -270,13 +290,13 @@ fn run(a: &Args) -> anyhow::Result<()> {
             out.cpu.as_secs_f64()
         );
         out!(
-            "  sent {} datagrams ({} B) in {} sendmmsg calls; failed {} would-block {}; late ticks {}; \
+            "  sent {} datagrams ({} B) in {} send calls; failed {} would-block {}; late ticks {}; \
              received {}; receiver queue drops {}",
             out.stats.datagrams,
             out.stats.bytes,
             out.stats.syscalls,
-            out.stats.failed,
-            out.stats.would_block,
+            failed,
+            out.stats.dropped_full,
             out.late_ticks,
             read.load(Ordering::Relaxed),
             drops

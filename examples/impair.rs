@@ -15,7 +15,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use earshot::impair::{ImpairArgs, Proxy, parse_duration};
+use proto::duration::parse_duration;
+use testkit::impair::{ImpairArgs, Proxy};
 
 /// Command line.
 #[derive(Debug, Parser)]

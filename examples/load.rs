@@ -4,18 +4,20 @@
 //! cargo run --release --example load -- --server 127.0.0.1:5004 --listeners 1000 --duration 60s \
 //!     [--server-pid PID] [--json] [--threads N]
 //! ```
-//! Prints a summary, or with `--json` one JSON object (see `earshot::load::LoadReport`).
+//! Prints a summary, or with `--json` one JSON object (see `testkit::load::LoadReport`).
 //!
-//! Until `streamd` lands, `--fake-server` serves a minimal protocol-complete stand-in at
-//! `--server` for `--duration` instead (`earshot::load::fake`), in its own process so that the
-//! two sides' CPU are measured apart.
+//! `--fake-server` serves a minimal protocol-complete stand-in for `streamd` at `--server` for
+//! `--duration` instead (`testkit::load::fake`), sending through streamd's fan-out; run it in
+//! its own process so that the two sides' CPU are measured apart.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use earshot::load::{self, LoadConfig};
+use proto::duration::parse_duration;
+use streamd::fanout::SendPath;
+use testkit::load::{self, LoadConfig};
 
 /// Prints to stdout, ignoring a closed pipe (e.g. `| head -1`) instead of panicking.
 macro_rules! out {
@@ -60,7 +62,7 @@ struct Args {
     /// With --fake-server: most listeners to welcome.
     #[arg(long, default_value_t = 10_000)]
     max_clients: usize,
-    /// With --fake-server: send with GSO (default) or plain sendmmsg.
+    /// With --fake-server: send with plain sendmmsg instead of sendmmsg + UDP GSO.
     #[arg(long)]
     no_gso: bool,
     /// Connects per second while the listeners join.
@@ -68,26 +70,20 @@ struct Args {
     connect_rate: u32,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.parse::<f64>() {
-        if secs.is_finite() && secs > 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
-        return Err(format!("duration must be positive, got {s}"));
-    }
-    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
-}
-
 fn main() -> ExitCode {
     let a = Args::parse();
+    if a.duration.is_zero() {
+        eprintln!("error: --duration must be more than zero");
+        return ExitCode::from(2);
+    }
     if a.fake_server {
-        let mode = if a.no_gso {
-            load::batch::SendMode::Plain
+        let path = if a.no_gso {
+            SendPath::Sendmmsg
         } else {
-            load::batch::SendMode::Gso
+            SendPath::Gso
         };
         let res = std::net::UdpSocket::bind(a.server)
-            .and_then(|s| load::fake::serve(&s, a.duration, a.max_clients, mode));
+            .and_then(|s| load::fake::serve(&s, a.duration, a.max_clients, path));
         return match res {
             Ok(st) => {
                 out!("fake server: {st:?}");

@@ -9,7 +9,7 @@
 //!     [--dup 1%] [--seed 7]
 //! ```
 //! With any impairment flag, the listeners connect through the impairment proxy
-//! (`earshot::impair`), which prints what it did, so its numbers can be compared with theirs.
+//! (`testkit::impair`), which prints what it did, so its numbers can be compared with theirs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Parser;
-use earshot::impair::{ImpairArgs, Proxy};
+use testkit::impair::{ImpairArgs, Proxy};
 use tracing_subscriber::EnvFilter;
 
 /// The built-in clip: 8 s of synthesised arpeggio (examples/assets/make-demo-clip.py).
@@ -37,13 +37,13 @@ struct Args {
     #[arg(long)]
     file: Option<PathBuf>,
     /// Server send interval, e.g. 20ms, 0.5s or 0.02.
-    #[arg(long, default_value = "20ms", value_parser = streamd::cli::parse_duration)]
+    #[arg(long, default_value = "20ms", value_parser = proto::duration::parse_duration)]
     interval: Duration,
     /// How many listeners to start (the first plays; the others only count).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_LISTENERS)))]
     listeners: u16,
     /// Jitter-buffer target of every listener.
-    #[arg(long, default_value = "100ms", value_parser = listen::parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = proto::duration::parse_duration)]
     latency: Duration,
     /// Write the first listener's audio to this WAV instead of the sound device.
     #[arg(long)]

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use earshot::testing::pulse::{Pulse, alsa_pulse_plugin_available, pulse_available, trim_silence};
+use testkit::pulse::{Pulse, alsa_pulse_plugin_available, pulse_available, trim_silence};
 
 #[test]
 fn playback_through_cpal_is_sample_exact_and_real_time() {

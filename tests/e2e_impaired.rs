@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use earshot::impair::{Impairment, Proxy};
+use testkit::impair::{Impairment, Proxy};
 
 fn run_through_proxy(file: &Path, imp: Impairment) {
     let (info, expected) = streamd::source::decode_all(file).unwrap();

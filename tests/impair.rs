@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use earshot::impair::{Impairment, Proxy, ProxyReport};
 use proto::{Audio, Challenge, Connect, End, EndReason, Message, Packet};
+use testkit::impair::{Impairment, Proxy, ProxyReport};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::time::timeout;

@@ -13,11 +13,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use earshot::load::{self, LoadConfig};
 use proto::limits::MIN_CONNECT_LEN;
 use proto::{
     Challenge, End, EndReason, Message, Packet, Reject, RejectReason, SampleFormat, StreamInfo,
 };
+use testkit::load::{self, LoadConfig};
 
 /// First seq the fake server sends.
 const START_SEQ: u64 = 1000;

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use earshot::testing::pulse::{Pulse, SINK_NAME, pulse_available, trim_silence};
+use testkit::pulse::{Pulse, SINK_NAME, pulse_available, trim_silence};
 
 /// True when the test may run; prints why not otherwise.
 fn pulse_or_skip(test: &str) -> bool {

@@ -11,9 +11,9 @@
 //! Hooks: the `earshot` column runs `target/release/streamd` (its command line is
 //! [`STREAMD_ARGS`]) and the load tool
 //! (`target/release/examples/load --json`); the `fake` column runs the load tool's stand-in server
-//! (`load --fake-server`) the same way, so the path is exercised before streamd exists. The
-//! `floor-*` columns run `target/release/examples/floor --json`. Build them first:
-//! `cargo build --release --examples` (and `-p streamd`).
+//! (`load --fake-server`) the same way: the same fan-out without streamd's decoding and pacing.
+//! The `floor-*` columns run `target/release/examples/floor --json`. `cargo xtask bench-peers`
+//! builds them first (`cargo build --release -p streamd -p earshot --bins --examples`).
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use testkit::{install, procfs};
 
 /// Debian packages the peers need.
 const PACKAGES: &[&str] = &[
@@ -37,8 +38,7 @@ const PACKAGES: &[&str] = &[
     "gstreamer1.0-plugins-ugly",
 ];
 
-/// streamd's command line for the earshot column; `{addr}`, `{file}` and `{max}` are filled in.
-/// A guess until streamd's CLI lands: adjust here.
+/// streamd's command line for the earshot column; `{port}`, `{file}` and `{max}` are filled in.
 pub const STREAMD_ARGS: &[&str] = &[
     "--bind",
     "127.0.0.1",
@@ -198,7 +198,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let wants = |p: &str| o.peers.iter().any(|x| x == p);
     if (wants("snapserver") || wants("gstreamer")) && o.install {
-        ensure_packages()?;
+        // Without them those columns fail and say so; the others still run.
+        if let Err(e) = install::ensure_packages(PACKAGES) {
+            eprintln!("bench-peers: {e:#}");
+        }
     }
     let (wav, raw) = write_source(&o.out)?;
     let mut rows: Vec<Row> = Vec::new();
@@ -271,41 +274,6 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
-/// apt-get installs the peers' packages that are missing (as root), or says how to.
-fn ensure_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let cmd = format!(
-        "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
-        missing.join(" ")
-    );
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("bench-peers: missing {missing:?}; as root run:\n  {cmd}");
-        return Ok(());
-    }
-    eprintln!("bench-peers: installing {missing:?}");
-    let ok = Command::new("apt-get").arg("update").status()?.success()
-        && Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .status()?
-            .success();
-    if !ok {
-        bail!("installing {missing:?} failed; try: {cmd}");
-    }
-    Ok(())
-}
-
 /// Writes the source: `SOURCE_SECONDS` of 44.1 kHz stereo s16le (a quiet tone with a little
 /// noise, so FLAC cannot compress it to nothing) as `source.wav` and headerless `source.raw`.
 fn write_source(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
@@ -348,33 +316,6 @@ fn write_source(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     f.write_all(&pcm)?;
     std::fs::write(&raw, &pcm)?;
     Ok((wav, raw))
-}
-
-/// utime + stime of a process in seconds (`/proc/PID/stat` fields 14, 15; 100 ticks/s).
-fn proc_cpu_s(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("process {pid} is gone"))?;
-    let rest = stat
-        .rfind(')')
-        .map(|i| &stat[i + 1..])
-        .context("odd /proc stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).context("short stat")?.parse::<f64>()?
-        + f.get(12).context("short stat")?.parse::<f64>()?;
-    Ok(ticks / 100.0)
-}
-
-/// VmRSS of a process in MiB.
-fn proc_rss_mib(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
 }
 
 /// Free local UDP (and, by luck of the draw, TCP) port on 127.0.0.1.
@@ -512,14 +453,18 @@ fn earshot_like(n: usize, o: &Opts, file: Option<&Path>) -> anyhow::Result<Row> 
 
 /// Measures a server process over `o.duration` from now: CPU s and peak RSS.
 fn measure(pid: u32, o: &Opts) -> anyhow::Result<(f64, f64)> {
-    let cpu0 = proc_cpu_s(pid)?;
+    let cpu = || procfs::process_cpu(pid).with_context(|| format!("process {pid} is gone"));
+    let cpu0 = cpu()?;
     let end = Instant::now() + o.duration;
-    let mut rss: f64 = 0.0;
+    let mut rss_kib = 0;
     while Instant::now() < end {
-        rss = rss.max(proc_rss_mib(pid).unwrap_or(0.0));
+        rss_kib = rss_kib.max(procfs::process_status_kib(pid, "VmRSS").unwrap_or(0));
         std::thread::sleep(Duration::from_millis(250));
     }
-    Ok((proc_cpu_s(pid)? - cpu0, rss))
+    Ok((
+        cpu()?.saturating_sub(cpu0).as_secs_f64(),
+        rss_kib as f64 / 1024.0,
+    ))
 }
 
 /// Sums `key:VALUE` fields of `ss -tin` for established TCP connections from `port`.
@@ -720,8 +665,11 @@ fn gstreamer(n: usize, o: &Opts, wav: &Path) -> anyhow::Result<Row> {
     let (pkts, bytes, lost) = counter
         .join()
         .map_err(|_| anyhow::anyhow!("probe thread panicked"))?;
-    let locals: Vec<String> = ports.iter().map(|p| format!("0100007F:{p:04X}")).collect();
-    let drops = udp_drops(&locals);
+    let locals: Vec<std::net::SocketAddr> = ports
+        .iter()
+        .map(|&p| std::net::SocketAddr::from(([127, 0, 0, 1], p)))
+        .collect();
+    let drops = procfs::udp_drops(&locals).unwrap_or(0);
     let alive = procs.0.iter_mut().all(|c| matches!(c.try_wait(), Ok(None)));
     procs.stop_all();
     let secs = o.duration.as_secs_f64();
@@ -739,22 +687,6 @@ fn gstreamer(n: usize, o: &Opts, wav: &Path) -> anyhow::Result<Row> {
         loss: format!("{lost} of {} at probe; {drops} queue drops", pkts + lost),
         note,
     })
-}
-
-/// Sum of /proc/net/udp's drops column for the given `ADDR:PORT` keys (little-endian hosts).
-fn udp_drops(keys: &[String]) -> u64 {
-    let Ok(t) = std::fs::read_to_string("/proc/net/udp") else {
-        return 0;
-    };
-    let keys: HashSet<&str> = keys.iter().map(String::as_str).collect();
-    t.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            keys.contains(f.get(1)?)
-                .then(|| f.last()?.parse::<u64>().ok())?
-        })
-        .sum()
 }
 
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {

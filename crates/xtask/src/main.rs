@@ -4,11 +4,11 @@
 //! else. `.ci/run` is exactly `cargo xtask test`.
 
 mod bench_peers;
-mod system;
 
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result};
+use testkit::install;
 
 /// What every build needs: cpal links ALSA, found through pkg-config.
 const BUILD_PACKAGES: &[&str] = &["libasound2-dev", "pkg-config"];
@@ -60,11 +60,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
 }
 
 fn demo(args: &[String]) -> Result<ExitCode> {
-    if !workspace_root().join("examples/loopback.rs").is_file() {
-        eprintln!("xtask: the loopback demo does not exist yet (examples/loopback.rs)");
-        return Ok(ExitCode::FAILURE);
-    }
-    system::ensure_packages(BUILD_PACKAGES)?;
+    install::ensure_packages(BUILD_PACKAGES)?;
     let args = args.strip_prefix(&["--".to_string()]).unwrap_or(args);
     let mut cmd = cargo();
     cmd.args(["run", "--release", "--example", "loopback", "--"])
@@ -78,8 +74,8 @@ fn test() -> Result<ExitCode> {
         .chain(AUDIO_TEST_PACKAGES)
         .copied()
         .collect();
-    system::ensure_packages(&all)?;
-    system::ensure_rust_components()?;
+    install::ensure_packages(&all)?;
+    install::ensure_rust_components()?;
     let steps: [(&str, &[&str]); 3] = [
         ("format", &["fmt", "--all", "--check"]),
         (
@@ -115,7 +111,7 @@ fn test() -> Result<ExitCode> {
 }
 
 fn bench_peers(args: &[String]) -> Result<ExitCode> {
-    system::ensure_packages(BUILD_PACKAGES)?;
+    install::ensure_packages(BUILD_PACKAGES)?;
     std::env::set_current_dir(workspace_root()).context("cannot enter the workspace root")?;
     let st = status(cargo().args([
         "build",

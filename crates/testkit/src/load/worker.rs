@@ -19,8 +19,8 @@ use proto::limits::{AUDIO_OVERHEAD, MAX_DATAGRAM};
 use proto::{MAGIC, MessageType, VERSION};
 
 use super::listener::Listener;
-use super::procfs::own_cpu;
 use super::stats::{Recorded, SkewTable};
+use crate::procfs::own_cpu;
 
 /// Datagrams per `recvmmsg`: a listener gets 3 per 20 ms tick, so 8 drains a socket in one call
 /// even after a hiccup of a tick or two.

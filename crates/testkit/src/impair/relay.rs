@@ -1,4 +1,4 @@
-//! The proxy's sans-IO core: the client table, two [`Link`]s and two [`Tally`]s per client.
+//! The proxy's sans-IO core: the client table, two [`ImpairedLink`]s and two [`Tally`]s per client.
 //!
 //! The shell tells it what arrived (`handle`) and what it sent (`on_sent`); the core says what
 //! to send (`poll_transmit`) and when to wake (`poll_timeout`). Time is always passed in.
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use proto::Message;
 
 use super::Impairment;
-use super::link::{Link, Transmit};
+use super::link::{ImpairedLink, Transmit};
 use super::report::{ClientReport, ProxyReport, Tally};
 
 /// Most client addresses one proxy relays for: each costs a socket and a task, and a test
@@ -33,9 +33,9 @@ struct Client {
     /// The listener's address.
     addr: SocketAddr,
     /// Server → client schedule.
-    down: Link,
+    down: ImpairedLink,
     /// Client → server schedule (transparent).
-    up: Link,
+    up: ImpairedLink,
     /// Server → client counters.
     down_tally: Tally,
     /// Client → server counters.
@@ -98,8 +98,8 @@ impl ProxyCore {
         let idx = self.clients.len();
         self.clients.push(Client {
             addr,
-            down: Link::new(&self.imp, idx as u64),
-            up: Link::new(&Impairment::none(), idx as u64),
+            down: ImpairedLink::new(&self.imp, idx as u64),
+            up: ImpairedLink::new(&Impairment::none(), idx as u64),
             down_tally: Tally::default(),
             up_tally: Tally::default(),
         });

@@ -1,5 +1,4 @@
-//! `earshot::load`: the load tool behind `examples/load.rs`, and the batched-send code behind
-//! `examples/floor.rs`.
+//! The load tool behind `examples/load.rs`.
 //!
 //! [`run`] starts N protocol-complete listeners in one process, each with its own UDP socket (a
 //! real handshake each, `Report` keepalives every second, no playback), spread over 127.0.0.x
@@ -14,10 +13,8 @@
 //! is dropped there, so zero drops means every loss is the server's or the network's), and the lag
 //! between the kernel's arrival timestamp and the tool reading the datagram.
 
-pub mod batch;
 pub mod fake;
 pub mod listener;
-pub mod procfs;
 pub mod stats;
 mod worker;
 
@@ -33,6 +30,7 @@ use serde::Serialize;
 
 pub use worker::audio_seq;
 
+use crate::procfs;
 use listener::{Listener, Phase};
 use stats::{Quantiles, SkewTable};
 
@@ -94,7 +92,7 @@ impl LoadConfig {
 
 /// Audio datagram counters, summed or for one listener.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Counts {
+pub struct AudioCounts {
     /// From `start_seq` to the last seq (seen, `End.last_seq`, or the run's cutoff).
     pub expected: u64,
     /// Unique seqs received.
@@ -112,7 +110,7 @@ pub struct Counts {
     pub short_at_end: u64,
 }
 
-impl Counts {
+impl AudioCounts {
     /// Lost as a percentage of expected.
     pub fn loss_pct(&self) -> f64 {
         if self.expected == 0 {
@@ -131,7 +129,7 @@ pub struct Worst {
     /// Its local address.
     pub local: String,
     /// Its counters.
-    pub counts: Counts,
+    pub counts: AudioCounts,
 }
 
 /// The server process over the run, from `/proc`.
@@ -202,7 +200,7 @@ pub struct LoadReport {
     /// Seconds listeners spent joined, summed.
     pub listener_seconds: f64,
     /// Counters summed over listeners.
-    pub totals: Counts,
+    pub totals: AudioCounts,
     /// The listener with the most loss (the first of equals), if any joined.
     pub worst: Option<Worst>,
     /// Fan-out skew per seq (last minus first arrival across listeners), ms.
@@ -355,7 +353,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
         no_answer: 0,
         ended: 0,
         listener_seconds: 0.0,
-        totals: Counts::default(),
+        totals: AudioCounts::default(),
         worst: None,
         skew_ms: Quantiles::default(),
         server_proc: None,
@@ -418,7 +416,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             } else {
                 cutoff.max(l.end_last_seq)
             };
-            let c = Counts {
+            let c = AudioCounts {
                 expected: t.expected(last),
                 received: t.received(),
                 lost: t.lost(last),

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::{Impairment, parse_duration, parse_rate};
+use proto::duration::parse_duration;
+
+use super::{Impairment, parse_rate};
 
 /// `--loss 5% --burst 3 --jitter 30ms --reorder 2% --dup 1% --seed 7 [--impair-control]`:
 /// `#[command(flatten)]` it into a tool's arguments.
@@ -68,7 +70,7 @@ mod tests {
     }
 
     #[test]
-    fn the_issue_command_line_parses() {
+    fn a_full_command_line_parses() {
         let cli = Cli::try_parse_from([
             "x",
             "--loss",

@@ -2,7 +2,7 @@
 //! can play through a real audio path (cpal → ALSA → PulseAudio, or `pacat`) on a machine
 //! without a sound card and compare what came out, sample for sample, in real time.
 //!
-//! Follows `shared/HEADLESS-AUDIO.md`: a temp dir for `XDG_RUNTIME_DIR` and `HOME`, the FIFO's
+//! How it runs: a temp dir for `XDG_RUNTIME_DIR` and `HOME`, the FIFO's
 //! reader started before the daemon (without one the sink drops audio), the daemon in the
 //! foreground (`--daemonize=no`) so its PID is ours, and a wait until its socket accepts
 //! connections. The sink runs at the given rate and channel count so nothing is resampled.
@@ -18,12 +18,13 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+
+use crate::install::{is_root, on_path};
 
 /// Name of the capturing sink (also the default, being the only one).
 pub const SINK_NAME: &str = "capture";
@@ -37,19 +38,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Programs the harness runs; a test needs all of them.
 const PROGRAMS: [&str; 4] = ["pulseaudio", "pacat", "mkfifo", "cat"];
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|d| {
-            std::fs::metadata(d.join(program)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
-        })
-    })
-}
-
-fn is_root() -> bool {
-    // The owner of /proc/self is this process's effective uid: no libc call needed.
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
 
 /// Whether a private PulseAudio can run here; the error says why not and what to do, for the
 /// test's loud skip message.

@@ -44,11 +44,11 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use super::Impairment;
-use super::link::{Handled, Transmit};
+use super::link::{Transmit, Treatment};
 
 /// Scalar counters of one direction (also summed over all clients).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
+pub struct DatagramCounts {
     /// Datagrams that came into the proxy (decision side).
     pub received: u64,
     /// Datagrams actually sent, duplicate copies included (emission side).
@@ -66,8 +66,8 @@ pub struct Counts {
     pub send_errors: u64,
 }
 
-impl Counts {
-    fn add(&mut self, o: &Counts) {
+impl DatagramCounts {
+    fn add(&mut self, o: &DatagramCounts) {
         self.received += o.received;
         self.sent += o.sent;
         self.dropped += o.dropped;
@@ -138,7 +138,7 @@ impl AudioReport {
 pub struct DirectionReport {
     /// All datagrams.
     #[serde(flatten)]
-    pub counts: Counts,
+    pub counts: DatagramCounts,
     /// Audio datagrams, seq by seq.
     pub audio: AudioReport,
 }
@@ -166,9 +166,9 @@ pub struct ProxyReport {
     /// What was configured.
     pub impairment: Impairment,
     /// Server → client counts summed over clients.
-    pub downstream: Counts,
+    pub downstream: DatagramCounts,
     /// Client → server counts summed over clients.
-    pub upstream_counts: Counts,
+    pub upstream_counts: DatagramCounts,
     /// Datagrams from new addresses refused because the client table was full.
     pub refused: u64,
     /// Per client, in order of first contact.
@@ -184,8 +184,8 @@ impl ProxyReport {
         refused: u64,
         clients: Vec<ClientReport>,
     ) -> Self {
-        let mut down = Counts::default();
-        let mut up = Counts::default();
+        let mut down = DatagramCounts::default();
+        let mut up = DatagramCounts::default();
         for c in &clients {
             down.add(&c.downstream.counts);
             up.add(&c.upstream.counts);
@@ -275,7 +275,7 @@ pub struct Tally {
 
 impl Tally {
     /// Records the decision about one incoming datagram.
-    pub fn on_handled(&mut self, audio_seq: Option<u64>, h: &Handled) {
+    pub fn on_handled(&mut self, audio_seq: Option<u64>, h: &Treatment) {
         let c = &mut self.report.counts;
         c.received += 1;
         if let Some(s) = audio_seq {

@@ -1,11 +1,13 @@
-//! A minimal protocol-complete stand-in for `streamd`, to exercise the load tool at scale before
-//! the real server lands (`cargo run --release --example load -- --fake-server ADDR`).
+//! A minimal protocol-complete stand-in for `streamd`
+//! (`cargo run --release --example load -- --fake-server ADDR`): the load tool's counterpart
+//! when the server's own costs (decoding, pacing, logging) should not be in the measurement.
 //!
 //! One thread: answers `Connect` (padded) with `Challenge`, a valid `Join` with `Welcome` or
 //! `Reject{Full}`, drops listeners on `Leave` or after [`DEFAULT_CLIENT_TIMEOUT`] of silence, and
 //! every 20 ms sends 3 `Audio` datagrams (44.1 kHz stereo s16: 340 + 340 + 202 frames) encoded
-//! once, to every listener in one [`BatchSender`] call. It stops by itself after `duration`,
-//! sending `End` 3 times. It is not `streamd`: no file, no pacing policy, no logging.
+//! once, to every listener through `streamd`'s own fan-out ([`Fanout`]). It stops by itself
+//! after `duration`, sending `End` 3 times. It is not `streamd`: no file, no pacing policy, no
+//! logging.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -18,7 +20,7 @@ use proto::{
     Challenge, End, EndReason, Message, Packet, Reject, RejectReason, SampleFormat, StreamInfo,
 };
 
-use super::batch::{BatchSender, SendMode, SendStats};
+use streamd::fanout::{Fanout, FanoutStats, SendPath};
 
 /// The tick of the fake stream.
 pub const INTERVAL: Duration = Duration::from_millis(20);
@@ -30,7 +32,7 @@ const FRAMES_PER_TICK: u64 = 882;
 const FRAMES_PER_PACKET: u64 = 340;
 
 /// What the fake server did.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct FakeStats {
     /// Listeners welcomed.
     pub welcomed: u64,
@@ -43,19 +45,22 @@ pub struct FakeStats {
     /// Reports received.
     pub reports: u64,
     /// Audio sends.
-    pub sent: SendStats,
+    pub sent: FanoutStats,
+    /// The send path in use at the end: the one asked for, unless the kernel refused it.
+    pub path: SendPath,
 }
 
 fn encode(p: &Packet) -> Option<Bytes> {
     proto::encode_to_bytes(p).ok()
 }
 
-/// Serves on `sock` for `duration`, at most `max_clients` listeners, sending with `mode`.
+/// Serves on `sock` for `duration`, at most `max_clients` listeners, sending audio on `path`
+/// (or the next one down if this kernel cannot: [`FakeStats::path`] says which was used).
 pub fn serve(
     sock: &UdpSocket,
     duration: Duration,
     max_clients: usize,
-    mode: SendMode,
+    path: SendPath,
 ) -> std::io::Result<FakeStats> {
     sock.set_nonblocking(true)?;
     let key = RandomState::new();
@@ -66,8 +71,17 @@ pub fn serve(
         }
         c
     };
-    let mut sender = BatchSender::new(sock, mode);
-    let mut st = FakeStats::default();
+    let mut sender = Fanout::with_path(path);
+    sender.detect(sock);
+    let mut st = FakeStats {
+        welcomed: 0,
+        rejected: 0,
+        left: 0,
+        evicted: 0,
+        reports: 0,
+        sent: FanoutStats::default(),
+        path: sender.path(),
+    };
     // Listener → last time we heard from it.
     let mut listeners: HashMap<SocketAddr, Instant> = HashMap::new();
     let mut dests: Vec<SocketAddr> = Vec::new();
@@ -161,10 +175,11 @@ pub fn serve(
         }
         dests.clear();
         dests.extend(listeners.keys().copied());
-        let items: Vec<(SocketAddr, &[Bytes])> = dests.iter().map(|a| (*a, &d[..])).collect();
-        st.sent += sender.send_batch(sock, &items);
+        sender.send(sock, &d, &dests);
         tick += 1;
     }
+    st.sent = sender.stats();
+    st.path = sender.path();
     let last = (tick * 3).checked_sub(1);
     for _ in 0..END_REPEAT {
         let end = Message::End(End {

@@ -1,5 +1,6 @@
-//! System packages and toolchain components: check, install when we can, otherwise say the exact
-//! command to run.
+//! System packages and toolchain components: check, install when we can (apt-get as root on
+//! Debian/Ubuntu), otherwise fail with the exact command to run. `cargo xtask` calls it before
+//! building anything that needs the packages.
 
 use std::process::{Command, Stdio};
 
@@ -12,7 +13,7 @@ use anyhow::{Context, Result, bail};
 /// with the exact command to run. Elsewhere it only checks what it can (ALSA through pkg-config)
 /// and says what to install.
 pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
-    if !has("dpkg-query") {
+    if !on_path("dpkg-query") {
         if pkgs.contains(&"libasound2-dev") && !pkg_config_has("alsa") {
             bail!(
                 "the ALSA development files are missing (pkg-config cannot find `alsa`); \
@@ -32,13 +33,13 @@ pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
         return Ok(());
     }
     let list = missing.join(" ");
-    if !is_root() || !has("apt-get") {
+    if !is_root() || !on_path("apt-get") {
         bail!(
             "missing system packages: {list}\n  install them with:\n    sudo apt-get update && \
              sudo apt-get install -y --no-install-recommends {list}"
         );
     }
-    eprintln!("xtask: installing missing system packages: {list}");
+    eprintln!("installing missing system packages: {list}");
     apt(&["update", "-q"])?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
@@ -68,13 +69,13 @@ pub fn ensure_rust_components() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if !has("rustup") {
+    if !on_path("rustup") {
         bail!(
             "missing Rust components: {} (install them for your toolchain)",
             missing.join(" ")
         );
     }
-    eprintln!("xtask: adding Rust components: {}", missing.join(" "));
+    eprintln!("adding Rust components: {}", missing.join(" "));
     let st = Command::new("rustup")
         .args(["component", "add"])
         .args(&missing)
@@ -111,19 +112,20 @@ fn pkg_config_has(lib: &str) -> bool {
     quiet_ok(Command::new("pkg-config").args(["--exists", lib]))
 }
 
-/// Whether this process runs as root: apt-get needs it, and so does nothing else here.
+/// Whether this process runs as root (effective uid 0): only root can install packages.
 pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    nix::unistd::geteuid().is_root()
 }
 
-fn has(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
+/// Whether an executable file named `program` is in a `PATH` directory.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| {
+            std::fs::metadata(d.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 fn quiet_ok(cmd: &mut Command) -> bool {

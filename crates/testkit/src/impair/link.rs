@@ -1,7 +1,7 @@
 //! One direction of one client: turns the engine's decisions into a release schedule.
 //!
-//! Sans-IO in the quinn style: [`Link::handle`] takes `(now, datagram)`, [`Link::poll_transmit`]
-//! hands out what may leave at `now`, [`Link::poll_timeout`] says when to ask again.
+//! Sans-IO in the quinn style: [`ImpairedLink::handle`] takes `(now, datagram)`, [`ImpairedLink::poll_transmit`]
+//! hands out what may leave at `now`, [`ImpairedLink::poll_timeout`] says when to ask again.
 //!
 //! Release rules, in order of precedence:
 //! 1. A dropped datagram never leaves.
@@ -41,9 +41,9 @@ pub struct Transmit {
     pub copy: bool,
 }
 
-/// What [`Link::handle`] did with a datagram, for the tally.
+/// What [`ImpairedLink::handle`] did with a datagram, for the tally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Handled {
+pub struct Treatment {
     /// Whether the engine was consulted (false: passed through untouched).
     pub impaired: bool,
     /// The engine's decision (all default when not impaired).
@@ -76,7 +76,7 @@ struct Held {
 
 /// One client's one direction: engine plus schedule.
 #[derive(Debug)]
-pub struct Link {
+pub struct ImpairedLink {
     /// Decisions for impaired datagrams.
     engine: Engine,
     /// Impair control datagrams too.
@@ -91,11 +91,11 @@ pub struct Link {
     ready: VecDeque<Transmit>,
     /// Latest due time ever scheduled: where a control datagram queues up.
     latest: Option<Instant>,
-    /// Last `now` seen, for [`Link::poll_timeout`] when copies are ready.
+    /// Last `now` seen, for [`ImpairedLink::poll_timeout`] when copies are ready.
     last_now: Option<Instant>,
 }
 
-impl Link {
+impl ImpairedLink {
     /// A link impaired as `imp` says; `stream` separates the engines of different clients.
     pub fn new(imp: &Impairment, stream: u64) -> Self {
         Self {
@@ -111,7 +111,7 @@ impl Link {
     }
 
     /// Takes in one datagram that arrived at `now`; `audio_seq` is its seq if it is `Audio`.
-    pub fn handle(&mut self, now: Instant, bytes: Bytes, audio_seq: Option<u64>) -> Handled {
+    pub fn handle(&mut self, now: Instant, bytes: Bytes, audio_seq: Option<u64>) -> Treatment {
         self.last_now = Some(now);
         let order = self.next_order;
         self.next_order += 1;
@@ -122,7 +122,7 @@ impl Link {
             Decision::default()
         };
         if decision.drop {
-            return Handled { impaired, decision };
+            return Treatment { impaired, decision };
         }
         let entry = Entry {
             order,
@@ -142,7 +142,7 @@ impl Link {
                 self.schedule(at, h.entry);
             }
             self.schedule(at, entry);
-            return Handled { impaired, decision };
+            return Treatment { impaired, decision };
         }
         let due = now + decision.delay;
         if decision.hold {
@@ -154,7 +154,7 @@ impl Link {
         } else {
             self.schedule(due, entry);
         }
-        Handled { impaired, decision }
+        Treatment { impaired, decision }
     }
 
     /// The one way into the queue, so `latest` really is the latest due time.
@@ -208,7 +208,7 @@ impl Link {
         })
     }
 
-    /// When [`Link::poll_transmit`] may next return something; `None` if nothing is waiting.
+    /// When [`ImpairedLink::poll_transmit`] may next return something; `None` if nothing is waiting.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if !self.ready.is_empty() {
             return self.last_now;
@@ -244,7 +244,7 @@ mod tests {
         Bytes::from(vec![x])
     }
 
-    fn drain(l: &mut Link, now: Instant) -> Vec<(u8, bool)> {
+    fn drain(l: &mut ImpairedLink, now: Instant) -> Vec<(u8, bool)> {
         std::iter::from_fn(|| l.poll_transmit(now))
             .map(|t| (t.bytes[0], t.copy))
             .collect()
@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn transparent_link_is_fifo_and_immediate() {
-        let mut l = Link::new(&Impairment::none(), 0);
+        let mut l = ImpairedLink::new(&Impairment::none(), 0);
         let t0 = Instant::now();
         for i in 0..10 {
             l.handle(t0, b(i), Some(u64::from(i)));
@@ -268,7 +268,7 @@ mod tests {
             reorder: 1.0,
             ..Impairment::none()
         };
-        let mut l = Link::new(&all_hold, 0);
+        let mut l = ImpairedLink::new(&all_hold, 0);
         let t0 = Instant::now();
         l.handle(t0, b(0), Some(0));
         assert_eq!(drain(&mut l, t0), vec![], "held until a successor leaves");
@@ -279,7 +279,7 @@ mod tests {
             dup: 1.0,
             ..Impairment::none()
         };
-        let mut l = Link::new(&dup, 0);
+        let mut l = ImpairedLink::new(&dup, 0);
         l.handle(t0, b(1), Some(1));
         l.handle(t0, b(2), Some(2));
         assert_eq!(l.pending(), 4);
@@ -296,7 +296,7 @@ mod tests {
             seed: 1,
             ..Impairment::none()
         };
-        let mut l = Link::new(&jit, 0);
+        let mut l = ImpairedLink::new(&jit, 0);
         let t0 = Instant::now();
         l.handle(t0, b(0), Some(0));
         l.handle(t0, b(9), None);
@@ -327,7 +327,7 @@ mod tests {
                 seed,
                 impair_control: r.next_u64() % 4 == 0,
             };
-            let mut l = Link::new(&imp, seed);
+            let mut l = ImpairedLink::new(&imp, seed);
             let t0 = Instant::now();
             let mut now = t0;
             let mut out: Vec<Transmit> = Vec::new();
