@@ -10,11 +10,11 @@
 //! socket, so the floor measures the code the server ships. `--mode gso`: one GSO
 //! super-datagram (3 segments) per listener per tick, up to `fanout::MAX_BATCH` listeners per
 //! `sendmmsg`; `--mode sendmmsg`: one `sendmmsg` message per datagram per listener; `--mode
-//! send-to`: one `send_to` per datagram per listener. Receivers are drained by one separate thread (`--receivers drain`,
-//! the default: like real listeners that read) or never read so the kernel drops
-//! (`--receivers drop`); either way only the sender thread's CPU (`RUSAGE_THREAD`) is counted.
-//! On loopback the kernel's delivery to the receiving socket runs in the sender's system call and
-//! is part of the figure, as it is for a real server.
+//! send-to`: one `send_to` per datagram per listener. Receivers are drained by one separate
+//! thread (`--receivers drain`, the default: like real listeners that read) or never read so
+//! the kernel drops (`--receivers drop`); either way only the sender thread's CPU
+//! (`RUSAGE_THREAD`) is counted. On loopback the kernel's delivery to the receiving socket runs
+//! in the sender's system call and is part of the figure, as it is for a real server.
 
 use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};

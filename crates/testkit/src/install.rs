@@ -135,3 +135,19 @@ fn quiet_ok(cmd: &mut Command) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_found_on_path_and_only_those() {
+        assert!(on_path("sh"));
+        assert!(!on_path("no-such-program-anywhere-7f3a"));
+    }
+
+    #[test]
+    fn nothing_to_install_is_fine() {
+        assert!(ensure_packages(&[]).is_ok());
+    }
+}

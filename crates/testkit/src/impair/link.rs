@@ -1,7 +1,8 @@
 //! One direction of one client: turns the engine's decisions into a release schedule.
 //!
-//! Sans-IO in the quinn style: [`ImpairedLink::handle`] takes `(now, datagram)`, [`ImpairedLink::poll_transmit`]
-//! hands out what may leave at `now`, [`ImpairedLink::poll_timeout`] says when to ask again.
+//! Sans-IO in the quinn style: [`ImpairedLink::handle`] takes `(now, datagram)`,
+//! [`ImpairedLink::poll_transmit`] hands out what may leave at `now`,
+//! [`ImpairedLink::poll_timeout`] says when to ask again.
 //!
 //! Release rules, in order of precedence:
 //! 1. A dropped datagram never leaves.
@@ -208,7 +209,8 @@ impl ImpairedLink {
         })
     }
 
-    /// When [`ImpairedLink::poll_transmit`] may next return something; `None` if nothing is waiting.
+    /// When [`ImpairedLink::poll_transmit`] may next return something; `None` if nothing is
+    /// waiting.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if !self.ready.is_empty() {
             return self.last_now;

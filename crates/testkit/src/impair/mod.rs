@@ -4,8 +4,8 @@
 //!
 //! Layout (sans-IO core, thin tokio shell):
 //! - [`Engine`] decides each impaired datagram's fate from the seed alone (no clock);
-//! - [`ImpairedLink`] turns decisions into a release schedule over explicit time (one per client and
-//!   direction);
+//! - [`ImpairedLink`] turns decisions into a release schedule over explicit time (one per
+//!   client and direction);
 //! - [`ProxyCore`] holds the clients, their links and their [`Tally`]s;
 //! - [`Proxy`] moves bytes between sockets, timers and the core.
 //!

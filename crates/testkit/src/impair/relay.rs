@@ -1,4 +1,5 @@
-//! The proxy's sans-IO core: the client table, two [`ImpairedLink`]s and two [`Tally`]s per client.
+//! The proxy's sans-IO core: the client table, two [`ImpairedLink`]s and two [`Tally`]s per
+//! client.
 //!
 //! The shell tells it what arrived (`handle`) and what it sent (`on_sent`); the core says what
 //! to send (`poll_transmit`) and when to wake (`poll_timeout`). Time is always passed in.
