@@ -386,6 +386,8 @@ pub async fn run(
     }
     let server = resolve(&config.server).await?;
     let sock = bind_socket(server)?;
+    // The lead of the sink `open_sink` will open once joined (the session sizes the jitter
+    // buffer with it when the Welcome comes).
     let sink_lead = if config.output.is_some() {
         VIRTUAL_LEAD
     } else {
@@ -448,7 +450,10 @@ pub async fn run(
                 Event::Joined(info) => {
                     log_joined(&config, &session, &info, &sock);
                     match open_sink(&config, &info) {
-                        Ok(s) => sink = Some(s),
+                        Ok(s) => {
+                            debug_assert_eq!(s.lead(), sink_lead, "the session's sink lead");
+                            sink = Some(s);
+                        }
                         Err(e) => {
                             session.leave(now);
                             error = Some(e.into());
