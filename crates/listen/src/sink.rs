@@ -2,7 +2,9 @@
 //!
 //! A sink is pulled, like a sound card: [`Sink::demand`] says how many stream frames it can take
 //! now, the jitter buffer hands out that many, [`Sink::write`] takes them. The sink's clock
-//! therefore decides when frames are due, and every sink is clocked in real time:
+//! therefore decides when frames are due. A device is clocked by its hardware; the virtual sinks
+//! ([`VirtualDevice`]) by the `now` the caller passes, so they run on the wall clock in the
+//! `listen` binary and on simulated time in a simulation alike:
 //!
 //! - [`CpalSink`]: an audio device through cpal. The client thread converts the stream to the
 //!   device's channel count and rate and pushes i16 samples into a lock-free `rtrb` ring; the
@@ -13,6 +15,8 @@
 //!   card. The file holds exactly the stream frames handed out, concealment included; the
 //!   silence a device would play while rebuffering is not stream audio and is not written.
 //! - [`NullSink`]: the same virtual device, discarding the audio (tests, benchmarks).
+//! - [`MemorySink`]: the same virtual device, keeping the audio in memory (what a simulated
+//!   listener heard).
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -51,7 +55,7 @@ pub const DEVICE_REFILL: Duration = Duration::from_millis(5);
 pub const DEVICE_LEAD: Duration = Duration::from_millis(200);
 
 /// How long a device stream is kept alive after the last samples were queued, beyond the ring:
-/// dropping it at once lost ~1160 frames still in the device's own buffer (CRATES.md).
+/// dropping it at once lost ~1160 frames still in the device's own buffer.
 pub const DEVICE_LINGER: Duration = Duration::from_millis(300);
 
 /// What can go wrong with a sink. The messages are shown to the user as they are.
@@ -90,7 +94,7 @@ pub enum SinkError {
     },
 }
 
-/// A destination for played audio, clocked in real time. See the module docs.
+/// A destination for played audio, on its own clock or the caller's. See the module docs.
 pub trait Sink: Send {
     /// How much audio the sink takes ahead of playing it; the jitter buffer adds this to its
     /// start threshold, since frames in the sink no longer protect against jitter.
@@ -167,7 +171,7 @@ impl VirtualDevice {
     }
 }
 
-/// Discards audio, in real time.
+/// Discards audio, consumed by a [`VirtualDevice`] on the caller's clock.
 #[derive(Debug)]
 pub struct NullSink {
     /// The clock.
@@ -205,7 +209,56 @@ impl Sink for NullSink {
     }
 }
 
-/// Writes the played stream to a 16-bit WAV file, in real time.
+/// Keeps the played stream in memory, consumed by a [`VirtualDevice`]: a simulated listener's
+/// ears, so a simulation can compare what was played with what was sent.
+#[derive(Debug)]
+pub struct MemorySink {
+    /// The clock.
+    dev: VirtualDevice,
+    /// Interleaved channels, to count frames.
+    channels: usize,
+    /// Everything written, interleaved.
+    samples: Vec<i16>,
+}
+
+impl MemorySink {
+    /// A memory sink for a stream of `rate` and `channels`.
+    pub fn new(rate: u32, channels: u16) -> Self {
+        Self {
+            dev: VirtualDevice::new(rate, VIRTUAL_LEAD),
+            channels: usize::from(channels.max(1)),
+            samples: Vec::new(),
+        }
+    }
+
+    /// The interleaved samples written so far.
+    pub fn samples(&self) -> &[i16] {
+        &self.samples
+    }
+}
+
+impl Sink for MemorySink {
+    fn lead(&self) -> Duration {
+        VIRTUAL_LEAD
+    }
+    fn demand(&mut self, now: Instant) -> usize {
+        self.dev.demand(now)
+    }
+    fn write(&mut self, now: Instant, samples: &[i16]) -> Result<(), SinkError> {
+        self.samples.extend_from_slice(samples);
+        self.dev.wrote(now, (samples.len() / self.channels) as u64);
+        Ok(())
+    }
+    fn refill_at(&self, now: Instant) -> Instant {
+        self.dev.refill_at(now)
+    }
+    fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
+        Ok(self.dev.remaining(now))
+    }
+}
+
+/// Writes the played stream to a 16-bit WAV file, consumed by a [`VirtualDevice`] on the
+/// caller's clock.
 pub struct WavSink {
     /// The clock.
     dev: VirtualDevice,

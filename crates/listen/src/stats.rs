@@ -15,10 +15,11 @@ use crate::jitter::{PlayoutCounters, duration_of};
 /// minutes of audio at any sane rate, in an 8 KiB bitmap. Older seqs count as duplicates.
 pub const SEQ_WINDOW: u64 = 1 << 16;
 
-/// Why a stream ended, as the JSON contract spells it (lowercase).
+/// Why a listener's stream ended, as the JSON contract's `end_reason` spells it (lowercase):
+/// the server's reasons (`proto::EndReason`) plus the listener's own (timeout, interrupt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum EndReason {
+pub enum ExitReason {
     /// The server reached the end of the file.
     Finished,
     /// The server was stopped.
@@ -31,25 +32,25 @@ pub enum EndReason {
     Interrupted,
 }
 
-impl EndReason {
+impl ExitReason {
     /// The contract's lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
-            EndReason::Finished => "finished",
-            EndReason::Shutdown => "shutdown",
-            EndReason::Evicted => "evicted",
-            EndReason::Timeout => "timeout",
-            EndReason::Interrupted => "interrupted",
+            ExitReason::Finished => "finished",
+            ExitReason::Shutdown => "shutdown",
+            ExitReason::Evicted => "evicted",
+            ExitReason::Timeout => "timeout",
+            ExitReason::Interrupted => "interrupted",
         }
     }
 }
 
-impl From<proto::EndReason> for EndReason {
+impl From<proto::EndReason> for ExitReason {
     fn from(r: proto::EndReason) -> Self {
         match r {
-            proto::EndReason::Finished => EndReason::Finished,
-            proto::EndReason::Shutdown => EndReason::Shutdown,
-            proto::EndReason::Evicted => EndReason::Evicted,
+            proto::EndReason::Finished => ExitReason::Finished,
+            proto::EndReason::Shutdown => ExitReason::Shutdown,
+            proto::EndReason::Evicted => ExitReason::Evicted,
         }
     }
 }
@@ -185,6 +186,23 @@ impl Tracker {
         self.foreign += 1;
     }
 
+    /// Adds datagrams counted elsewhere (before this tracker existed) to the garbage and
+    /// foreign counts.
+    pub fn count_ignored(&mut self, garbage: u64, foreign: u64) {
+        self.garbage += garbage;
+        self.foreign += foreign;
+    }
+
+    /// Datagrams from the server that did not decode or were out of place.
+    pub fn garbage(&self) -> u64 {
+        self.garbage
+    }
+
+    /// Datagrams from addresses other than the server's.
+    pub fn foreign(&self) -> u64 {
+        self.foreign
+    }
+
     /// Highest audio seq received (or announced by `End`), if any.
     pub fn highest(&self) -> Option<u64> {
         self.highest
@@ -250,7 +268,7 @@ pub struct Stats {
     /// Audio handed to the sink (concealment included), milliseconds.
     pub played_ms: u64,
     /// Why the stream ended.
-    pub end_reason: EndReason,
+    pub end_reason: ExitReason,
     /// Datagrams from the server that were not valid where they came (not in the contract).
     pub garbage: u64,
     /// Datagrams from other addresses, ignored (not in the contract).
@@ -259,7 +277,7 @@ pub struct Stats {
 
 impl Stats {
     /// The final numbers from the tracker and the playout.
-    pub fn new(tracker: &Tracker, playout: &PlayoutCounters, end_reason: EndReason) -> Self {
+    pub fn new(tracker: &Tracker, playout: &PlayoutCounters, end_reason: ExitReason) -> Self {
         let ms = |f: u64| duration_of(f, tracker.rate).as_millis() as u64;
         Self {
             expected: tracker.expected(),

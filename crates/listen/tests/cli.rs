@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{FakeServer, Script};
+use common::{FakeServer, Script, Tmp};
 use proto::RejectReason;
 
 fn listen() -> Command {
@@ -49,8 +49,9 @@ fn usage_errors_exit_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_with_bare_seconds_exits_4() {
+    let tmp = Tmp::new();
     let (_sock, addr) = FakeServer::silent().await;
-    let wav = common::tmp("cli-none.wav");
+    let wav = tmp.path("cli-none.wav");
     let mut c = listen();
     c.args(["--server", &addr.to_string(), "--timeout", "1", "--output"])
         .arg(&wav);
@@ -68,12 +69,13 @@ async fn no_answer_with_bare_seconds_exits_4() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_server_exits_3_with_one_line() {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(9600);
     sc.reject = Some(RejectReason::Full { max_clients: 3 });
     let srv = FakeServer::start(sc).await;
     let mut c = listen();
     c.args(["--server", &srv.addr.to_string(), "--quiet", "--output"])
-        .arg(common::tmp("cli-full.wav"));
+        .arg(tmp.path("cli-full.wav"));
     let o = output(c).await;
     assert_eq!(o.status.code(), Some(3));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -85,10 +87,11 @@ async fn full_server_exits_3_with_one_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_name_streams_to_wav_and_writes_stats_json() {
+    let tmp = Tmp::new();
     let srv = FakeServer::start(Script::clean(9600)).await;
-    let wav = common::tmp("cli-ok.wav");
-    let json = common::tmp("cli-ok.json");
-    let log = common::tmp("cli-ok.log");
+    let wav = tmp.path("cli-ok.wav");
+    let json = tmp.path("cli-ok.json");
+    let log = tmp.path("cli-ok.log");
     let mut c = listen();
     c.args([
         "--server",
@@ -128,12 +131,13 @@ async fn sigterm_ends_with_exit_0_stats_and_leave() {
 }
 
 async fn signal_ends_with_exit_0_stats_and_leave(signal: &str) {
+    let tmp = Tmp::new();
     let srv = FakeServer::start(Script::clean(48_000 * 10)).await;
-    let json = common::tmp(&format!("cli-{signal}.json"));
+    let json = tmp.path(&format!("cli-{signal}.json"));
     let mut c = listen();
     c.args(["--server", &srv.addr.to_string(), "--quiet"])
         .arg("--output")
-        .arg(common::tmp(&format!("cli-{signal}.wav")))
+        .arg(tmp.path(&format!("cli-{signal}.wav")))
         .arg("--stats-json")
         .arg(&json)
         .stderr(Stdio::piped());

@@ -202,7 +202,7 @@ fn reordered_datagrams_play_in_order() {
     assert_eq!(r.out, expected(0, 1000, 1));
     assert_eq!(r.jb.counters().concealed_frames, 0);
     // Each even seq arrives after the odd one above it: 50 out of order.
-    let st = listen::Stats::new(&r.tracker, &r.jb.counters(), listen::EndReason::Finished);
+    let st = listen::Stats::new(&r.tracker, &r.jb.counters(), listen::ExitReason::Finished);
     assert_eq!(st.out_of_order, 50);
     assert_eq!((st.lost, st.duplicates), (0, 0));
 }
@@ -223,7 +223,7 @@ fn duplicates_are_dropped_and_counted() {
     d.extend(dups);
     let r = simulate(&inf, Duration::from_millis(100), &d, end_after(&d));
     assert_eq!(r.out, expected(0, 1000, 1));
-    let st = listen::Stats::new(&r.tracker, &r.jb.counters(), listen::EndReason::Finished);
+    let st = listen::Stats::new(&r.tracker, &r.jb.counters(), listen::ExitReason::Finished);
     assert_eq!(
         (st.duplicates, st.received, st.lost, st.out_of_order),
         (n, 100, 0, 0)

@@ -8,13 +8,13 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{CH, FPP, FakeServer, RATE, Script, out_of_order, read_wav, source, tmp};
-use listen::{Config, EndReason, ListenError, Outcome};
+use common::{CH, FPP, FakeServer, RATE, Script, Tmp, out_of_order, read_wav, source};
+use listen::{Config, ExitReason, ListenError, Outcome};
 use proto::RejectReason;
 
-fn config(addr: std::net::SocketAddr, wav: &str) -> Config {
+fn config(addr: std::net::SocketAddr, wav: std::path::PathBuf) -> Config {
     let mut c = Config::new(addr.to_string());
-    c.output = Some(tmp(wav));
+    c.output = Some(wav);
     c.quiet = true;
     c
 }
@@ -28,11 +28,12 @@ const TOTAL: u64 = 57_600;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wav_is_the_stream_sample_for_sample_when_nothing_is_lost() {
+    let tmp = Tmp::new();
     let srv = FakeServer::start(Script::clean(TOTAL)).await;
-    let c = config(srv.addr, "exact.wav");
+    let c = config(srv.addr, tmp.path("exact.wav"));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
-    assert_eq!(o.end_reason, EndReason::Finished);
+    assert_eq!(o.end_reason, ExitReason::Finished);
     assert_eq!(o.exit_code(), 0);
     let s = &o.stats;
     assert_eq!(
@@ -67,11 +68,12 @@ async fn wav_is_the_stream_sample_for_sample_when_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reordering_and_duplicates_lose_nothing_and_are_counted_exactly() {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(TOTAL);
     sc.reverse_ticks = true;
     sc.duplicate = [1005, 1050, 1051, 1200].into_iter().collect();
     let srv = FakeServer::start(sc).await;
-    let c = config(srv.addr, "reorder.wav");
+    let c = config(srv.addr, tmp.path("reorder.wav"));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
     let sent = srv.log.lock().unwrap().sent.clone();
@@ -88,14 +90,15 @@ async fn reordering_and_duplicates_lose_nothing_and_are_counted_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripted_loss_is_counted_exactly_and_concealed_in_place() {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(TOTAL);
     // Seq 1000 is the first datagram. Lose one, a burst of three, and the last two.
     let lost: HashSet<u64> = [1010, 1100, 1101, 1102, 1238, 1239].into_iter().collect();
     sc.drop = lost.clone();
     sc.duplicate = [1020].into_iter().collect();
     let srv = FakeServer::start(sc).await;
-    let mut c = config(srv.addr, "loss.wav");
-    c.stats_json = Some(tmp("loss.json"));
+    let mut c = config(srv.addr, tmp.path("loss.wav"));
+    c.stats_json = Some(tmp.path("loss.json"));
     let wav = c.output.clone().unwrap();
     let o = run(c.clone()).await.unwrap();
     let s = &o.stats;
@@ -137,10 +140,11 @@ async fn scripted_loss_is_counted_exactly_and_concealed_in_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_plays_from_its_start_ts() {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(TOTAL);
     sc.start_packet = 100;
     let srv = FakeServer::start(sc).await;
-    let c = config(srv.addr, "late.wav");
+    let c = config(srv.addr, tmp.path("late.wav"));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
     assert_eq!((o.stats.expected, o.stats.lost), (140, 0));
@@ -153,6 +157,7 @@ async fn a_late_joiner_plays_from_its_start_ts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trailing_loss_is_concealed_only_as_far_as_the_missing_datagrams_reach() {
+    let tmp = Tmp::new();
     // The Welcome claims an hour; the stream is 1.2 s and its last datagram is lost. The end is
     // concealed (the WAV keeps the stream's length), but not the hour the header claimed.
     let mut sc = Script::clean(TOTAL);
@@ -163,14 +168,14 @@ async fn trailing_loss_is_concealed_only_as_far_as_the_missing_datagrams_reach()
     // Without the cap this would play silence toward the claimed hour: fail, do not hang.
     let o = tokio::time::timeout(
         Duration::from_secs(30),
-        run(config(srv.addr, "trailing-cap.wav")),
+        run(config(srv.addr, tmp.path("trailing-cap.wav"))),
     )
     .await
     .expect("listen kept playing long after the stream's end")
     .unwrap();
     assert_eq!(o.exit_code(), 0);
     assert_eq!(o.stats.lost, 1, "{:?}", o.stats);
-    let (_, samples) = read_wav(&tmp("trailing-cap.wav"));
+    let (_, samples) = read_wav(&tmp.path("trailing-cap.wav"));
     let frames = samples.len() as u64 / u64::from(CH);
     assert!(
         frames <= TOTAL + FPP,
@@ -184,12 +189,15 @@ async fn trailing_loss_is_concealed_only_as_far_as_the_missing_datagrams_reach()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_welcome_is_refused_not_obeyed() {
+    let tmp = Tmp::new();
     // Each of these would size buffers (or a WAV header) from attacker-chosen numbers.
     for (rate, ch) in [(2_000_000_000, 2), (44_100, 60_000), (1, 2)] {
         let mut sc = Script::clean(TOTAL);
         sc.welcome_format = Some((rate, ch));
         let srv = FakeServer::start(sc).await;
-        let e = run(config(srv.addr, "hostile.wav")).await.unwrap_err();
+        let e = run(config(srv.addr, tmp.path("hostile.wav")))
+            .await
+            .unwrap_err();
         assert_eq!(e.exit_code(), 1, "{rate} Hz {ch} ch: {e}");
         assert!(e.to_string().contains("unusable stream description"), "{e}");
     }
@@ -197,10 +205,13 @@ async fn a_hostile_welcome_is_refused_not_obeyed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_server_is_reported_with_exit_3() {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(TOTAL);
     sc.reject = Some(RejectReason::Full { max_clients: 3 });
     let srv = FakeServer::start(sc).await;
-    let e = run(config(srv.addr, "full.wav")).await.unwrap_err();
+    let e = run(config(srv.addr, tmp.path("full.wav")))
+        .await
+        .unwrap_err();
     assert_eq!(e.exit_code(), 3);
     assert_eq!(
         e.to_string(),
@@ -210,21 +221,25 @@ async fn a_full_server_is_reported_with_exit_3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_mismatch_is_exit_3() {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(TOTAL);
     sc.reject = Some(RejectReason::UnsupportedVersion { supported: 2 });
     let srv = FakeServer::start(sc).await;
-    let e = run(config(srv.addr, "version.wav")).await.unwrap_err();
+    let e = run(config(srv.addr, tmp.path("version.wav")))
+        .await
+        .unwrap_err();
     assert_eq!(e.exit_code(), 3);
     assert!(e.to_string().contains("version 2"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_answering_in_another_version_is_exit_3_at_once() {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(TOTAL);
     sc.answer_v2 = true;
     let srv = FakeServer::start(sc).await;
     let t = Instant::now();
-    let e = run(config(srv.addr, "v2.wav")).await.unwrap_err();
+    let e = run(config(srv.addr, tmp.path("v2.wav"))).await.unwrap_err();
     assert_eq!(e.exit_code(), 3);
     assert!(e.to_string().contains("version 2"), "{e}");
     assert!(
@@ -235,8 +250,9 @@ async fn a_server_answering_in_another_version_is_exit_3_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_is_exit_4_after_the_timeout() {
+    let tmp = Tmp::new();
     let (sock, addr) = FakeServer::silent().await;
-    let mut c = config(addr, "none.wav");
+    let mut c = config(addr, tmp.path("none.wav"));
     c.timeout = Duration::from_secs(1);
     let t = Instant::now();
     let e = run(c).await.unwrap_err();
@@ -260,14 +276,15 @@ async fn no_answer_is_exit_4_after_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_and_a_fresh_challenge_still_join() {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(9600);
     sc.ignore_connects = 1;
     sc.rechallenge = true;
     let srv = FakeServer::start(sc).await;
-    let c = config(srv.addr, "retry.wav");
+    let c = config(srv.addr, tmp.path("retry.wav"));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
-    assert_eq!(o.end_reason, EndReason::Finished);
+    assert_eq!(o.end_reason, ExitReason::Finished);
     let (_, samples) = read_wav(&wav);
     assert!(samples == source(9600));
     let log = srv.log.lock().unwrap();
@@ -277,15 +294,16 @@ async fn retries_and_a_fresh_challenge_still_join() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silence_mid_stream_is_a_timeout_with_exit_4() {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(TOTAL);
     sc.stop_after_tick = Some(20);
     let srv = FakeServer::start(sc).await;
-    let mut c = config(srv.addr, "timeout.wav");
+    let mut c = config(srv.addr, tmp.path("timeout.wav"));
     c.timeout = Duration::from_millis(700);
-    c.stats_json = Some(tmp("timeout.json"));
+    c.stats_json = Some(tmp.path("timeout.json"));
     let t = Instant::now();
     let o = run(c.clone()).await.unwrap();
-    assert_eq!(o.end_reason, EndReason::Timeout);
+    assert_eq!(o.end_reason, ExitReason::Timeout);
     assert_eq!(o.exit_code(), 4);
     assert_eq!(o.stats.received, 80);
     assert!(t.elapsed() < Duration::from_secs(4));
@@ -297,13 +315,14 @@ async fn silence_mid_stream_is_a_timeout_with_exit_4() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_evicted_is_exit_4_after_playing_out() {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(9600);
     sc.end = Some(proto::EndReason::Evicted);
     let srv = FakeServer::start(sc).await;
-    let c = config(srv.addr, "evicted.wav");
+    let c = config(srv.addr, tmp.path("evicted.wav"));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
-    assert_eq!(o.end_reason, EndReason::Evicted);
+    assert_eq!(o.end_reason, ExitReason::Evicted);
     assert_eq!(o.exit_code(), 4);
     let (_, samples) = read_wav(&wav);
     assert!(samples == source(9600), "buffered audio was not played out");
@@ -311,31 +330,38 @@ async fn end_evicted_is_exit_4_after_playing_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_not_joined_is_treated_as_evicted() {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(9600);
     sc.end = None;
     let srv = FakeServer::start(sc).await;
-    let o = run(config(srv.addr, "notjoined.wav")).await.unwrap();
-    assert_eq!(o.end_reason, EndReason::Evicted);
+    let o = run(config(srv.addr, tmp.path("notjoined.wav")))
+        .await
+        .unwrap();
+    assert_eq!(o.end_reason, ExitReason::Evicted);
     assert_eq!(o.exit_code(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_shutdown_is_exit_0() {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(9600);
     sc.end = Some(proto::EndReason::Shutdown);
     let srv = FakeServer::start(sc).await;
-    let o = run(config(srv.addr, "shutdown.wav")).await.unwrap();
-    assert_eq!(o.end_reason, EndReason::Shutdown);
+    let o = run(config(srv.addr, tmp.path("shutdown.wav")))
+        .await
+        .unwrap();
+    assert_eq!(o.end_reason, ExitReason::Shutdown);
     assert_eq!(o.exit_code(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_other_senders_are_ignored_and_counted() {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(TOTAL);
     sc.garbage = true;
     sc.foreign = true;
     let srv = FakeServer::start(sc).await;
-    let c = config(srv.addr, "garbage.wav");
+    let c = config(srv.addr, tmp.path("garbage.wav"));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
     let s = &o.stats;
@@ -348,13 +374,14 @@ async fn garbage_and_other_senders_are_ignored_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupt_ends_with_exit_0_and_leave() {
+    let tmp = Tmp::new();
     let srv = FakeServer::start(Script::clean(TOTAL * 5)).await;
-    let mut c = config(srv.addr, "interrupt.wav");
-    c.stats_json = Some(tmp("interrupt.json"));
+    let mut c = config(srv.addr, tmp.path("interrupt.wav"));
+    c.stats_json = Some(tmp.path("interrupt.json"));
     let o = listen::run(c.clone(), tokio::time::sleep(Duration::from_millis(500)))
         .await
         .unwrap();
-    assert_eq!(o.end_reason, EndReason::Interrupted);
+    assert_eq!(o.end_reason, ExitReason::Interrupted);
     assert_eq!(o.exit_code(), 0);
     assert!(o.stats.received > 0);
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -367,10 +394,11 @@ async fn interrupt_ends_with_exit_0_and_leave() {
 /// Intervals at both ends of the design range play exactly: 5 ms (a datagram per tick) and
 /// 2 s (bursts of 400 datagrams, which need the enlarged receive buffer and a grown target).
 async fn interval_plays_exactly(interval_ms: u64, total: u64, name: &str) {
+    let tmp = Tmp::new();
     let mut sc = Script::clean(total);
     sc.interval = Duration::from_millis(interval_ms);
     let srv = FakeServer::start(sc).await;
-    let c = config(srv.addr, name);
+    let c = config(srv.addr, tmp.path(name));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
     let s = &o.stats;

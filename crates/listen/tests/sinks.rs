@@ -63,7 +63,8 @@ fn null_sink_takes_its_lead_then_the_clock_rate() {
 
 #[test]
 fn wav_sink_writes_16_bit_at_the_stream_format() {
-    let p = common::tmp("sink.wav");
+    let tmp = common::Tmp::new();
+    let p = tmp.path("sink.wav");
     let t0 = Instant::now();
     let mut s = WavSink::create(&p, 22_050, 3).unwrap();
     let samples: Vec<i16> = (0..300).map(|i| (i * 97 % 65536 - 32768) as i16).collect();

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use listen::jitter::PlayoutCounters;
-use listen::stats::{Arrival, EndReason, SEQ_WINDOW, Stats, Tracker, render_table};
+use listen::stats::{Arrival, ExitReason, SEQ_WINDOW, Stats, Tracker, render_table};
 
 fn ms(t0: Instant, m: u64) -> Instant {
     t0 + Duration::from_millis(m)
@@ -77,7 +77,7 @@ fn counts_by_definition() {
         underruns: 2,
         ..Default::default()
     };
-    let s = Stats::new(&t, &p, EndReason::Finished);
+    let s = Stats::new(&t, &p, ExitReason::Finished);
     assert_eq!(
         (s.expected, s.received, s.lost, s.out_of_order, s.duplicates),
         (10, 7, 3, 2, 2) // out of order: 12 (after 13), 16 (after 17)
@@ -109,7 +109,7 @@ fn nothing_lost_gives_exact_zeros() {
         t.on_audio(t0, s, (s - 1000) * 349);
     }
     t.on_end(Some(1499));
-    let s = Stats::new(&t, &PlayoutCounters::default(), EndReason::Finished);
+    let s = Stats::new(&t, &PlayoutCounters::default(), ExitReason::Finished);
     assert_eq!(
         (s.expected, s.received, s.lost, s.out_of_order, s.duplicates),
         (500, 500, 0, 0, 0)
@@ -149,11 +149,11 @@ fn json_has_the_contract_fields_and_lowercase_reasons() {
     let mut t = Tracker::new(1000, 0, t0);
     t.on_audio(t0, 0, 0);
     for (reason, name) in [
-        (EndReason::Finished, "finished"),
-        (EndReason::Shutdown, "shutdown"),
-        (EndReason::Evicted, "evicted"),
-        (EndReason::Timeout, "timeout"),
-        (EndReason::Interrupted, "interrupted"),
+        (ExitReason::Finished, "finished"),
+        (ExitReason::Shutdown, "shutdown"),
+        (ExitReason::Evicted, "evicted"),
+        (ExitReason::Timeout, "timeout"),
+        (ExitReason::Interrupted, "interrupted"),
     ] {
         let s = Stats::new(&t, &PlayoutCounters::default(), reason);
         let v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
@@ -183,7 +183,7 @@ fn table_shows_counts_and_percentages() {
     for s in [0u64, 1, 3] {
         t.on_audio(t0, s, s);
     }
-    let s = Stats::new(&t, &PlayoutCounters::default(), EndReason::Shutdown);
+    let s = Stats::new(&t, &PlayoutCounters::default(), ExitReason::Shutdown);
     let table = render_table(&s);
     assert!(table.contains("lost"), "{table}");
     assert!(table.contains("25.00%"), "{table}"); // 1 of 4 lost

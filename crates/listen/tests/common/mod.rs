@@ -338,11 +338,24 @@ async fn serve(sock: Arc<UdpSocket>, script: Script, log: Arc<Mutex<Log>>) {
     }
 }
 
-/// A fresh path in the temp dir for this test.
-pub fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("listen-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+/// A temporary folder for one test's files, removed (with them) when dropped.
+pub struct Tmp(tempfile::TempDir);
+
+impl Tmp {
+    /// A fresh folder under the system's temp dir.
+    pub fn new() -> Self {
+        Self(
+            tempfile::Builder::new()
+                .prefix("listen-test-")
+                .tempdir()
+                .unwrap(),
+        )
+    }
+
+    /// The path of `name` in the folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
 }
 
 /// The samples of a 16-bit WAV, with its spec.

@@ -1,0 +1,671 @@
+//! The listener's protocol core, sans-IO: one [`Session`] per connection to a server. No
+//! sockets, no clock reads, no tokio; every call takes the caller's `now` (a
+//! [`std::time::Instant`], so a simulated clock is a base instant plus offsets).
+//!
+//! The session owns:
+//!
+//! - the handshake: `Connect` (padded to [`proto::limits::MIN_CONNECT_LEN`]) → `Challenge` →
+//!   `Join` with the cookie (a fresh `Challenge` answering a `Join` means: join again with the new
+//!   one) → `Welcome` or `Reject`. The last message is resent after [`HANDSHAKE_RETRY_FIRST`],
+//!   the delay doubling up to [`HANDSHAKE_RETRY_MAX`], until the configured timeout
+//!   ([`Event::NoAnswer`]);
+//! - the checks on the `Welcome` (rate, channels, format, interval, frames per packet within the
+//!   `MIN_WELCOME_*`/`MAX_WELCOME_*` bounds, else [`Event::Unplayable`]);
+//! - reception: the stats [`Tracker`] and the [`JitterBuffer`], which the caller drains into a
+//!   sink with [`Session::pull`] or [`Session::feed`] at its own `now`;
+//! - a `Report` every [`proto::limits::REPORT_INTERVAL`] while streaming;
+//! - the end: `End` (played out first, with trailing loss of a finished stream concealed only as
+//!   far as the missing datagrams reach), `Error{NotJoined}` (evicted), server silence past
+//!   `max(timeout, 2 × the server's interval)` (the server is silent between bursts by design),
+//!   or [`Session::leave`] (the user's interrupt). A `Leave` is queued on every exit after the
+//!   handshake began, except when the server refused us or never answered.
+//!
+//! Datagrams from any address other than the server's are counted as foreign and dropped;
+//! anything from the server that does not decode, or makes no sense where it comes, is counted
+//! as garbage and dropped. Nothing from the network can make the session panic.
+//!
+//! # Driving a session
+//!
+//! ```text
+//! let mut s = Session::new(config, now);
+//! loop {
+//!     // 1. input, each with the `now` of this wake-up:
+//!     //    s.handle(now, from, datagram) for every datagram received,
+//!     //    s.handle_timeout(now) when now >= s.poll_timeout(),
+//!     //    s.leave(now) on the user's interrupt,
+//!     //    s.feed(now, &mut sink) (or s.pull(now, n, &mut out)) when the sink wants audio;
+//!     // 2. drain until None: s.poll_transmit(now) (send each to its destination),
+//!     //    then s.poll_event() (react: open a sink on Joined, stop on a terminal event);
+//!     // 3. stop once s.is_closed() and the transmits are drained;
+//!     // 4. sleep until the earliest of s.poll_timeout(), the sink's refill instant (returned by
+//!     //    feed) and the next datagram.
+//! }
+//! let stats = s.stats(); // Some once the stream ended (Event::Ended)
+//! ```
+//!
+//! The tokio shell ([`crate::client`]) is exactly this loop over a UDP socket and a real sink; a
+//! simulated network runs the same loop on simulated time with a [`crate::sink::NullSink`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use proto::limits::{HEADER_LEN, MAX_PAYLOAD, MIN_CONNECT_LEN, REPORT_INTERVAL};
+use proto::{
+    COOKIE_LEN, Connect, DecodeError, ErrorCode, ErrorMsg, Join, Message, Packet, RejectReason,
+    SampleFormat, StreamInfo,
+};
+
+use crate::jitter::{JitterBuffer, PlayoutCounters, duration_of};
+use crate::sink::{Sink, SinkError, VIRTUAL_LEAD};
+use crate::stats::{Arrival, ExitReason, Stats, Tracker};
+
+/// Default jitter-buffer target (`--latency`).
+pub const DEFAULT_LATENCY: Duration = Duration::from_millis(100);
+
+/// Default server silence after which the client gives up (`--timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// First handshake retransmission delay: a few loopback or LAN round trips; it doubles after
+/// each silent attempt.
+pub const HANDSHAKE_RETRY_FIRST: Duration = Duration::from_millis(250);
+
+/// Cap on the handshake retransmission delay, so a long `--timeout` still retries every 2 s.
+pub const HANDSHAKE_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Lowest sample rate accepted from a `Welcome`: telephone quality and up.
+pub const MIN_WELCOME_RATE: u32 = 4_000;
+/// Highest sample rate accepted from a `Welcome`: the highest studio rate in use.
+pub const MAX_WELCOME_RATE: u32 = 384_000;
+/// Most channels accepted from a `Welcome`: beyond any speaker layout a listener has.
+pub const MAX_WELCOME_CHANNELS: u16 = 32;
+
+/// Longest server interval accepted from a `Welcome`; the protocol's design range is 5 ms..2 s,
+/// and a far longer one would only make the jitter buffer huge.
+pub const MAX_WELCOME_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What a [`Session`] needs to know up front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// The server's address: the only one datagrams are accepted from and sent to.
+    pub server: SocketAddr,
+    /// Jitter-buffer target; grows when the server's interval needs more.
+    pub latency: Duration,
+    /// How long the handshake may go unanswered, and (at least) how long the server may be
+    /// silent mid-stream.
+    pub timeout: Duration,
+    /// How much audio the sink takes ahead of playing it ([`Sink::lead`]): the jitter buffer
+    /// adds it to its start threshold.
+    pub sink_lead: Duration,
+}
+
+impl SessionConfig {
+    /// The command line's defaults for `server`, with a virtual sink's lead.
+    pub fn new(server: SocketAddr) -> Self {
+        Self {
+            server,
+            latency: DEFAULT_LATENCY,
+            timeout: DEFAULT_TIMEOUT,
+            sink_lead: VIRTUAL_LEAD,
+        }
+    }
+}
+
+/// One datagram for the caller to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it (always the server).
+    pub destination: SocketAddr,
+    /// The encoded datagram.
+    pub contents: Bytes,
+}
+
+/// Where a [`Session`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting, or joining with a cookie; no `Welcome` yet.
+    Handshake,
+    /// Joined: audio flows into the jitter buffer, reports go out.
+    Streaming,
+    /// The server sent `End`: playing out what is buffered.
+    PlayingOut,
+    /// Nothing more will happen (see [`Session::exit_reason`]); only queued transmits and events
+    /// are left to drain.
+    Closed,
+}
+
+/// Something the caller should know or act on, from [`Session::poll_event`]. Events marked
+/// terminal close the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The server answered with a `Challenge`; a `Join` is queued.
+    Challenged,
+    /// The server accepted us and described the stream, which is playable: open the sink.
+    Joined(StreamInfo),
+    /// The jitter buffer started handing out audio, holding `buffered` ahead.
+    Playing {
+        /// Audio buffered when playout started.
+        buffered: Duration,
+    },
+    /// The jitter buffer ran empty mid-stream and rebuffers.
+    Underrun {
+        /// Stream position where it ran empty.
+        at: Duration,
+        /// The target it refills to before playing again.
+        target: Duration,
+    },
+    /// The server ended the stream; what is buffered plays out before [`Event::Ended`].
+    EndReceived {
+        /// The server's reason.
+        reason: ExitReason,
+        /// Audio left to play out.
+        buffered: Duration,
+    },
+    /// The server sent an `Error` that does not end the session.
+    ServerError(ErrorMsg),
+    /// The server sent `Error{NotJoined}` mid-stream: it no longer knows us. [`Event::Ended`]
+    /// with [`ExitReason::Evicted`] follows.
+    Evicted(ErrorMsg),
+    /// The server was silent for `silence`. [`Event::Ended`] with [`ExitReason::Timeout`]
+    /// follows.
+    TimedOut {
+        /// The silence timeout in effect.
+        silence: Duration,
+    },
+    /// The end of the stream did not play out in time (the sink stopped taking audio).
+    /// [`Event::Ended`] follows.
+    EndOverdue,
+    /// Terminal: the stream is over; [`Session::stats`] has the final numbers. A `Leave` is
+    /// queued.
+    Ended(ExitReason),
+    /// Terminal: the server refused us (or answered in another protocol version).
+    Rejected(RejectReason),
+    /// Terminal: the `Welcome` described a stream this client cannot play. A `Leave` is queued.
+    Unplayable(String),
+    /// Terminal: the handshake got no answer within the timeout.
+    NoAnswer {
+        /// The timeout.
+        after: Duration,
+    },
+}
+
+/// Handshake state: what to resend and when.
+#[derive(Debug)]
+struct Handshake {
+    /// The cookie of the last `Challenge`: `Join` is resent with it; `None`: `Connect` is.
+    cookie: Option<[u8; COOKIE_LEN]>,
+    /// Delay before the next retransmission but one.
+    backoff: Duration,
+    /// When the last message is resent (or the handshake gives up, at `deadline`).
+    retry_at: Instant,
+    /// The handshake gives up here.
+    deadline: Instant,
+}
+
+/// Reception state after a playable `Welcome`.
+#[derive(Debug)]
+struct Stream {
+    /// The stream as the server described it.
+    info: StreamInfo,
+    /// The playout.
+    jb: JitterBuffer,
+    /// How long the server may be silent (also the grace after the end has played out).
+    silence: Duration,
+    /// One past the last frame received so far.
+    received_end: u64,
+    /// When the server was last heard.
+    last_heard: Instant,
+    /// When the next `Report` is due.
+    next_report: Instant,
+    /// Set by the first `End`: its reason, and the instant the session ends even if the sink
+    /// stops taking audio.
+    end: Option<(ExitReason, Instant)>,
+    /// Audio has been handed out (for [`Event::Playing`]).
+    playing: bool,
+    /// Underruns already reported as events.
+    underruns: u64,
+}
+
+/// One listener's connection to a server, sans-IO. See the module docs.
+#[derive(Debug)]
+pub struct Session {
+    /// As given.
+    config: SessionConfig,
+    /// Where the session is.
+    phase: Phase,
+    /// Retransmission state (meaningful in [`Phase::Handshake`]).
+    handshake: Handshake,
+    /// Set by a playable `Welcome`.
+    stream: Option<Box<Stream>>,
+    /// Reception counters; before the `Welcome` it only counts garbage and foreign datagrams.
+    tracker: Tracker,
+    /// Why the stream ended, once it did.
+    exit: Option<ExitReason>,
+    /// Control messages to send, oldest first.
+    transmits: VecDeque<Message>,
+    /// Events for the caller, oldest first.
+    events: VecDeque<Event>,
+    /// `seq` of our next control message (informational on the wire).
+    seq: u64,
+    /// Encode buffer.
+    buf: BytesMut,
+    /// Frames pulled for [`Session::feed`] (reused).
+    scratch: Vec<i16>,
+}
+
+impl Session {
+    /// A session that starts connecting at `now`: the first `Connect` is queued.
+    pub fn new(config: SessionConfig, now: Instant) -> Self {
+        let mut s = Self {
+            config,
+            phase: Phase::Handshake,
+            handshake: Handshake {
+                cookie: None,
+                backoff: HANDSHAKE_RETRY_FIRST,
+                retry_at: (now + HANDSHAKE_RETRY_FIRST).min(now + config.timeout),
+                deadline: now + config.timeout,
+            },
+            stream: None,
+            tracker: Tracker::new(1, 0, now),
+            exit: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            seq: 0,
+            buf: BytesMut::with_capacity(256),
+            scratch: Vec::new(),
+        };
+        s.queue_connect();
+        s
+    }
+
+    /// The configuration it was made with.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Where the session is.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// True once nothing more will happen; queued transmits and events may remain.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// The stream as the server described it, once joined.
+    pub fn info(&self) -> Option<&StreamInfo> {
+        self.stream.as_ref().map(|s| &s.info)
+    }
+
+    /// The reception counters so far.
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// The jitter buffer, once joined.
+    pub fn jitter_buffer(&self) -> Option<&JitterBuffer> {
+        self.stream.as_ref().map(|s| &s.jb)
+    }
+
+    /// The playout counters so far (zeros before the `Welcome`).
+    pub fn playout(&self) -> PlayoutCounters {
+        self.stream
+            .as_ref()
+            .map_or_else(PlayoutCounters::default, |s| s.jb.counters())
+    }
+
+    /// The mid-stream silence timeout in effect, once joined: `max(timeout, 2 × interval)`.
+    pub fn silence_timeout(&self) -> Option<Duration> {
+        self.stream.as_ref().map(|s| s.silence)
+    }
+
+    /// Why the stream ended ([`Event::Ended`]), once it did.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.exit
+    }
+
+    /// The final statistics, once the stream ended ([`Event::Ended`]); `None` while it runs and
+    /// after a failed handshake.
+    pub fn stats(&self) -> Option<Stats> {
+        self.exit
+            .map(|r| Stats::new(&self.tracker, &self.playout(), r))
+    }
+
+    /// Takes one datagram that arrived at `now` from `from`.
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if from != self.config.server {
+            self.tracker.on_foreign();
+            return;
+        }
+        if self.stream.is_some() {
+            self.handle_stream(now, datagram);
+        } else {
+            self.handle_handshake(now, datagram);
+        }
+    }
+
+    fn handle_handshake(&mut self, now: Instant, datagram: &[u8]) {
+        let p = match proto::decode(datagram) {
+            Ok(p) => p,
+            // A server of another version answering in its own: no point retrying.
+            Err(DecodeError::UnsupportedVersion { version, .. }) => {
+                self.fail(Event::Rejected(RejectReason::UnsupportedVersion {
+                    supported: version,
+                }));
+                return;
+            }
+            Err(_) => {
+                self.tracker.on_garbage();
+                return;
+            }
+        };
+        match p.msg {
+            Message::Challenge(c) => {
+                self.handshake.cookie = Some(c.cookie);
+                self.transmits
+                    .push_back(Message::Join(Join { cookie: c.cookie }));
+                self.events.push_back(Event::Challenged);
+            }
+            Message::Welcome(info) => self.welcome(now, info),
+            Message::Reject(r) => self.fail(Event::Rejected(r.reason)),
+            // Before our Welcome audio cannot be placed; the Welcome will come again.
+            Message::Audio(_) => {}
+            Message::Error(e) => self.events.push_back(Event::ServerError(e)),
+            _ => self.tracker.on_garbage(),
+        }
+    }
+
+    fn welcome(&mut self, now: Instant, info: StreamInfo) {
+        if let Err(detail) = check_welcome(&info) {
+            self.transmits.push_back(Message::Leave);
+            self.fail(Event::Unplayable(detail));
+            return;
+        }
+        let jb = JitterBuffer::new(&info, self.config.latency, self.config.sink_lead);
+        let interval = Duration::from_micros(u64::from(info.interval_us));
+        let mut tracker = Tracker::new(info.sample_rate, info.start_seq, now);
+        tracker.count_ignored(self.tracker.garbage(), self.tracker.foreign());
+        self.tracker = tracker;
+        self.stream = Some(Box::new(Stream {
+            received_end: info.start_ts,
+            info: info.clone(),
+            jb,
+            silence: self.config.timeout.max(interval * 2),
+            last_heard: now,
+            next_report: now + REPORT_INTERVAL,
+            end: None,
+            playing: false,
+            underruns: 0,
+        }));
+        self.phase = Phase::Streaming;
+        self.events.push_back(Event::Joined(info));
+    }
+
+    fn handle_stream(&mut self, now: Instant, datagram: &[u8]) {
+        let Some(s) = self.stream.as_deref_mut() else {
+            return;
+        };
+        let Ok(p) = proto::decode(datagram) else {
+            self.tracker.on_garbage();
+            return;
+        };
+        s.last_heard = now;
+        match p.msg {
+            Message::Audio(a) => {
+                if self.tracker.on_audio(now, p.seq, a.ts) == Arrival::New {
+                    let frames = (a.pcm.len() / s.info.bytes_per_frame().max(1)) as u64;
+                    s.received_end = s.received_end.max(a.ts.saturating_add(frames));
+                    s.jb.push(a.ts, a.pcm);
+                }
+            }
+            Message::End(e) if s.end.is_none() => {
+                // Trailing loss of a finished stream is concealed to the end, but never past
+                // what the missing datagrams could have held: a truncated file (whose header
+                // overstates its length) or a lying server cannot make us play hours of silence.
+                let end_ts = match (e.reason, self.tracker.highest(), e.last_seq) {
+                    (proto::EndReason::Finished, Some(h), Some(l)) if l > h => {
+                        let most = (l - h).saturating_mul(u64::from(s.info.frames_per_packet));
+                        s.info
+                            .total_frames
+                            .map(|t| t.min(s.received_end.saturating_add(most)))
+                    }
+                    _ => None,
+                };
+                let left = end_ts
+                    .unwrap_or(s.received_end)
+                    .saturating_sub(s.jb.position());
+                let reason = ExitReason::from(e.reason);
+                s.end = Some((
+                    reason,
+                    now + duration_of(left, s.info.sample_rate) + s.silence,
+                ));
+                self.tracker.on_end(e.last_seq);
+                s.jb.end(end_ts);
+                self.phase = Phase::PlayingOut;
+                self.events.push_back(Event::EndReceived {
+                    reason,
+                    buffered: s.jb.buffered(),
+                });
+            }
+            // Repeats of End, or of handshake answers.
+            Message::End(_) | Message::Welcome(_) | Message::Challenge(_) => {}
+            Message::Error(e) if e.code == ErrorCode::NotJoined => {
+                self.events.push_back(Event::Evicted(e));
+                self.close(ExitReason::Evicted);
+            }
+            Message::Error(e) => self.events.push_back(Event::ServerError(e)),
+            _ => self.tracker.on_garbage(),
+        }
+    }
+
+    /// When [`Self::handle_timeout`] must next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.phase, self.stream.as_deref()) {
+            (Phase::Handshake, _) => Some(self.handshake.retry_at),
+            (Phase::Streaming, Some(s)) => Some((s.last_heard + s.silence).min(s.next_report)),
+            (Phase::PlayingOut, Some(s)) => s.end.map(|(_, at)| at),
+            _ => None,
+        }
+    }
+
+    /// Runs the timers due at `now` (retransmission, reports, silence, the end's deadline).
+    /// Calling it early does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Handshake => {
+                let h = &mut self.handshake;
+                if now < h.retry_at {
+                    return;
+                }
+                if now >= h.deadline {
+                    self.fail(Event::NoAnswer {
+                        after: self.config.timeout,
+                    });
+                    return;
+                }
+                h.backoff = (h.backoff * 2).min(HANDSHAKE_RETRY_MAX);
+                h.retry_at = (now + h.backoff).min(h.deadline);
+                match h.cookie {
+                    Some(cookie) => self.transmits.push_back(Message::Join(Join { cookie })),
+                    None => self.queue_connect(),
+                }
+            }
+            Phase::Streaming => {
+                let Some(s) = self.stream.as_deref_mut() else {
+                    return;
+                };
+                if now >= s.last_heard + s.silence {
+                    let silence = s.silence;
+                    self.events.push_back(Event::TimedOut { silence });
+                    self.close(ExitReason::Timeout);
+                    return;
+                }
+                if now >= s.next_report {
+                    s.next_report = now + REPORT_INTERVAL;
+                    let buffered_ms = s.jb.buffered().as_millis().min(u128::from(u32::MAX)) as u32;
+                    let r = self.tracker.report(&s.jb.counters(), buffered_ms);
+                    self.transmits.push_back(Message::Report(r));
+                }
+            }
+            Phase::PlayingOut => {
+                if let Some((reason, at)) = self.stream.as_deref().and_then(|s| s.end)
+                    && now >= at
+                {
+                    self.events.push_back(Event::EndOverdue);
+                    self.close(reason);
+                }
+            }
+            Phase::Closed => {}
+        }
+    }
+
+    /// The user interrupts at `now`: the session ends ([`ExitReason::Interrupted`]) and a
+    /// `Leave` is queued. Does nothing once closed.
+    pub fn leave(&mut self, _now: Instant) {
+        if self.phase != Phase::Closed {
+            self.close(ExitReason::Interrupted);
+        }
+    }
+
+    /// The next datagram to send, if any.
+    pub fn poll_transmit(&mut self, _now: Instant) -> Option<Transmit> {
+        while let Some(msg) = self.transmits.pop_front() {
+            self.buf.clear();
+            let p = Packet::new(self.seq, msg);
+            self.seq += 1;
+            // Our control messages are small; one that did not fit would be skipped, not sent.
+            if proto::encode(&p, &mut self.buf).is_ok() {
+                return Some(Transmit {
+                    destination: self.config.server,
+                    contents: self.buf.split().freeze(),
+                });
+            }
+        }
+        None
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Hands out up to `max_frames` frames of playout (interleaved i16, appended to `out`) that
+    /// the sink wants at `now`; returns how many. Fewer (often 0) while buffering, before the
+    /// `Welcome` and once closed. When the end has played out, the session ends here.
+    pub fn pull(&mut self, _now: Instant, max_frames: usize, out: &mut Vec<i16>) -> usize {
+        if self.phase == Phase::Closed || max_frames == 0 {
+            return 0;
+        }
+        let Some(s) = self.stream.as_deref_mut() else {
+            return 0;
+        };
+        let got = s.jb.pull(max_frames, out);
+        if got > 0 && !s.playing {
+            s.playing = true;
+            self.events.push_back(Event::Playing {
+                buffered: s.jb.buffered(),
+            });
+        }
+        let u = s.jb.counters().underruns;
+        if u > s.underruns {
+            s.underruns = u;
+            self.events.push_back(Event::Underrun {
+                at: duration_of(s.jb.position(), s.info.sample_rate),
+                target: s.jb.target(),
+            });
+        }
+        if let Some((reason, _)) = s.end
+            && s.jb.is_finished()
+        {
+            self.close(reason);
+        }
+        got
+    }
+
+    /// Gives `sink` what it asks for at `now` ([`Sink::demand`], [`Self::pull`], [`Sink::write`]).
+    /// Returns when to do so again at the latest ([`Sink::refill_at`]), or `None` when the
+    /// jitter buffer could not supply it all (buffering, finished): only arriving audio (or
+    /// `End`) changes that.
+    pub fn feed(
+        &mut self,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) -> Result<Option<Instant>, SinkError> {
+        let want = sink.demand(now);
+        let mut got = 0;
+        if want > 0 {
+            let mut out = std::mem::take(&mut self.scratch);
+            out.clear();
+            got = self.pull(now, want, &mut out);
+            let written = if got > 0 {
+                sink.write(now, &out)
+            } else {
+                Ok(())
+            };
+            self.scratch = out;
+            written?;
+        }
+        Ok((got == want).then(|| sink.refill_at(now)))
+    }
+
+    /// Ends the stream for `reason`: queues `Leave` and [`Event::Ended`].
+    fn close(&mut self, reason: ExitReason) {
+        self.phase = Phase::Closed;
+        self.exit = Some(reason);
+        self.transmits.push_back(Message::Leave);
+        self.events.push_back(Event::Ended(reason));
+    }
+
+    /// Ends a handshake that failed with the terminal `event`.
+    fn fail(&mut self, event: Event) {
+        self.phase = Phase::Closed;
+        self.events.push_back(event);
+    }
+
+    fn queue_connect(&mut self) {
+        // Header + max_version (1) + the padding's length prefix (8) + the padding.
+        let pad = MIN_CONNECT_LEN.saturating_sub(HEADER_LEN + 1 + 8);
+        self.transmits.push_back(Message::Connect(Connect {
+            max_version: proto::VERSION,
+            padding: Bytes::from(vec![0u8; pad]),
+        }));
+    }
+}
+
+/// Checks that a `Welcome` describes a stream this client can play: every buffer sized from it
+/// (the jitter buffer, concealment, the sink, the WAV header) stays sane however hostile the
+/// server is. The error says what is wrong, for the user.
+pub fn check_welcome(info: &StreamInfo) -> Result<(), String> {
+    if !(MIN_WELCOME_RATE..=MAX_WELCOME_RATE).contains(&info.sample_rate) {
+        return Err(format!(
+            "sample rate {} Hz (expected {MIN_WELCOME_RATE}..={MAX_WELCOME_RATE})",
+            info.sample_rate
+        ));
+    }
+    if info.channels == 0 || info.channels > MAX_WELCOME_CHANNELS {
+        return Err(format!(
+            "{} channels (expected 1..={MAX_WELCOME_CHANNELS})",
+            info.channels
+        ));
+    }
+    let max_fpp = MAX_PAYLOAD / info.bytes_per_frame();
+    if info.frames_per_packet == 0 || info.frames_per_packet as usize > max_fpp {
+        return Err(format!(
+            "{} frames per packet (expected 1..={max_fpp})",
+            info.frames_per_packet
+        ));
+    }
+    if info.format != SampleFormat::S16Le {
+        return Err("unknown sample format".to_owned());
+    }
+    let interval = Duration::from_micros(u64::from(info.interval_us));
+    if interval.is_zero() || interval > MAX_WELCOME_INTERVAL {
+        return Err(format!("interval {interval:?}"));
+    }
+    Ok(())
+}
