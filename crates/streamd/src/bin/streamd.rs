@@ -128,18 +128,16 @@ fn stop_requests() -> Pin<Box<dyn Stream<Item = ()> + Send>> {
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
         ) {
-            (Ok(int), Ok(term)) => {
-                return Box::pin(futures::stream::unfold(
-                    (int, term),
-                    |(mut int, mut term)| async move {
-                        tokio::select! {
-                            r = int.recv() => r?,
-                            r = term.recv() => r?,
-                        }
-                        Some(((), (int, term)))
-                    },
-                ));
-            }
+            (Ok(int), Ok(term)) => Box::pin(futures::stream::unfold(
+                (int, term),
+                |(mut int, mut term)| async move {
+                    tokio::select! {
+                        r = int.recv() => r?,
+                        r = term.recv() => r?,
+                    }
+                    Some(((), (int, term)))
+                },
+            )),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!("cannot install signal handlers ({e}); stop with SIGKILL");
                 Box::pin(futures::stream::pending())
