@@ -641,6 +641,11 @@ impl Receiver<'_> {
         self.last_heard = tokio::time::Instant::now();
         let server = self.server;
         match p.msg {
+            // Not a whole number of frames (or none): malformed for this stream (docs/PROTOCOL.md
+            // §4.3), counted and dropped before it counts as received.
+            Message::Audio(a) if a.pcm.is_empty() || a.pcm.len() % self.bytes_per_frame != 0 => {
+                self.tracker.on_garbage();
+            }
             Message::Audio(a) => {
                 if self.tracker.on_audio(now, p.seq, a.ts) == Arrival::New {
                     let frames = (a.pcm.len() / self.bytes_per_frame) as u64;
