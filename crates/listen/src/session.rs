@@ -416,6 +416,13 @@ impl Session {
         };
         s.last_heard = now;
         match p.msg {
+            // Not a whole number of frames (or none): malformed for this stream (docs/PROTOCOL.md
+            // §4.3), counted and dropped before it counts as received.
+            Message::Audio(a)
+                if a.pcm.is_empty() || a.pcm.len() % s.info.bytes_per_frame().max(1) != 0 =>
+            {
+                self.tracker.on_garbage();
+            }
             Message::Audio(a) => {
                 if self.tracker.on_audio(now, p.seq, a.ts) == Arrival::New {
                     let frames = (a.pcm.len() / s.info.bytes_per_frame().max(1)) as u64;

@@ -730,6 +730,22 @@ fn garbage_and_foreign_datagrams_are_counted_and_dropped_never_a_panic() {
 }
 
 #[test]
+fn audio_that_is_not_a_whole_number_of_frames_is_garbage_not_received() {
+    let (mut s, _t0, tw) = joined(config(Duration::from_secs(3)), &info(48_000));
+    let bpf = CH * 2;
+    for len in [0, 1, bpf - 1, bpf + 2, 3 * bpf + 1] {
+        let mut b = BytesMut::new();
+        proto::encode_audio(SEQ0, 0, &vec![0u8; len], &mut b);
+        s.handle(tw, server(), &b);
+    }
+    assert_eq!(s.tracker().garbage(), 5);
+    assert_eq!(s.tracker().received(), 0);
+    // The same seq as a whole frame afterwards is received as new.
+    s.handle(tw, server(), &audio(0));
+    assert_eq!(s.tracker().received(), 1);
+}
+
+#[test]
 fn a_caller_without_a_sink_pulls_playout_frames_directly() {
     let (mut s, _, tw) = joined(config(Duration::from_secs(3)), &info(48_000 * 60));
     // 120 ms (the 100 ms target plus the 20 ms sink lead) starts playout.

@@ -7,11 +7,16 @@
 //!   eviction, leave, and the anti-amplification rule.
 //! - [`fanout`]: "send these datagrams to these addresses", non-blocking, batched: `sendmmsg`
 //!   across listeners and UDP GSO within a listener's tick on Linux, `send_to` elsewhere.
-//! - [`server`]: the tokio driver that moves bytes between the socket, the timers and the cores.
+//! - [`endpoint`]: the whole server as one sans-IO state machine over the three above (ticks,
+//!   Audio datagrams, End ×3, start, loop, evictions, replies); `handle` / `poll_transmit` /
+//!   `poll_timeout` / `handle_timeout` / `shutdown`.
+//! - [`server`]: the tokio shell that moves bytes between the socket, one timer, the endpoint
+//!   and the fan-out, and logs.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod endpoint;
 pub mod fanout;
 pub mod pacing;
 pub mod server;

@@ -1,24 +1,24 @@
-//! The tokio driver: one UDP socket, a tick timer and a housekeeping timer around the sans-IO
-//! cores ([`crate::sessions`], [`crate::pacing`], [`crate::source`]) and the send path
-//! ([`crate::fanout`]). One task, one `select!` loop; nothing here decides protocol behaviour.
+//! The tokio shell around [`crate::endpoint::Endpoint`]: one UDP socket, one timer (the
+//! endpoint's [`poll_timeout`](crate::endpoint::Endpoint::poll_timeout)), the fan-out
+//! ([`crate::fanout`]) for what the endpoint transmits, stop requests, and logging (with a
+//! per-period budget for lines anyone can trigger). One task, one `select!` loop; nothing here
+//! decides protocol behaviour.
 
 use std::future::Future;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use proto::limits::{END_REPEAT, END_SPACING, MAX_DATAGRAM, MAX_TITLE, MIN_MTU};
-use proto::{End, EndReason, Message, Packet, SampleFormat, StreamInfo};
+use futures::{Stream, StreamExt};
+use proto::EndReason;
+use proto::limits::{MAX_DATAGRAM, MIN_MTU};
 use tokio::net::UdpSocket;
-use tokio::task::JoinSet;
-use tokio::time::{Interval, MissedTickBehavior};
 
+use crate::endpoint::{Endpoint, EndpointConfig, Event, Transmit};
+pub use crate::endpoint::{HOUSEKEEPING, MAX_PENDING_ENDS, StartMode};
 use crate::fanout::{Fanout, FanoutStats};
-use crate::pacing::{self, MediaClock};
-use crate::sessions::{self, Event, Ignored, LivePosition, Sessions};
+use crate::sessions::{self, Ignored, Sessions};
 use crate::source::{Source, SourceError, SourceInfo};
 
 /// Shortest `--interval`: below 5 ms the per-tick overhead dominates and timers on a loaded
@@ -35,33 +35,17 @@ pub const MAX_MTU: usize = MAX_DATAGRAM;
 /// cores and 100,000 could only be served by a bigger machine: the limit is the table's, not a
 /// promise of the send path's).
 pub const MAX_CLIENTS_LIMIT: usize = 100_000;
-/// How often silent listeners are looked for: a tenth of a second keeps eviction within
-/// 100 ms of `--client-timeout` at negligible cost.
-pub const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// How often the summary line is logged: frequent enough to watch, rare enough that a long run
 /// (or a flood) cannot fill a disk with it.
 pub const SUMMARY_PERIOD: Duration = Duration::from_secs(10);
 /// Connects (and bad-cookie joins) logged one line each per summary period; beyond this they
 /// are only counted, because anyone can send them from spoofed addresses.
 pub const HANDSHAKE_LOG_BURST: u64 = 20;
-/// Eviction `End`s being repeated at once; beyond this an evicted listener gets one copy, so a
-/// mass eviction cannot spawn unbounded tasks.
-pub const MAX_PENDING_ENDS: usize = 256;
 /// Kernel send buffer asked for: one tick's burst to many listeners must fit, or datagrams are
 /// dropped (counted) instead of sent. The kernel may grant less (net.core.wmem_max).
 pub const SEND_BUFFER: usize = 4 << 20;
 /// Kernel receive buffer asked for: room for a burst of reports from many listeners.
 pub const RECV_BUFFER: usize = 1 << 20;
-
-/// When streaming starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StartMode {
-    /// When the first listener joins (the original behaviour): nobody misses the beginning.
-    #[default]
-    FirstClient,
-    /// At once, like a radio station: listeners join live.
-    Now,
-}
 
 /// Everything the server is told, one field per command-line option.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +116,19 @@ impl Config {
         }
         Ok(())
     }
+
+    /// What the endpoint needs of this configuration, with a fresh random cookie key.
+    pub fn endpoint(&self) -> EndpointConfig {
+        EndpointConfig {
+            interval: self.interval,
+            max_clients: self.max_clients,
+            client_timeout: self.client_timeout,
+            start: self.start,
+            looping: self.looping,
+            mtu: self.mtu,
+            cookie_key: Sessions::random_key(),
+        }
+    }
 }
 
 /// Why the server could not start. Each message names the file or address and the reason.
@@ -193,8 +190,10 @@ pub struct Summary {
     pub recv_errors: u64,
     /// Corrupt packets skipped in the file.
     pub corrupt_packets: u64,
-    /// Time the media clock gave up to stalls longer than [`pacing::MAX_CATCH_UP`].
+    /// Time the media clock gave up to stalls longer than [`crate::pacing::MAX_CATCH_UP`].
     pub slipped: Duration,
+    /// A second stop request cut the shutdown short: not every copy of `End` went out.
+    pub aborted: bool,
 }
 
 /// A bound server with its file open, ready to [`Server::run`].
@@ -202,8 +201,8 @@ pub struct Summary {
 pub struct Server {
     /// The configuration it was started with.
     config: Config,
-    /// The bound socket (shared with the tasks that repeat eviction `End`s).
-    socket: Arc<UdpSocket>,
+    /// The bound socket.
+    socket: UdpSocket,
     /// The actual bound address (the port is real even for `--port 0`).
     local_addr: SocketAddr,
     /// The open file.
@@ -226,7 +225,7 @@ impl Server {
         })?;
         Ok(Server {
             config,
-            socket: Arc::new(socket),
+            socket,
             local_addr,
             source,
         })
@@ -248,14 +247,37 @@ impl Server {
     }
 
     /// Streams until the end of the file (unless `--loop`) or until `shutdown` completes, then
-    /// sends `End` to every listener ([`END_REPEAT`] times, [`END_SPACING`] apart) and returns
-    /// what happened.
+    /// sends `End` to every listener ([`proto::limits::END_REPEAT`] times,
+    /// [`proto::limits::END_SPACING`] apart), answering `Reject{ShuttingDown}` meanwhile, and
+    /// returns what happened.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Summary> {
-        let mut d = Driver::new(self);
-        d.log_start();
-        let reason = d.main_loop(shutdown).await;
-        d.finish(reason).await;
-        Ok(d.summary(reason))
+        let once = futures::stream::once(shutdown).chain(futures::stream::pending());
+        self.run_until(Box::pin(once)).await
+    }
+
+    /// [`Server::run`] driven by a stream of stop requests: the first ends the stream
+    /// gracefully; a second one while `End` is still being repeated returns at once, with
+    /// [`Summary::aborted`] set (a second Ctrl-C).
+    pub async fn run_until(self, stop: impl Stream<Item = ()> + Unpin) -> anyhow::Result<Summary> {
+        let now = Instant::now();
+        let mut fanout = Fanout::new();
+        fanout.detect(&self.socket);
+        let endpoint = Endpoint::new(now, self.config.endpoint(), self.source);
+        let mut shell = Shell {
+            config: self.config,
+            socket: self.socket,
+            local_addr: self.local_addr,
+            endpoint,
+            fanout,
+            recv_errors: 0,
+            ignored_period: IgnoredCounts::default(),
+            handshake_logged: 0,
+            handshake_unlogged: 0,
+        };
+        shell.log_start();
+        let aborted = shell.main_loop(stop).await;
+        shell.log_summary();
+        Ok(shell.summary(aborted))
     }
 }
 
@@ -300,129 +322,28 @@ impl IgnoredCounts {
     }
 }
 
-/// The state of one run: the cores, the buffers reused every tick, and counters.
-struct Driver {
-    /// What we were told (`looping` is cleared if the file cannot be reopened).
+/// The shell of one run: the socket, the endpoint, the fan-out and the log's counters.
+struct Shell {
     config: Config,
-    /// Shared with the tasks that repeat eviction `End`s.
-    socket: Arc<UdpSocket>,
+    socket: UdpSocket,
     /// For the start line.
     local_addr: SocketAddr,
-    /// The file being played (replaced by a fresh pass with `--loop`).
-    source: Source,
-    /// Welcome template (start_seq/start_ts filled per join).
-    info: StreamInfo,
-    /// Who listens (sans-IO).
-    sessions: Sessions,
-    /// What is due (sans-IO).
-    clock: MediaClock,
+    endpoint: Endpoint<Source>,
     /// The send path and its counters.
     fanout: Fanout,
-    /// Frames per Audio datagram.
-    fpp: usize,
-    /// seq of the next Audio datagram.
-    next_seq: u64,
-    /// Reused buffers: PCM samples, their bytes, encoded datagrams, this tick's datagrams.
-    pcm: Vec<i16>,
-    pcm_bytes: Vec<u8>,
-    out: BytesMut,
-    tick_datagrams: Vec<Bytes>,
-    /// The tick timer, once streaming has started.
-    tick: Option<Interval>,
-    /// Repeats of eviction `End`s in flight (at most MAX_PENDING_ENDS).
-    end_tasks: JoinSet<()>,
-    /// Most listeners at once, for the summary.
-    peak_listeners: usize,
     /// Receive errors survived, for the summary.
     recv_errors: u64,
-    /// Corrupt packets in earlier passes of the file (--loop), and the count last logged.
-    corrupt_seen: u64,
-    corrupt_logged: u64,
-    /// Ignored datagrams by kind since the last summary line (totals are in `sessions`).
+    /// Ignored datagrams by kind since the last summary line (totals are in the endpoint).
     ignored_period: IgnoredCounts,
     /// Handshake lines logged this summary period (capped at HANDSHAKE_LOG_BURST), and the
     /// ones only counted.
     handshake_logged: u64,
     handshake_unlogged: u64,
-    /// File passes completed (for --loop).
-    loops: u64,
 }
 
-async fn next_tick(t: &mut Option<Interval>) {
-    match t {
-        Some(t) => {
-            t.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-impl Driver {
-    fn new(s: Server) -> Self {
-        let si = s.source.info().clone();
-        let fpp = pacing::frames_per_packet(s.config.mtu, si.bytes_per_frame());
-        let mut title = si.title.clone();
-        if title.len() > MAX_TITLE {
-            let mut cut = MAX_TITLE;
-            while !title.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            title.truncate(cut);
-        }
-        let info = StreamInfo {
-            sample_rate: si.sample_rate,
-            channels: si.channels,
-            format: SampleFormat::S16Le,
-            interval_us: u32::try_from(s.config.interval.as_micros()).unwrap_or(u32::MAX),
-            frames_per_packet: u32::try_from(fpp).unwrap_or(u32::MAX),
-            total_frames: if s.config.looping {
-                None
-            } else {
-                si.total_frames
-            },
-            start_seq: 0,
-            start_ts: 0,
-            title,
-        };
-        let now = Instant::now();
-        let sessions = Sessions::new(
-            now,
-            Sessions::random_key(),
-            s.config.max_clients,
-            s.config.client_timeout,
-        );
-        let mut fanout = Fanout::new();
-        fanout.detect(&s.socket);
-        Driver {
-            clock: MediaClock::new(si.sample_rate, s.config.interval),
-            config: s.config,
-            socket: s.socket,
-            local_addr: s.local_addr,
-            source: s.source,
-            info,
-            sessions,
-            fanout,
-            fpp,
-            next_seq: 0,
-            pcm: Vec::new(),
-            pcm_bytes: Vec::new(),
-            out: BytesMut::new(),
-            tick_datagrams: Vec::new(),
-            tick: None,
-            end_tasks: JoinSet::new(),
-            peak_listeners: 0,
-            recv_errors: 0,
-            corrupt_seen: 0,
-            corrupt_logged: 0,
-            ignored_period: IgnoredCounts::default(),
-            handshake_logged: 0,
-            handshake_unlogged: 0,
-            loops: 0,
-        }
-    }
-
+impl Shell {
     fn log_start(&self) {
-        let si = self.source.info();
+        let si = self.endpoint.source().info();
         let duration = si
             .duration()
             .map(|d| format!("{:.3}s", d.as_secs_f64()))
@@ -438,7 +359,7 @@ impl Driver {
             duration,
             self.config.interval,
             self.config.mtu,
-            self.fpp,
+            self.endpoint.frames_per_packet(),
             self.config.max_clients,
             self.config.client_timeout,
             match self.config.start {
@@ -450,60 +371,64 @@ impl Driver {
         );
     }
 
-    fn start_streaming(&mut self) {
-        if self.clock.is_started() {
-            return;
-        }
-        self.clock.start(Instant::now());
-        let mut t = tokio::time::interval(self.config.interval);
-        // Skip: a late tick is followed by ticks on the original grid, not by a burst of
-        // back-to-back ticks (Burst) nor a shifted grid (Delay). The media clock already makes
-        // the first late tick send everything that became due, so Burst would only add empty
-        // ticks, and Delay would make the cadence wander.
-        t.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        self.tick = Some(t);
-        tracing::info!("streaming started");
-    }
-
-    fn live(&self) -> LivePosition {
-        LivePosition {
-            seq: self.next_seq,
-            ts: self.clock.frames_sent(),
-        }
-    }
-
-    async fn main_loop(&mut self, shutdown: impl Future<Output = ()>) -> EndReason {
-        tokio::pin!(shutdown);
-        if self.config.start == StartMode::Now {
-            self.start_streaming();
-        }
-        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_summary = Instant::now();
+    /// Runs the endpoint until it closes; true if a second stop request cut it short.
+    async fn main_loop(&mut self, mut stop: impl Stream<Item = ()> + Unpin) -> bool {
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        let socket = Arc::clone(&self.socket);
+        let mut stops = 0u32;
+        let summary = tokio::time::sleep(SUMMARY_PERIOD);
+        tokio::pin!(summary);
+        // One timer, moved to the endpoint's deadline when it changes (not re-created per
+        // datagram: a flood would otherwise churn the timer wheel).
+        let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+        let timer = tokio::time::sleep_until(far());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
-            // Biased, in this order: shutdown, then the tick (audio is never late because of
-            // incoming traffic), then housekeeping (evictions and the summary still happen under a
-            // flood), then one received datagram. The timers are ready only now and then, so the
-            // receive side is not starved either.
+            self.flush();
+            if self.endpoint.is_closed() {
+                return false;
+            }
+            let deadline = self.endpoint.poll_timeout();
+            if deadline != armed {
+                armed = deadline;
+                let at = deadline.map_or_else(far, tokio::time::Instant::from_std);
+                timer.as_mut().reset(at);
+            }
+            // Biased, in this order: stop requests, then the endpoint's timer (audio is never
+            // late because of incoming traffic, and evictions still happen under a flood), then
+            // the summary line, then one received datagram. The timers are ready only now and
+            // then, so the receive side is not starved either.
             tokio::select! {
                 biased;
-                () = &mut shutdown => return EndReason::Shutdown,
-                () = next_tick(&mut self.tick) => {
-                    if self.on_tick() {
-                        return EndReason::Finished;
+                r = stop.next(), if stops < 2 => {
+                    if r.is_none() {
+                        // The requests' source is gone: no more can come.
+                        stops = 2;
+                        continue;
                     }
-                }
-                _ = housekeeping.tick() => {
-                    self.on_housekeeping();
-                    if last_summary.elapsed() >= SUMMARY_PERIOD {
-                        last_summary = Instant::now();
-                        self.log_summary();
+                    stops += 1;
+                    if stops >= 2 && !self.endpoint.is_closed() {
+                        tracing::warn!("interrupted again: exiting without finishing");
+                        return true;
                     }
+                    tracing::info!(
+                        "shutting down: sending End to every listener (Ctrl-C again to exit at once)"
+                    );
+                    self.endpoint.shutdown(Instant::now());
                 }
-                r = socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.on_datagram(from, &buf[..n]),
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    self.endpoint.handle_timeout(Instant::now());
+                }
+                () = &mut summary => {
+                    summary.as_mut().reset(tokio::time::Instant::now() + SUMMARY_PERIOD);
+                    self.log_summary();
+                }
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        let now = Instant::now();
+                        self.endpoint.handle(now, from, &buf[..n]);
+                    }
                     Err(e) => {
                         // Never fatal: on Linux an ICMP port-unreachable from a departed
                         // listener surfaces here as ConnectionRefused.
@@ -515,86 +440,21 @@ impl Driver {
         }
     }
 
-    /// Reads up to `n` frames into `self.pcm`, across the loop boundary with `--loop`.
-    fn read_frames(&mut self, n: usize) -> usize {
-        let mut got = self.source.read_frames(n, &mut self.pcm);
-        while got < n && self.config.looping {
-            match Source::open(&self.config.file) {
-                Ok(s)
-                    if s.info().sample_rate == self.info.sample_rate
-                        && s.info().channels == self.info.channels =>
-                {
-                    self.corrupt_seen += self.source.corrupt_packets();
-                    self.source = s;
-                    self.loops += 1;
-                    tracing::debug!(loops = self.loops, "looping to the start of the file");
+    /// Sends everything the endpoint has to send, then logs what it did.
+    fn flush(&mut self) {
+        let now = Instant::now();
+        while let Some(t) = self.endpoint.poll_transmit(now) {
+            match t {
+                Transmit::One { dest, datagram } => {
+                    self.fanout.send_one(&self.socket, &datagram, dest);
                 }
-                Ok(_) => {
-                    tracing::error!(
-                        "{}: format changed on disk; stopping the loop",
-                        self.config.file.display()
-                    );
-                    self.config.looping = false;
-                    break;
+                Transmit::Fanout { datagrams, dests } => {
+                    self.fanout.send(&self.socket, datagrams, dests);
                 }
-                Err(e) => {
-                    tracing::error!("cannot reopen for --loop: {e}; stopping");
-                    self.config.looping = false;
-                    break;
-                }
-            }
-            let more = self.source.read_frames(n - got, &mut self.pcm);
-            if more == 0 {
-                // An empty pass would loop forever without producing audio.
-                self.config.looping = false;
-                break;
-            }
-            got += more;
-        }
-        got
-    }
-
-    /// One tick: send everything the media clock says is due. Returns true at the end of file.
-    fn on_tick(&mut self) -> bool {
-        let due = self.clock.due(Instant::now());
-        self.tick_datagrams.clear();
-        let mut produced = 0u64;
-        let mut eof = false;
-        for n in pacing::split(due, self.fpp) {
-            self.pcm.clear();
-            let got = self.read_frames(n);
-            if got > 0 {
-                self.pcm_bytes.clear();
-                for s in &self.pcm {
-                    self.pcm_bytes.extend_from_slice(&s.to_le_bytes());
-                }
-                let ts = self.clock.frames_sent() + produced;
-                proto::encode_audio(self.next_seq, ts, &self.pcm_bytes, &mut self.out);
-                self.tick_datagrams.push(self.out.split().freeze());
-                self.next_seq += 1;
-                produced += got as u64;
-            }
-            if got < n {
-                eof = true;
-                break;
             }
         }
-        self.clock.sent(produced);
-        self.fanout
-            .send(&self.socket, &self.tick_datagrams, self.sessions.addrs());
-        self.note_corrupt();
-        eof || (!self.config.looping && self.source.is_finished())
-    }
-
-    fn note_corrupt(&mut self) {
-        let c = self.corrupt_seen + self.source.corrupt_packets();
-        if c > self.corrupt_logged {
-            tracing::warn!(
-                "{}: skipped {} corrupt packet(s) so far",
-                self.config.file.display(),
-                c
-            );
-            self.corrupt_logged = c;
+        while let Some(e) = self.endpoint.poll_event() {
+            self.log_event(e);
         }
     }
 
@@ -607,40 +467,60 @@ impl Driver {
         }
     }
 
-    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
-        let now = Instant::now();
-        let live = self.live();
-        let h = self.sessions.handle(now, from, datagram, &self.info, live);
-        if let Some(reply) = &h.reply {
-            self.fanout.send_one(&self.socket, reply, from);
+    fn log_event(&mut self, e: Event) {
+        let listeners = self.endpoint.sessions().len();
+        let file = self.config.file.display();
+        match e {
+            Event::Datagram { from, event } => self.log_datagram(from, event),
+            Event::Started => tracing::info!("streaming started"),
+            Event::Evicted { addr } => tracing::info!(
+                "evicted {addr}: silent for more than {:?} ({listeners} listeners)",
+                self.config.client_timeout,
+            ),
+            Event::Looped { loops } => {
+                tracing::debug!(loops, "looping to the start of the file");
+            }
+            Event::LoopStopped(why) => tracing::error!("{why}; stopping the loop"),
+            Event::Corrupt { total } => {
+                tracing::warn!("{file}: skipped {total} corrupt packet(s) so far");
+            }
+            Event::LengthMismatch { announced, sent } => tracing::warn!(
+                "{file}: the stream was announced as {announced} frames but {sent} were sent \
+                 (file truncated or changed while streaming?)"
+            ),
+            Event::Ending {
+                reason,
+                seq,
+                listeners,
+            } => tracing::info!(
+                "stream ended ({reason:?}) at seq {seq}; sending End to {listeners} listener(s)"
+            ),
         }
-        match h.event {
-            Event::Challenged => self.log_handshake(format_args!("connect from {from}")),
-            Event::BadCookie => self.log_handshake(format_args!(
+    }
+
+    fn log_datagram(&mut self, from: SocketAddr, event: sessions::Event) {
+        use sessions::Event as E;
+        match event {
+            E::Challenged => self.log_handshake(format_args!("connect from {from}")),
+            E::BadCookie => self.log_handshake(format_args!(
                 "join from {from} with an invalid or expired cookie; challenged again"
             )),
-            Event::Accepted { start } => {
-                self.peak_listeners = self.peak_listeners.max(self.sessions.len());
-                tracing::info!(
-                    "accepted {from} at seq {} ts {} ({} of {} listeners)",
-                    start.seq,
-                    start.ts,
-                    self.sessions.len(),
-                    self.config.max_clients
-                );
-                if self.config.start == StartMode::FirstClient {
-                    self.start_streaming();
-                }
-            }
+            E::Accepted { start } => tracing::info!(
+                "accepted {from} at seq {} ts {} ({} of {} listeners)",
+                start.seq,
+                start.ts,
+                self.endpoint.sessions().len(),
+                self.config.max_clients
+            ),
             // A validated host can replay its own Join as fast as it likes for the cookie's
             // lifetime: these lines share the handshake budget, so it cannot flood the log.
-            Event::Rejoined => {
+            E::Rejoined => {
                 self.log_handshake(format_args!("{from} joined again; welcomed again"));
             }
-            Event::Rejected(reason) => {
+            E::Rejected(reason) => {
                 self.log_handshake(format_args!("rejected {from}: {reason:?}"));
             }
-            Event::Report(r) => tracing::debug!(
+            E::Report(r) => tracing::debug!(
                 "report from {from}: received {} lost {} late {} dup {} ooo {} highest {} jitter {} us buffered {} ms",
                 r.received,
                 r.lost,
@@ -651,48 +531,8 @@ impl Driver {
                 r.jitter_us,
                 r.buffered_ms
             ),
-            Event::Left => tracing::info!("{from} left ({} listeners)", self.sessions.len()),
-            Event::Ignored(why) => self.ignored_period.add(why),
-        }
-    }
-
-    fn last_audio(&self) -> Option<u64> {
-        self.next_seq.checked_sub(1)
-    }
-
-    fn end_bytes(&self, addr: &SocketAddr, reason: EndReason) -> Option<Bytes> {
-        let end: End = self.sessions.end_for(addr, reason, self.last_audio());
-        // One seq for every copy of one End (proto: the copies share their seq).
-        proto::encode_to_bytes(&Packet::new(self.next_seq, Message::End(end))).ok()
-    }
-
-    fn on_housekeeping(&mut self) {
-        while self.end_tasks.try_join_next().is_some() {}
-        let mut evicted = Vec::new();
-        self.sessions.evict_expired(Instant::now(), &mut evicted);
-        for (addr, start_seq) in evicted {
-            tracing::info!(
-                "evicted {addr}: silent for more than {:?} ({} listeners)",
-                self.config.client_timeout,
-                self.sessions.len()
-            );
-            let end = sessions::end_after(start_seq, EndReason::Evicted, self.last_audio());
-            let Ok(bytes) = proto::encode_to_bytes(&Packet::new(self.next_seq, Message::End(end)))
-            else {
-                continue;
-            };
-            self.fanout.send_one(&self.socket, &bytes, addr);
-            if self.end_tasks.len() < MAX_PENDING_ENDS {
-                let sock = Arc::clone(&self.socket);
-                self.end_tasks.spawn(async move {
-                    for _ in 1..END_REPEAT {
-                        tokio::time::sleep(END_SPACING).await;
-                        // Best effort, like every datagram (straight to the kernel, as in
-                        // the fan-out).
-                        let _ = socket2::SockRef::from(&*sock).send_to(&bytes, &addr.into());
-                    }
-                });
-            }
+            E::Left => tracing::info!("{from} left ({} listeners)", self.endpoint.sessions().len()),
+            E::Ignored(why) => self.ignored_period.add(why),
         }
     }
 
@@ -703,13 +543,13 @@ impl Driver {
             "summary: {} listeners, sent {} datagrams / {} bytes ({} dropped) in {} calls by {}, audio seq {}, \
              ignored {} since the last summary (malformed {}, wrong version {}, short connect {}, \
              unexpected {}, not joined {}), {} handshakes not logged",
-            self.sessions.len(),
+            self.endpoint.sessions().len(),
             f.datagrams,
             f.bytes,
             f.dropped(),
             f.syscalls,
             self.fanout.path().name(),
-            self.next_seq,
+            self.endpoint.live().seq,
             ig.total(),
             ig.malformed,
             ig.wrong_version,
@@ -723,51 +563,23 @@ impl Driver {
         self.handshake_unlogged = 0;
     }
 
-    /// Sends `End` to every listener, END_REPEAT times, END_SPACING apart.
-    async fn finish(&mut self, reason: EndReason) {
-        self.sessions.stop_accepting();
-        let addrs: Vec<SocketAddr> = self.sessions.addrs().to_vec();
-        let ends: Vec<(SocketAddr, Bytes)> = addrs
-            .iter()
-            .filter_map(|a| self.end_bytes(a, reason).map(|b| (*a, b)))
-            .collect();
-        tracing::info!(
-            "stream ended ({reason:?}) at seq {}; sending End to {} listener(s)",
-            self.next_seq,
-            ends.len()
-        );
-        for i in 0..END_REPEAT {
-            for (addr, bytes) in &ends {
-                self.fanout.send_one(&self.socket, bytes, *addr);
-            }
-            if i + 1 < END_REPEAT && !ends.is_empty() {
-                tokio::time::sleep(END_SPACING).await;
-            }
-        }
-        // Let eviction Ends in flight finish their repeats (they take at most this long).
-        let _ = tokio::time::timeout(END_SPACING * END_REPEAT, async {
-            while self.end_tasks.join_next().await.is_some() {}
-        })
-        .await;
-        self.log_summary();
-    }
-
-    fn summary(&self, reason: EndReason) -> Summary {
-        let st = self.sessions.stats();
+    fn summary(&self, aborted: bool) -> Summary {
+        let st = self.endpoint.stats();
         Summary {
-            end_reason: reason,
-            audio_datagrams: self.next_seq,
-            frames: self.clock.frames_sent(),
+            end_reason: self.endpoint.end_reason().unwrap_or(EndReason::Shutdown),
+            audio_datagrams: st.audio_datagrams,
+            frames: st.frames,
             sent: self.fanout.stats(),
-            listeners_served: st.accepted,
-            peak_listeners: self.peak_listeners,
-            rejected: st.rejected,
-            evicted: st.evicted,
-            left: st.left,
-            ignored: st.ignored,
+            listeners_served: st.sessions.accepted,
+            peak_listeners: st.peak_listeners,
+            rejected: st.sessions.rejected,
+            evicted: st.sessions.evicted,
+            left: st.sessions.left,
+            ignored: st.sessions.ignored,
             recv_errors: self.recv_errors,
-            corrupt_packets: self.corrupt_seen + self.source.corrupt_packets(),
-            slipped: self.clock.slipped(),
+            corrupt_packets: st.corrupt_packets,
+            slipped: st.slipped,
+            aborted,
         }
     }
 }

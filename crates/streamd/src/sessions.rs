@@ -24,6 +24,10 @@ use proto::{
 };
 use siphasher::sip128::{Hasher128, SipHasher24};
 
+/// The text of the `Error{NotJoined}` that answers a `Report` from an address with no
+/// session (its datagram is 49 bytes).
+pub const NOT_JOINED_TEXT: &str = "not joined: connect again";
+
 /// Where the stream is now: the `seq`/`ts` of the next `Audio`, which a joining listener gets
 /// as its start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -335,30 +339,25 @@ impl Sessions {
                         event: Event::Left,
                     }
                 } else {
-                    self.not_joined(received)
+                    // Never answered: a Leave is a bare 12-byte header, smaller than any
+                    // Error, so an answer would amplify (RFC 9000 §8).
+                    self.ignored(Ignored::NotJoined)
                 }
             }
             _ => self.ignored(Ignored::Unexpected),
         }
     }
 
+    /// The answer to a Report from an address with no session: `Error{NotJoined}` with
+    /// [`NOT_JOINED_TEXT`], 49 bytes against the Report's 68.
     fn not_joined(&mut self, received: usize) -> Handled {
         self.stats.ignored += 1;
-        let mut text = String::from("not joined: connect again");
-        let mut reply = None;
-        // The text is a courtesy: shrink it to fit, the code alone still says it.
-        for _ in 0..2 {
-            let r = self.encode(Message::Error(ErrorMsg {
-                code: ErrorCode::NotJoined,
-                text: text.clone(),
-            }));
-            // Anti-amplification (RFC 9000 §8): never more bytes than we were sent.
-            if let Some(r) = r.filter(|r| r.len() <= received) {
-                reply = Some(r);
-                break;
-            }
-            text.clear();
-        }
+        let reply = self.encode(Message::Error(ErrorMsg {
+            code: ErrorCode::NotJoined,
+            text: NOT_JOINED_TEXT.into(),
+        }));
+        // Anti-amplification (RFC 9000 §8): never more bytes than we were sent.
+        let reply = reply.filter(|r| r.len() <= received);
         Handled {
             reply,
             event: Event::Ignored(Ignored::NotJoined),
@@ -392,7 +391,9 @@ impl Sessions {
             w.start_ts = live.ts;
             this.encode(Message::Welcome(w))
         };
-        if self.table.contains_key(&from) {
+        // Once the stream is ending every valid Join is refused, a listener already in the
+        // table included: no more audio will come, and its End is on the way.
+        if self.accepting && self.table.contains_key(&from) {
             return Handled {
                 reply: welcome(self),
                 event: Event::Rejoined,
@@ -715,14 +716,24 @@ mod tests {
     fn not_joined_error_never_exceeds_the_request() {
         let now = Instant::now();
         let mut s = table(now, 4);
-        // A Leave is 12 bytes: no Error fits, so nothing is sent.
+        // A Leave is 12 bytes: never answered.
         let leave = enc(Message::Leave);
         let h = s.handle(now, addr(1), &leave, &info(), LivePosition::default());
         assert_eq!(h.event, Event::Ignored(Ignored::NotJoined));
         assert_eq!(h.reply, None);
+        // A Report (68 bytes) gets the 49-byte Error with its text.
         let report = enc(Message::Report(Report::default()));
+        assert_eq!(report.len(), 68);
         let h = s.handle(now, addr(1), &report, &info(), LivePosition::default());
-        assert!(h.reply.unwrap().len() <= report.len());
+        let reply = h.reply.unwrap();
+        assert_eq!(reply.len(), 49);
+        assert_eq!(
+            proto::decode(&reply).unwrap().msg,
+            Message::Error(ErrorMsg {
+                code: ErrorCode::NotJoined,
+                text: NOT_JOINED_TEXT.into()
+            })
+        );
     }
 
     #[test]
@@ -780,9 +791,19 @@ mod tests {
     fn shutting_down_rejects_joins() {
         let now = Instant::now();
         let mut s = table(now, 4);
+        handshake(&mut s, now, addr(2), LivePosition::default());
         s.stop_accepting();
         let h = handshake(&mut s, now, addr(1), LivePosition::default());
         assert_eq!(h.event, Event::Rejected(RejectReason::ShuttingDown));
+        // A listener already joined is refused too: its End is on the way.
+        let h = handshake(&mut s, now, addr(2), LivePosition::default());
+        assert_eq!(h.event, Event::Rejected(RejectReason::ShuttingDown));
+        assert_eq!(
+            decode(&h.reply),
+            Message::Reject(Reject {
+                reason: RejectReason::ShuttingDown
+            })
+        );
     }
 
     #[test]

@@ -241,3 +241,49 @@ fn log_file_gets_the_same_lines() {
     assert!(text.contains("stream ended"), "{text}");
     assert!(!text.contains('\u{1b}'), "no colour codes in the file");
 }
+
+#[test]
+fn sigint_right_after_the_listening_line_is_a_clean_shutdown() {
+    // The handlers exist before the line: an immediate SIGINT is a stop request (exit 0, the
+    // shutdown logged), never the default action that kills the process.
+    let (mut child, _addr, err) = spawn_server(&[]);
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(wait_exit(&mut child), 0);
+    let text = err
+        .lines()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("shutting down"), "{text}");
+}
+
+#[test]
+fn a_file_shorter_than_announced_is_streamed_with_a_warning() {
+    // A WAV whose header announces more frames than its data holds (cut while being copied).
+    let whole = std::fs::read(fixture("stereo44.wav")).unwrap();
+    let path = std::env::temp_dir().join(format!("streamd-cut-{}.wav", std::process::id()));
+    std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+    let o = run(&[
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--start",
+        "now",
+        "--file",
+        path.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&path);
+    let text = stderr_lines(&o).join("\n");
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    let warning = text
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("announced as"))
+        .unwrap_or_else(|| panic!("no warning:\n{text}"));
+    assert!(warning.contains(&*path.to_string_lossy()), "{warning}");
+    assert!(warning.contains("88200 frames"), "{warning}");
+}

@@ -1,6 +1,7 @@
 //! The server over 127.0.0.1 with a minimal test listener: handshake, audio in order with the
 //! right format and exactly the decoded samples, End at EOF with last_seq, capacity, eviction,
-//! leave, late join, shutdown, garbage and unreachable listeners.
+//! leave, late join, shutdown (and a second stop request), garbage and unreachable listeners,
+//! real-time pacing, and the log budget under a flood.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -128,13 +129,21 @@ async fn full_server_rejects_and_shutdown_sends_end_three_times() {
     );
     // A repeated Join from the accepted listener is welcomed again, not refused.
     assert!(matches!(a.join().await, Message::Welcome(_)));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait for audio to flow to it (the Welcome above may have skipped some).
+    let p = a.recv(WAIT).await.unwrap();
+    assert!(matches!(p.msg, Message::Audio(_)), "{p:?}");
     stop.send(()).unwrap();
-    // Three copies of End{Shutdown}, sharing their seq.
+    // Three copies of End{Shutdown}, sharing their seq, whose last_seq is the last Audio.
     let mut ends = Vec::new();
-    while let Some(p) = a.recv_control(Duration::from_secs(2)).await {
-        if let Message::End(e) = p.msg {
-            ends.push((p.seq, e));
+    let mut highest = Some(p.seq);
+    while let Some(p) = a.recv(Duration::from_secs(2)).await {
+        match p.msg {
+            Message::End(e) => ends.push((p.seq, e)),
+            Message::Audio(_) => {
+                assert!(ends.is_empty(), "audio after End");
+                highest = highest.max(Some(p.seq));
+            }
+            m => panic!("unexpected {m:?}"),
         }
     }
     assert_eq!(ends.len(), proto::limits::END_REPEAT as usize, "{ends:?}");
@@ -142,7 +151,9 @@ async fn full_server_rejects_and_shutdown_sends_end_three_times() {
         ends.iter()
             .all(|(s, e)| *s == ends[0].0 && e.reason == EndReason::Shutdown)
     );
-    assert!(ends[0].1.last_seq.is_some());
+    // Loopback loses nothing: the highest seq received is the last one sent.
+    assert_eq!(ends[0].1.last_seq, highest);
+    assert!(highest.is_some());
     let s = run.await.unwrap();
     assert_eq!(s.end_reason, EndReason::Shutdown);
     assert_eq!(s.listeners_served, 1);
@@ -160,18 +171,19 @@ async fn silent_listener_is_evicted_with_end() {
     let c = TestClient::new(addr).await;
     c.welcome().await;
     // Never report: within timeout + housekeeping (+ margin) comes End{Evicted}.
-    let mut got_audio = 0;
+    let mut highest = None;
     let end = loop {
         let p = c.recv(WAIT).await.expect("End{Evicted}");
         match p.msg {
-            Message::Audio(_) => got_audio += 1,
+            Message::Audio(_) => highest = highest.max(Some(p.seq)),
             Message::End(e) => break e,
             m => panic!("unexpected {m:?}"),
         }
     };
     assert_eq!(end.reason, EndReason::Evicted);
-    assert!(got_audio > 0);
-    assert_eq!(end.last_seq.map(|_| ()), Some(()));
+    assert!(highest.is_some());
+    // Loopback loses nothing: last_seq is the highest seq received.
+    assert_eq!(end.last_seq, highest);
     // Now it is a stranger: a Report gets Error{NotJoined}; before it only End's repeated
     // copies may arrive, and no audio.
     c.send(Message::Report(Report::default())).await;
@@ -361,4 +373,99 @@ async fn loop_repeats_the_file_seamlessly() {
     stop.send(()).unwrap();
     let s = run.await.unwrap();
     assert_eq!(s.end_reason, EndReason::Shutdown);
+}
+
+#[tokio::test]
+async fn a_second_stop_request_cuts_the_shutdown_short() {
+    let mut cfg = config("stereo44.mp3");
+    cfg.looping = true;
+    let server = Server::bind(cfg).await.unwrap();
+    let addr = server.local_addr();
+    let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
+    let run = tokio::spawn(server.run_until(rx));
+    let c = TestClient::new(addr).await;
+    c.welcome().await;
+    assert!(matches!(c.recv(WAIT).await.unwrap().msg, Message::Audio(_)));
+    // Two requests at once (a double Ctrl-C): the first End goes out, then the run returns
+    // without the other copies.
+    tx.unbounded_send(()).unwrap();
+    tx.unbounded_send(()).unwrap();
+    let s = tokio::time::timeout(WAIT, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(s.aborted);
+    assert_eq!(s.end_reason, EndReason::Shutdown);
+    let mut ends = 0;
+    while let Some(p) = c.recv(Duration::from_millis(300)).await {
+        if matches!(p.msg, Message::End(_)) {
+            ends += 1;
+        }
+    }
+    assert_eq!(ends, 1, "only the first copy of End");
+}
+
+#[tokio::test]
+async fn one_stop_request_finishes_the_shutdown() {
+    let mut cfg = config("stereo44.mp3");
+    cfg.looping = true;
+    let server = Server::bind(cfg).await.unwrap();
+    let addr = server.local_addr();
+    let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
+    let run = tokio::spawn(server.run_until(rx));
+    let c = TestClient::new(addr).await;
+    c.welcome().await;
+    tx.unbounded_send(()).unwrap();
+    let s = tokio::time::timeout(WAIT, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!s.aborted);
+    let mut ends = 0;
+    while let Some(p) = c.recv(Duration::from_millis(300)).await {
+        if matches!(p.msg, Message::End(_)) {
+            ends += 1;
+        }
+    }
+    assert_eq!(ends, proto::limits::END_REPEAT);
+}
+
+#[tokio::test]
+async fn audio_is_sent_in_real_time() {
+    let mut cfg = config("mono22.wav");
+    cfg.looping = true;
+    let (addr, stop, run) = start(cfg).await;
+    let c = TestClient::new(addr).await;
+    let w = c.welcome().await;
+    let rate = f64::from(w.sample_rate);
+    let bpf = usize::from(w.channels) * 2;
+    // Frames received over at least 3 s after the first audio, reporting as a listener does.
+    let mut first = None;
+    let mut frames = 0usize;
+    let mut last_report = std::time::Instant::now();
+    let elapsed = loop {
+        let p = c.recv(WAIT).await.expect("audio");
+        let now = std::time::Instant::now();
+        if let Message::Audio(a) = p.msg {
+            let t0 = *first.get_or_insert(now);
+            frames += a.pcm.len() / bpf;
+            if now - t0 >= Duration::from_secs(3) {
+                break now - t0;
+            }
+        }
+        if last_report.elapsed() > Duration::from_millis(500) {
+            last_report = now;
+            c.send(Message::Report(Report::default())).await;
+        }
+    };
+    // One interval more than the elapsed time at most (the first burst), and not much less.
+    let ratio = frames as f64 / (rate * elapsed.as_secs_f64());
+    assert!(
+        (0.8..=1.25).contains(&ratio),
+        "{frames} frames in {elapsed:?} at {rate} Hz: {ratio:.3} of real time"
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap();
 }

@@ -1,14 +1,17 @@
 //! `streamd`: the command line around [`streamd::server`]. Parses flags (usage errors exit 2),
 //! sets up logging (stderr, `--log-file`, `RUST_LOG`), binds (errors exit 1 with one line),
 //! runs until the end of the file or Ctrl-C/SIGTERM (exit 0 once `End` went out); a second
-//! Ctrl-C exits at once.
+//! Ctrl-C (or SIGTERM) during the shutdown exits at once (exit 1). The signal handlers exist
+//! before the `listening on` line.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use futures::Stream;
 use streamd::cli::{parse_client_timeout, parse_interval};
 use streamd::server::{Config, Server, StartError, StartMode};
 use tracing_subscriber::EnvFilter;
@@ -114,38 +117,40 @@ fn init_logging(log_file: Option<&PathBuf>) -> Result<(), String> {
         .map_err(|e| format!("cannot set up logging: {e}"))
 }
 
-/// Completes on the first Ctrl-C or SIGTERM; then arms a second Ctrl-C to exit at once.
-async fn shutdown_signal() {
-    let term = async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
+/// Ctrl-C and SIGTERM as a stream of stop requests (the first ends the stream gracefully, a
+/// second exits at once). The handlers are installed here, before the first log line says the
+/// server is listening: a signal right after that line is a stop request, never a kill.
+fn stop_requests() -> Pin<Box<dyn Stream<Item = ()> + Send>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(int), Ok(term)) => Box::pin(futures::stream::unfold(
+                (int, term),
+                |(mut int, mut term)| async move {
+                    tokio::select! {
+                        r = int.recv() => r?,
+                        r = term.recv() => r?,
+                    }
+                    Some(((), (int, term)))
+                },
+            )),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("cannot install signal handlers ({e}); stop with SIGKILL");
+                Box::pin(futures::stream::pending())
             }
         }
-        #[cfg(not(unix))]
-        std::future::pending::<()>().await
-    };
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => {
-            if r.is_err() {
-                // No Ctrl-C handler possible: wait for SIGTERM only.
-                std::future::pending::<()>().await;
-            }
-        }
-        () = term => {}
     }
-    tracing::info!("shutting down: sending End to every listener (Ctrl-C again to exit at once)");
-    tokio::spawn(async {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("streamd: interrupted again; exiting without finishing");
-            std::process::exit(i32::from(EXIT_RUNTIME));
-        }
-    });
+    #[cfg(not(unix))]
+    {
+        Box::pin(futures::stream::unfold((), |()| async {
+            tokio::signal::ctrl_c().await.ok()?;
+            Some(((), ()))
+        }))
+    }
 }
 
 fn main() -> ExitCode {
@@ -182,8 +187,13 @@ async fn run(config: Config) -> ExitCode {
             });
         }
     };
+    let stop = stop_requests();
     tracing::info!("listening on {}", server.local_addr());
-    match server.run(shutdown_signal()).await {
+    match server.run_until(stop).await {
+        Ok(s) if s.aborted => {
+            eprintln!("streamd: interrupted again; exiting without finishing");
+            ExitCode::from(EXIT_RUNTIME)
+        }
         Ok(s) => {
             tracing::info!(
                 "done ({:?}): {} listeners served (peak {}), {} audio datagrams, {} datagrams / {} bytes sent, {} dropped, {} ignored, {} corrupt packets skipped",

@@ -1,0 +1,724 @@
+//! The whole server as one sans-IO state machine: [`Endpoint`] decides everything streamd does
+//! per datagram and per tick, and the tokio shell ([`crate::server`]) only moves bytes between it,
+//! one UDP socket, one timer and the fan-out.
+//!
+//! It owns the listener table ([`Sessions`]), the media clock ([`MediaClock`]) and an
+//! [`AudioSource`] (the decoded file, or synthetic PCM in a test), and decides: when a tick is
+//! due and how its frames are cut into `Audio` datagrams (encoded once, as `Bytes`, for every
+//! listener); when streaming starts (`--start`); looping; evictions; the `End` of the stream,
+//! its three copies 50 ms apart (at end of file, at shutdown, at eviction); the replies to
+//! control datagrams, including `Reject{ShuttingDown}` for as long as it is ending; and when it
+//! is done.
+//!
+//! # The drive loop
+//!
+//! Time is `std::time::Instant`, always passed in; nothing here reads a clock or touches a
+//! socket, so the same loop runs on real time (the shell) or simulated time (a test, or a
+//! simulated room of listeners):
+//!
+//! ```text
+//! let mut ep = Endpoint::new(now, config, source);
+//! loop {
+//!     while let Some(t) = ep.poll_transmit(now) { send t }   // after EVERY call below
+//!     while let Some(e) = ep.poll_event() { log e }
+//!     if ep.is_closed() { break }                             // the last End went out
+//!     wait until ep.poll_timeout(), a datagram, or a stop request; then one of:
+//!         ep.handle(now, from, &datagram)                     // a datagram arrived
+//!         ep.handle_timeout(now)                              // the deadline passed
+//!         ep.shutdown(now)                                    // Ctrl-C / SIGTERM
+//! }
+//! ```
+//!
+//! Drain [`Endpoint::poll_transmit`] after every `handle*`/`shutdown` call, before feeding the
+//! next input: a tick's datagrams go to the listeners joined when the tick was cut, and a reply
+//! answers the datagram just handled. Calling `handle_timeout` early or late is harmless: the
+//! media clock, not the timer, decides how much audio is due (a late tick catches up, see
+//! [`crate::pacing`]), and the tick grid does not drift.
+//!
+//! # Ending
+//!
+//! At the end of the file (unless looping) or on [`Endpoint::shutdown`], the endpoint stops
+//! ticking and accepting, sends every listener `End` (copy 1 at once, then [`END_REPEAT`] − 1
+//! more, [`END_SPACING`] apart; each listener's `last_seq` per [`crate::sessions::end_after`]),
+//! and keeps answering: a valid `Join` gets `Reject{ShuttingDown}`, a `Connect` its `Challenge`.
+//! It is [closed](Endpoint::is_closed) once the last copy of every `End` (eviction `End`s
+//! included) has been handed out.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use proto::limits::{END_REPEAT, END_SPACING, MAX_TITLE};
+use proto::{EndReason, Message, Packet, SampleFormat, StreamInfo};
+
+use crate::pacing::{self, MediaClock};
+use crate::sessions::{self, LivePosition, Sessions};
+use crate::source::{Source, SourceInfo};
+
+/// How often silent listeners are looked for: a tenth of a second keeps eviction within
+/// 100 ms of `--client-timeout` at negligible cost.
+pub const HOUSEKEEPING: Duration = Duration::from_millis(100);
+
+/// Listeners whose eviction `End` is being repeated at once; beyond this an evicted listener
+/// gets one copy, so a mass eviction cannot queue unbounded work.
+pub const MAX_PENDING_ENDS: usize = 256;
+
+/// When streaming starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartMode {
+    /// When the first listener joins: nobody misses the beginning.
+    #[default]
+    FirstClient,
+    /// At once, like a radio station: listeners join live.
+    Now,
+}
+
+/// What the endpoint needs to know from the command line (the socket-side options stay in
+/// [`crate::server::Config`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// The tick: each tick sends the audio that became due.
+    pub interval: Duration,
+    /// Listeners beyond this get `Reject{Full}`.
+    pub max_clients: usize,
+    /// A listener silent this long is evicted.
+    pub client_timeout: Duration,
+    /// First listener or now.
+    pub start: StartMode,
+    /// Repeat the source forever.
+    pub looping: bool,
+    /// Largest datagram sent, in bytes: sizes the Audio datagrams.
+    pub mtu: usize,
+    /// Keys of the cookie hash: random in the server ([`Sessions::random_key`]), fixed in tests.
+    pub cookie_key: (u64, u64),
+}
+
+/// Where the audio comes from: "give me the next N frames". The server's is the decoded file
+/// ([`Source`]); a test or a simulation feeds synthetic PCM without a file.
+pub trait AudioSource {
+    /// Rate, channels, length and title: what every `Welcome` says.
+    fn info(&self) -> &SourceInfo;
+    /// Appends up to `max_frames` interleaved s16 frames to `out`; returns how many. Fewer than
+    /// asked only at the end; 0 means the source is finished.
+    fn read_frames(&mut self, max_frames: usize, out: &mut Vec<i16>) -> usize;
+    /// True once every frame has been handed out.
+    fn is_finished(&self) -> bool;
+    /// Starts again from the first frame, for `--loop`. An error (the text names the file and
+    /// the reason) stops the loop; the stream then ends at the end of this pass.
+    fn rewind(&mut self) -> Result<(), String>;
+    /// Damaged packets skipped in the current pass, for the log.
+    fn corrupt_packets(&self) -> u64 {
+        0
+    }
+}
+
+impl AudioSource for Source {
+    fn info(&self) -> &SourceInfo {
+        Source::info(self)
+    }
+
+    fn read_frames(&mut self, max_frames: usize, out: &mut Vec<i16>) -> usize {
+        Source::read_frames(self, max_frames, out)
+    }
+
+    fn is_finished(&self) -> bool {
+        Source::is_finished(self)
+    }
+
+    fn rewind(&mut self) -> Result<(), String> {
+        let path = self.path().to_path_buf();
+        let fresh = Source::open(&path).map_err(|e| format!("cannot reopen for --loop: {e}"))?;
+        let (old, new) = (self.info(), fresh.info());
+        if (old.sample_rate, old.channels) != (new.sample_rate, new.channels) {
+            return Err(format!("{}: format changed on disk", path.display()));
+        }
+        *self = fresh;
+        Ok(())
+    }
+
+    fn corrupt_packets(&self) -> u64 {
+        Source::corrupt_packets(self)
+    }
+}
+
+/// What the shell should send now; see [`Endpoint::poll_transmit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit<'a> {
+    /// One datagram to one address: a reply to a control datagram, or an eviction `End`.
+    One {
+        /// Where to.
+        dest: SocketAddr,
+        /// The encoded datagram.
+        datagram: Bytes,
+    },
+    /// The same datagrams, in this order, to every address in `dests`: a tick's `Audio`
+    /// (encoded once), or the `End` of the stream. The fan-out's input.
+    Fanout {
+        /// Encoded datagrams.
+        datagrams: &'a [Bytes],
+        /// Every destination.
+        dests: &'a [SocketAddr],
+    },
+}
+
+/// Something the shell may want to log; see [`Endpoint::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A datagram was handled (answered, counted or ignored): what the table did with it.
+    Datagram {
+        /// Its sender.
+        from: SocketAddr,
+        /// What happened.
+        event: sessions::Event,
+    },
+    /// The media clock started: audio flows from now on.
+    Started,
+    /// A silent listener was evicted and sent `End{Evicted}`.
+    Evicted {
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// The source started again from its first frame (`--loop`).
+    Looped {
+        /// Passes completed so far.
+        loops: u64,
+    },
+    /// `--loop` could not go on (the message names the file and why); the stream ends at the
+    /// end of this pass.
+    LoopStopped(String),
+    /// More damaged packets were skipped in the source.
+    Corrupt {
+        /// Skipped so far, over every pass.
+        total: u64,
+    },
+    /// The source ended with another length than the `Welcome` announced (a file truncated or
+    /// changed while being streamed, or a container that misstates its length).
+    LengthMismatch {
+        /// `total_frames` of the `Welcome`.
+        announced: u64,
+        /// Frames actually streamed.
+        sent: u64,
+    },
+    /// The stream ended; `End` is being sent to every listener.
+    Ending {
+        /// Why.
+        reason: EndReason,
+        /// seq of the next Audio datagram that will now never be sent (= datagrams produced).
+        seq: u64,
+        /// Listeners told.
+        listeners: usize,
+    },
+}
+
+/// A transmit waiting in a queue (owned), or handed out last (kept so the borrow can point at
+/// it).
+#[derive(Debug)]
+enum Queued {
+    One(SocketAddr, Bytes),
+    Many(Vec<Bytes>, Vec<SocketAddr>),
+}
+
+/// The lifecycle of the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the first tick (`--start first-client` with nobody joined yet) or streaming.
+    Running,
+    /// End has been sent; the last copies are due by `until`.
+    Ending { reason: EndReason, until: Instant },
+    /// Nothing left to do.
+    Closed { reason: EndReason },
+}
+
+/// The server's protocol state machine; see the module documentation for the drive loop.
+#[derive(Debug)]
+pub struct Endpoint<S> {
+    config: EndpointConfig,
+    source: S,
+    /// Welcome template (start_seq/start_ts filled per join).
+    info: StreamInfo,
+    sessions: Sessions,
+    clock: MediaClock,
+    /// Frames per Audio datagram.
+    fpp: usize,
+    /// seq of the next Audio datagram.
+    next_seq: u64,
+    phase: Phase,
+    /// Tick grid: ticks fall on `tick_origin + k × interval`; `None` until started.
+    tick_origin: Option<Instant>,
+    next_tick: Option<Instant>,
+    next_housekeeping: Instant,
+    /// Transmits ready now, in order.
+    queue: VecDeque<Queued>,
+    /// Transmits due later (copies of `End`), by time then insertion order.
+    scheduled: BTreeMap<(Instant, u64), Queued>,
+    scheduled_count: u64,
+    /// Scheduled eviction-End repeats (bounded by MAX_PENDING_ENDS).
+    eviction_repeats: usize,
+    /// The transmit handed out last (the returned borrow points into it).
+    sending: Option<Queued>,
+    /// Vectors of a past tick, reused so that a tick allocates nothing in the steady state.
+    spare: Option<(Vec<Bytes>, Vec<SocketAddr>)>,
+    events: VecDeque<Event>,
+    /// Reused buffers: PCM samples, their bytes, the encoder's output.
+    pcm: Vec<i16>,
+    pcm_bytes: Vec<u8>,
+    out: BytesMut,
+    /// Reused by eviction.
+    evicted: Vec<(SocketAddr, u64)>,
+    peak_listeners: usize,
+    /// Corrupt packets in earlier passes (--loop), and the total last reported.
+    corrupt_seen: u64,
+    corrupt_reported: u64,
+    loops: u64,
+}
+
+impl<S: AudioSource> Endpoint<S> {
+    /// A server for `source` as `config` says, at `now`: with `StartMode::Now` the stream
+    /// starts here.
+    pub fn new(now: Instant, config: EndpointConfig, source: S) -> Self {
+        let si = source.info().clone();
+        let fpp = pacing::frames_per_packet(config.mtu, si.bytes_per_frame());
+        let mut title = si.title.clone();
+        if title.len() > MAX_TITLE {
+            let mut cut = MAX_TITLE;
+            while !title.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            title.truncate(cut);
+        }
+        let info = StreamInfo {
+            sample_rate: si.sample_rate,
+            channels: si.channels,
+            format: SampleFormat::S16Le,
+            interval_us: u32::try_from(config.interval.as_micros()).unwrap_or(u32::MAX),
+            frames_per_packet: u32::try_from(fpp).unwrap_or(u32::MAX),
+            total_frames: if config.looping {
+                None
+            } else {
+                si.total_frames
+            },
+            start_seq: 0,
+            start_ts: 0,
+            title,
+        };
+        let sessions = Sessions::new(
+            now,
+            config.cookie_key,
+            config.max_clients,
+            config.client_timeout,
+        );
+        let mut ep = Endpoint {
+            clock: MediaClock::new(si.sample_rate, config.interval),
+            source,
+            info,
+            sessions,
+            fpp,
+            next_seq: 0,
+            phase: Phase::Running,
+            tick_origin: None,
+            next_tick: None,
+            next_housekeeping: now + HOUSEKEEPING,
+            queue: VecDeque::new(),
+            scheduled: BTreeMap::new(),
+            scheduled_count: 0,
+            eviction_repeats: 0,
+            sending: None,
+            spare: None,
+            events: VecDeque::new(),
+            pcm: Vec::new(),
+            pcm_bytes: Vec::new(),
+            out: BytesMut::new(),
+            evicted: Vec::new(),
+            peak_listeners: 0,
+            corrupt_seen: 0,
+            corrupt_reported: 0,
+            loops: 0,
+            config,
+        };
+        if ep.config.start == StartMode::Now {
+            ep.start(now);
+        }
+        ep
+    }
+
+    /// Handles one datagram from `from` that arrived at `now`: replies are queued for
+    /// [`Endpoint::poll_transmit`], what happened for [`Endpoint::poll_event`].
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        if matches!(self.phase, Phase::Closed { .. }) {
+            return;
+        }
+        let live = self.live();
+        let h = self.sessions.handle(now, from, datagram, &self.info, live);
+        if let Some(reply) = h.reply {
+            self.queue.push_back(Queued::One(from, reply));
+        }
+        if matches!(h.event, sessions::Event::Accepted { .. }) {
+            self.peak_listeners = self.peak_listeners.max(self.sessions.len());
+            if self.config.start == StartMode::FirstClient {
+                self.start(now);
+            }
+        }
+        self.events.push_back(Event::Datagram {
+            from,
+            event: h.event,
+        });
+    }
+
+    /// The next instant at which [`Endpoint::handle_timeout`] has work (a tick, a look for
+    /// silent listeners, a copy of `End`, closing); `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let first_scheduled = self.scheduled.keys().next().map(|(t, _)| *t);
+        let timers = match self.phase {
+            Phase::Running => [self.next_tick, Some(self.next_housekeeping)],
+            Phase::Ending { until, .. } => [Some(until), None],
+            Phase::Closed { .. } => return None,
+        };
+        timers.into_iter().chain([first_scheduled]).flatten().min()
+    }
+
+    /// Does whatever is due at `now`: the tick (audio that became due, end of file), evictions,
+    /// copies of `End`, closing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Running
+            && let Some(t) = self.next_tick
+            && t <= now
+        {
+            self.next_tick = self.tick_after(now);
+            self.tick(now);
+        }
+        if self.phase == Phase::Running && self.next_housekeeping <= now {
+            // Delay, not burst: the next look is a period after this one.
+            self.next_housekeeping = now + HOUSEKEEPING;
+            self.evict(now);
+        }
+        self.release_scheduled(now);
+        if let Phase::Ending { reason, until } = self.phase
+            && now >= until
+            && self.scheduled.is_empty()
+        {
+            self.phase = Phase::Closed { reason };
+        }
+    }
+
+    /// Stops the stream at `now` (Ctrl-C, SIGTERM): `End{Shutdown}` to every listener, three
+    /// times, and `Reject{ShuttingDown}` to every valid `Join` until closed. Does nothing if
+    /// the stream is already ending.
+    pub fn shutdown(&mut self, now: Instant) {
+        if self.phase == Phase::Running {
+            self.begin_end(now, EndReason::Shutdown);
+        }
+    }
+
+    /// The next datagram(s) to send, in order; `None` when nothing is ready. Drain it after
+    /// every `handle`, `handle_timeout` and `shutdown`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<'_>> {
+        self.release_scheduled(now);
+        if let Some(Queued::Many(mut d, mut a)) = self.sending.take()
+            && self.spare.is_none()
+        {
+            d.clear();
+            a.clear();
+            self.spare = Some((d, a));
+        }
+        self.sending = Some(self.queue.pop_front()?);
+        match self.sending.as_ref()? {
+            Queued::One(dest, datagram) => Some(Transmit::One {
+                dest: *dest,
+                datagram: datagram.clone(),
+            }),
+            Queued::Many(datagrams, dests) => Some(Transmit::Fanout { datagrams, dests }),
+        }
+    }
+
+    /// What happened since the last call, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// True once the stream has ended and the last copy of every `End` has been handed out:
+    /// the shell may exit.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed { .. })
+    }
+
+    /// Why the stream ended (or is ending); `None` while it runs.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        match self.phase {
+            Phase::Running => None,
+            Phase::Ending { reason, .. } | Phase::Closed { reason } => Some(reason),
+        }
+    }
+
+    /// Whether the media clock has started (audio is flowing or has flowed).
+    pub fn is_started(&self) -> bool {
+        self.clock.is_started()
+    }
+
+    /// The stream description every `Welcome` carries (with the live position filled in).
+    pub fn stream_info(&self) -> &StreamInfo {
+        &self.info
+    }
+
+    /// The listener table (addresses, counters).
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// The source being streamed.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// Frames per Audio datagram.
+    pub fn frames_per_packet(&self) -> usize {
+        self.fpp
+    }
+
+    /// Where the stream is: seq and ts of the next Audio datagram.
+    pub fn live(&self) -> LivePosition {
+        LivePosition {
+            seq: self.next_seq,
+            ts: self.clock.frames_sent(),
+        }
+    }
+
+    /// Counters for the log and the final summary.
+    pub fn stats(&self) -> EndpointStats {
+        EndpointStats {
+            audio_datagrams: self.next_seq,
+            frames: self.clock.frames_sent(),
+            peak_listeners: self.peak_listeners,
+            loops: self.loops,
+            corrupt_packets: self.corrupt_seen + self.source.corrupt_packets(),
+            slipped: self.clock.slipped(),
+            sessions: self.sessions.stats(),
+        }
+    }
+
+    fn start(&mut self, now: Instant) {
+        if self.clock.is_started() || self.phase != Phase::Running {
+            return;
+        }
+        self.clock.start(now);
+        self.tick_origin = Some(now);
+        // The first tick is at once (nothing is due yet; it fixes the grid).
+        self.next_tick = Some(now);
+        self.events.push_back(Event::Started);
+    }
+
+    /// The first grid instant after `now`: a late tick is followed by ticks on the original
+    /// grid, not by a burst of back-to-back ticks nor a shifted grid (the media clock already
+    /// makes the late tick send everything due).
+    fn tick_after(&self, now: Instant) -> Option<Instant> {
+        let origin = self.tick_origin?;
+        let iv = self.config.interval.as_nanos().max(1);
+        let k = now.saturating_duration_since(origin).as_nanos() / iv + 1;
+        let offset = Duration::from_nanos(u64::try_from(k * iv).unwrap_or(u64::MAX));
+        origin.checked_add(offset)
+    }
+
+    /// Reads up to `n` frames into `self.pcm`, across the loop boundary with `--loop`.
+    fn read_frames(&mut self, n: usize) -> usize {
+        let mut got = self.source.read_frames(n, &mut self.pcm);
+        while got < n && self.config.looping {
+            let corrupt = self.source.corrupt_packets();
+            match self.source.rewind() {
+                Ok(()) => {
+                    self.corrupt_seen += corrupt;
+                    self.loops += 1;
+                    self.events.push_back(Event::Looped { loops: self.loops });
+                }
+                Err(e) => {
+                    self.config.looping = false;
+                    self.events.push_back(Event::LoopStopped(e));
+                    break;
+                }
+            }
+            let more = self.source.read_frames(n - got, &mut self.pcm);
+            if more == 0 {
+                // An empty pass would loop forever without producing audio.
+                self.config.looping = false;
+                self.events
+                    .push_back(Event::LoopStopped("the source yields no frames".into()));
+                break;
+            }
+            got += more;
+        }
+        got
+    }
+
+    /// One tick: cut everything the media clock says is due into Audio datagrams, queue them
+    /// for every listener, and end the stream at the end of the source.
+    fn tick(&mut self, now: Instant) {
+        let due = self.clock.due(now);
+        let (mut datagrams, mut dests) = self.spare.take().unwrap_or_default();
+        let mut produced = 0u64;
+        let mut eof = false;
+        for n in pacing::split(due, self.fpp) {
+            self.pcm.clear();
+            let got = self.read_frames(n);
+            if got > 0 {
+                self.pcm_bytes.clear();
+                for s in &self.pcm {
+                    self.pcm_bytes.extend_from_slice(&s.to_le_bytes());
+                }
+                let ts = self.clock.frames_sent() + produced;
+                proto::encode_audio(self.next_seq, ts, &self.pcm_bytes, &mut self.out);
+                datagrams.push(self.out.split().freeze());
+                self.next_seq += 1;
+                produced += got as u64;
+            }
+            if got < n {
+                eof = true;
+                break;
+            }
+        }
+        self.clock.sent(produced);
+        if !datagrams.is_empty() && !self.sessions.is_empty() {
+            dests.extend_from_slice(self.sessions.addrs());
+            self.queue.push_back(Queued::Many(datagrams, dests));
+        } else {
+            datagrams.clear();
+            self.spare = Some((datagrams, dests));
+        }
+        let corrupt = self.corrupt_seen + self.source.corrupt_packets();
+        if corrupt > self.corrupt_reported {
+            self.corrupt_reported = corrupt;
+            self.events.push_back(Event::Corrupt { total: corrupt });
+        }
+        if eof || (!self.config.looping && self.source.is_finished()) {
+            if let Some(announced) = self.info.total_frames
+                && announced != self.clock.frames_sent()
+            {
+                self.events.push_back(Event::LengthMismatch {
+                    announced,
+                    sent: self.clock.frames_sent(),
+                });
+            }
+            self.begin_end(now, EndReason::Finished);
+        }
+    }
+
+    fn last_audio(&self) -> Option<u64> {
+        self.next_seq.checked_sub(1)
+    }
+
+    fn encode_end(&self, end: proto::End) -> Option<Bytes> {
+        // One seq for every copy of one End (the copies share their seq).
+        proto::encode_to_bytes(&Packet::new(self.next_seq, Message::End(end))).ok()
+    }
+
+    fn schedule(&mut self, at: Instant, q: Queued) {
+        self.scheduled_count += 1;
+        self.scheduled.insert((at, self.scheduled_count), q);
+    }
+
+    fn release_scheduled(&mut self, now: Instant) {
+        while let Some(entry) = self.scheduled.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let q = entry.remove();
+            if matches!(q, Queued::One(..)) {
+                self.eviction_repeats = self.eviction_repeats.saturating_sub(1);
+            }
+            self.queue.push_back(q);
+        }
+    }
+
+    /// Evicts listeners silent past the client timeout, each with `End{Evicted}` ×3.
+    fn evict(&mut self, now: Instant) {
+        let mut evicted = std::mem::take(&mut self.evicted);
+        evicted.clear();
+        self.sessions.evict_expired(now, &mut evicted);
+        let cap = MAX_PENDING_ENDS * (END_REPEAT as usize).saturating_sub(1);
+        for &(addr, start_seq) in &evicted {
+            self.events.push_back(Event::Evicted { addr });
+            let end = sessions::end_after(start_seq, EndReason::Evicted, self.last_audio());
+            let Some(bytes) = self.encode_end(end) else {
+                continue;
+            };
+            self.queue.push_back(Queued::One(addr, bytes.clone()));
+            if self.eviction_repeats < cap {
+                for k in 1..END_REPEAT {
+                    self.eviction_repeats += 1;
+                    self.schedule(now + END_SPACING * k, Queued::One(addr, bytes.clone()));
+                }
+            }
+        }
+        self.evicted = evicted;
+    }
+
+    /// The end of the stream: stop ticking and accepting, `End` to every listener now and
+    /// END_REPEAT − 1 more times, END_SPACING apart.
+    fn begin_end(&mut self, now: Instant, reason: EndReason) {
+        self.sessions.stop_accepting();
+        self.next_tick = None;
+        let last = self.last_audio();
+        // Every listener's End is one of two: it got audio (last_seq = the last Audio) or it
+        // joined after the last Audio (none). One datagram each, fanned out.
+        let (mut got_audio, mut got_none) = (Vec::new(), Vec::new());
+        for addr in self.sessions.addrs() {
+            match self.sessions.end_for(addr, reason, last).last_seq {
+                Some(_) => got_audio.push(*addr),
+                None => got_none.push(*addr),
+            }
+        }
+        let listeners = self.sessions.len();
+        for (dests, last_seq) in [(got_audio, last), (got_none, None)] {
+            if dests.is_empty() {
+                continue;
+            }
+            let Some(bytes) = self.encode_end(proto::End { reason, last_seq }) else {
+                continue;
+            };
+            for k in 1..END_REPEAT {
+                self.schedule(
+                    now + END_SPACING * k,
+                    Queued::Many(vec![bytes.clone()], dests.clone()),
+                );
+            }
+            self.queue.push_back(Queued::Many(vec![bytes], dests));
+        }
+        // Done once the last copy of every End, eviction Ends included, is out. Evictions stop
+        // here, so nothing is scheduled later than what is already known.
+        let mut until = if listeners == 0 {
+            now
+        } else {
+            now + END_SPACING * END_REPEAT.saturating_sub(1)
+        };
+        if let Some(&(last_copy, _)) = self.scheduled.keys().next_back() {
+            until = until.max(last_copy);
+        }
+        self.phase = if until <= now && self.scheduled.is_empty() {
+            Phase::Closed { reason }
+        } else {
+            Phase::Ending { reason, until }
+        };
+        self.events.push_back(Event::Ending {
+            reason,
+            seq: self.next_seq,
+            listeners,
+        });
+    }
+}
+
+/// Counters of an [`Endpoint`], for the periodic log line and the final summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Distinct Audio datagrams produced (= the next seq).
+    pub audio_datagrams: u64,
+    /// Frames streamed.
+    pub frames: u64,
+    /// Most listeners at once.
+    pub peak_listeners: usize,
+    /// Passes of the source completed (`--loop`).
+    pub loops: u64,
+    /// Damaged packets skipped in the source, over every pass.
+    pub corrupt_packets: u64,
+    /// Time the media clock gave up to stalls longer than [`pacing::MAX_CATCH_UP`].
+    pub slipped: Duration,
+    /// The listener table's counters.
+    pub sessions: sessions::SessionStats,
+}
