@@ -1,5 +1,5 @@
 //! The impairment proxy in-process over loopback: a tiny server and tiny listeners speaking
-//! proto v1 through `earshot::impair::Proxy`, checking that the proxy's report equals what the
+//! proto v1 through `testkit::impair::Proxy`, checking that the proxy's report equals what the
 //! listeners really received, that control messages pass untouched by default, and that every
 //! client gets its own upstream address.
 #![allow(clippy::unwrap_used)]
@@ -147,7 +147,10 @@ impl Heard {
 
 /// A listener: sends `Connect` (and a `Join`-like second datagram) to the proxy and records
 /// everything until three `End`s or `QUIET` of silence.
-async fn listener(proxy: SocketAddr) -> Heard {
+/// A listener through the proxy; `contact` fires with the first answer it gets (so the proxy has
+/// seen this listener by then).
+async fn listener(proxy: SocketAddr, contact: oneshot::Sender<()>) -> Heard {
+    let mut contact = Some(contact);
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = sock.local_addr().unwrap();
     sock.send_to(&connect(), proxy).await.unwrap();
@@ -168,6 +171,9 @@ async fn listener(proxy: SocketAddr) -> Heard {
             ends += 1;
         }
         if raw.is_empty() {
+            if let Some(c) = contact.take() {
+                let _ = c.send(());
+            }
             // Answer the challenge, as a listener would, so upstream traffic is seen too.
             sock.send_to(&connect(), proxy).await.unwrap();
         }
@@ -230,8 +236,11 @@ async fn run(
     let mut heard = Vec::new();
     for _ in 0..listeners {
         // One after the other: the first contact order fixes each client's engine stream.
-        heard.push(tokio::spawn(listener(paddr)));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (contact, contacted) = oneshot::channel();
+        heard.push(tokio::spawn(listener(paddr, contact)));
+        // Dropped unsent only if this listener never heard back (then the test fails on
+        // its counts anyway).
+        let _ = contacted.await;
     }
     let mut out = Vec::new();
     for h in heard {
@@ -463,7 +472,16 @@ async fn shutdown_flushes_what_is_still_delayed() {
     for seq in 0..20 {
         srv.send_to(&audio(seq), via).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Loopback queued them on the proxy's socket within each send: once that queue is empty,
+    // the proxy has read all 20 (and holds them, 5 s of jitter away from sending).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while udp_rx_queue(via) != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy never read its socket"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     stop.send(()).unwrap();
     let r = timeout(Duration::from_secs(3), task)
         .await
@@ -482,4 +500,23 @@ async fn shutdown_flushes_what_is_still_delayed() {
     let stats = listener_stats(&seqs);
     assert_eq!(stats.out_of_order, a.out_of_order);
     assert_eq!(stats.received, 20);
+}
+
+/// Bytes queued on the IPv4 UDP socket bound to `addr`, from /proc/net/udp (`None` if no such
+/// socket is listed).
+fn udp_rx_queue(addr: SocketAddr) -> Option<u64> {
+    let SocketAddr::V4(a) = addr else { return None };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(a.ip().octets()),
+        a.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()))
+            .then(|| f.get(4)?.split(':').nth(1))
+            .flatten()
+            .and_then(|rx| u64::from_str_radix(rx, 16).ok())
+    })
 }

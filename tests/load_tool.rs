@@ -1,4 +1,4 @@
-//! The load tool (`earshot::load::run`) against a small scripted fake server written on `proto`,
+//! The load tool (`testkit::load::run`) against a small scripted fake server written on `proto`,
 //! over 127.0.0.1: handshake, capacity, scripted loss (in the middle and at the tail), End,
 //! Leave, skew, and a server that never answers. Counts are asserted exactly; the only timing
 //! assertions are lower bounds that sleeps guarantee, or generous upper bounds.
@@ -89,7 +89,10 @@ fn fake_server(script: Script) -> (SocketAddr, Arc<AtomicBool>, JoinHandle<Seen>
         let mut ended_at: Option<Instant> = None;
         let hard_stop = Instant::now() + Duration::from_secs(30);
         let mut buf = [0u8; 9000];
-        while !stop2.load(Ordering::Relaxed) && Instant::now() < hard_stop {
+        loop {
+            // Told to stop: one last read of what is queued (a Leave sent before the stop was
+            // asked for is there already: loopback delivers within the send), then out.
+            let stopping = stop2.load(Ordering::Relaxed) || Instant::now() >= hard_stop;
             while let Ok((n, from)) = sock.recv_from(&mut buf) {
                 let Ok(p) = proto::decode(&buf[..n]) else {
                     continue;
@@ -126,6 +129,9 @@ fn fake_server(script: Script) -> (SocketAddr, Arc<AtomicBool>, JoinHandle<Seen>
                     }
                     _ => {}
                 }
+            }
+            if stopping {
+                break;
             }
             if let Some(t) = next_tick
                 && Instant::now() >= t
@@ -263,7 +269,7 @@ fn stops_after_duration_and_leaves() {
     let t0 = Instant::now();
     let rep = load::run(&cfg).unwrap();
     let took = t0.elapsed();
-    std::thread::sleep(Duration::from_millis(100));
+    // The Leaves went out before `run` returned; the server reads them before it stops.
     stop.store(true, Ordering::Relaxed);
     let seen = h.join().unwrap();
 

@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use testkit::pulse::{Pulse, SINK_NAME, pulse_available, trim_silence};
+use testkit::pulse::{
+    Pulse, SINK_NAME, alsa_pulse_plugin_available, pulse_available, trim_silence,
+};
 
 /// True when the test may run; prints why not otherwise.
 fn pulse_or_skip(test: &str) -> bool {
@@ -116,4 +118,63 @@ fn dropping_the_guard_stops_exactly_its_processes() {
     assert!(!proc_dir(daemon).exists(), "daemon {daemon} still there");
     assert!(!proc_dir(reader).exists(), "reader {reader} still there");
     assert!(!dir.exists(), "temp dir removed");
+}
+
+/// Every `libasound_module_pcm_pulse.so` under /usr/lib, at most three folders deep: found here
+/// independently of the harness, by walking the tree.
+fn pulse_plugins() -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, depth: u32, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() && depth > 0 {
+                walk(&p, depth - 1, out);
+            } else if p
+                .file_name()
+                .is_some_and(|n| n == "libasound_module_pcm_pulse.so")
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(std::path::Path::new("/usr/lib"), 3, &mut out);
+    out
+}
+
+#[test]
+fn the_alsa_plugin_check_agrees_with_the_file_system() {
+    let found = pulse_plugins();
+    match alsa_pulse_plugin_available() {
+        Ok(()) => {
+            // The plugin the check saw is a real shared object ALSA can load.
+            assert!(
+                !found.is_empty(),
+                "the check passed, but no plugin is under /usr/lib"
+            );
+            for p in &found {
+                let head = std::fs::read(p).unwrap();
+                assert_eq!(
+                    &head[..4],
+                    b"\x7fELF",
+                    "{} is not a shared object",
+                    p.display()
+                );
+            }
+        }
+        Err(why) => {
+            assert!(
+                found.is_empty(),
+                "the check failed ({why}) though {found:?} exist"
+            );
+            assert!(why.contains("libasound2-plugins"), "{why}");
+            assert!(
+                std::env::var_os("EARSHOT_REQUIRE_PULSE").is_none(),
+                "EARSHOT_REQUIRE_PULSE is set but {why}"
+            );
+        }
+    }
 }

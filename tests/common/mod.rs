@@ -16,15 +16,79 @@ use std::time::{Duration, Instant};
 /// 2-core box.
 pub const SLOW: Duration = Duration::from_secs(30);
 
-/// Builds (once per test process) and returns the path of a workspace binary (`streamd`,
-/// `listen`) or, with `example = true`, an example of this package (`loopback`).
+/// Source trees the binaries under test are built from (those that exist): a file here newer
+/// than a binary means the binary is stale.
+const SOURCES: [&str; 6] = [
+    "crates/proto/src",
+    "crates/streamd/src",
+    "crates/listen/src",
+    "crates/testkit/src",
+    "src",
+    "examples/loopback.rs",
+];
+
+/// Newest modification time of any file under `path`.
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return meta.modified().ok();
+    }
+    let mut newest = None;
+    for entry in std::fs::read_dir(path).ok()?.flatten() {
+        newest = newest.max(newest_mtime(&entry.path()));
+    }
+    newest
+}
+
+/// The folder cargo puts this profile's binaries in: the test executable runs from
+/// `<target>/<profile>/deps/`, so `CARGO_TARGET_DIR` and the profile are honoured as cargo
+/// applied them.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+fn artifact(name: &str, example: bool) -> PathBuf {
+    if example {
+        profile_dir().join("examples").join(name)
+    } else {
+        profile_dir().join(name)
+    }
+}
+
+/// Every artifact the end-to-end tests run.
+const ARTIFACTS: [(&str, bool); 3] = [("streamd", false), ("listen", false), ("loopback", true)];
+
+/// Whether every artifact exists and is newer than every source file.
+fn artifacts_fresh() -> bool {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let newest_source = SOURCES
+        .iter()
+        .filter_map(|s| newest_mtime(&root.join(s)))
+        .max();
+    ARTIFACTS.iter().all(|&(name, example)| {
+        std::fs::metadata(artifact(name, example))
+            .and_then(|m| m.modified())
+            .is_ok_and(|built| newest_source.is_none_or(|src| built >= src))
+    })
+}
+
+/// Returns the path of a workspace binary (`streamd`, `listen`) or, with `example = true`, an
+/// example of this package (`loopback`).
 ///
-/// `cargo test --all-targets` builds the binaries, but examples only as test harnesses under a
-/// hashed name, and a stale binary from an older checkout could linger: asking cargo is the one
-/// way to be sure what runs is the source under test (a no-op when it is up to date).
+/// `cargo xtask test` builds them (`cargo build --bins --examples`) before the tests run, so
+/// normally this only finds them. When one is missing or older than a source file (a plain
+/// `cargo test` after an edit), the first caller in this process builds them once; cargo's own
+/// lock makes test processes running in parallel wait for that one build instead of racing it.
 pub fn built(name: &str, example: bool) -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
+        if artifacts_fresh() {
+            return;
+        }
         let st = Command::new(env!("CARGO"))
             .args([
                 "build", "--quiet", "-p", "streamd", "-p", "listen", "-p", "earshot",
@@ -35,16 +99,7 @@ pub fn built(name: &str, example: bool) -> PathBuf {
             .expect("run cargo build");
         assert!(st.success(), "building the binaries under test failed");
     });
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let path = if example {
-        dir.join("examples").join(name)
-    } else {
-        dir.join(name)
-    };
+    let path = artifact(name, example);
     assert!(
         path.exists(),
         "{} not found after building it",
@@ -98,6 +153,9 @@ pub struct Proc {
     child: Child,
     stderr: Lines,
     stdout: Arc<Mutex<String>>,
+    /// The threads draining stderr and stdout: joined once the child has exited, so its whole
+    /// output is in.
+    readers: Vec<std::thread::JoinHandle<()>>,
     status: Option<ExitStatus>,
     /// When the child was started.
     pub started: Instant,
@@ -123,7 +181,7 @@ impl Proc {
         let stderr = Lines::default();
         let err_pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
             for line in BufReader::new(err_pipe).lines() {
                 let Ok(line) = line else { break };
                 sink.push(strip_ansi(&line));
@@ -132,7 +190,7 @@ impl Proc {
         let stdout = Arc::new(Mutex::new(String::new()));
         let mut out_pipe = child.stdout.take().unwrap();
         let out = stdout.clone();
-        std::thread::spawn(move || {
+        let out_reader = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = out_pipe.read_to_string(&mut s);
             *out.lock().unwrap() = s;
@@ -143,6 +201,7 @@ impl Proc {
             child,
             stderr,
             stdout,
+            readers: vec![err_reader, out_reader],
             status: None,
             started: Instant::now(),
         }
@@ -180,17 +239,32 @@ impl Proc {
         self.stdout.lock().unwrap().clone()
     }
 
-    /// Sends a signal (`INT`, `TERM`, `KILL`) to the child by its PID.
+    /// Sends a signal (`INT`, `TERM`, `KILL`, `STOP`, `CONT`) to the child by its PID, with
+    /// one system call: when it returns, the signal is pending in the child.
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status();
-        assert!(
-            st.map(|s| s.success()).unwrap_or(false),
-            "kill -{sig} {}",
-            self.pid()
-        );
+        use nix::sys::signal::{Signal, kill};
+        let signal: Signal = format!("SIG{sig}")
+            .parse()
+            .unwrap_or_else(|e| panic!("no signal SIG{sig}: {e}"));
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).unwrap());
+        kill(pid, signal).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
+    }
+
+    /// Waits until `count` stderr lines contain `needle`.
+    pub fn wait_for_lines(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.stderr.0;
+        let mut lines = m.lock().unwrap();
+        loop {
+            if lines.iter().filter(|l| l.contains(needle)).count() >= count {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            lines = cv.wait_timeout(lines, deadline - now).unwrap().0;
+        }
     }
 
     /// Waits for the child to exit, at most `timeout`.
@@ -202,8 +276,10 @@ impl Proc {
             }
             if let Some(st) = self.child.try_wait().unwrap() {
                 self.status = Some(st);
-                // Let the reader threads see EOF.
-                std::thread::sleep(Duration::from_millis(50));
+                // The pipes close with the child: its output is complete once both are drained.
+                for r in self.readers.drain(..) {
+                    r.join().expect("output reader panicked");
+                }
                 return Some(st);
             }
             if Instant::now() >= deadline {
@@ -274,7 +350,13 @@ impl Server {
     /// Starts `streamd --bind 127.0.0.1 --port 0 --file FILE ARGS…` and waits for its
     /// `listening on ADDR:PORT` line.
     pub fn start(file: &Path, args: &[&str]) -> Server {
-        let mut all: Vec<String> = ["--bind", "127.0.0.1", "--port", "0", "--file"]
+        Server::start_on("127.0.0.1", file, args)
+    }
+
+    /// Starts `streamd --bind BIND --port 0 --file FILE ARGS…` and waits for its
+    /// `listening on ADDR:PORT` line.
+    pub fn start_on(bind: &str, file: &Path, args: &[&str]) -> Server {
+        let mut all: Vec<String> = ["--bind", bind, "--port", "0", "--file"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -381,4 +463,102 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap()
+}
+
+/// Polls `done` every 10 ms until it holds; fails the test with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until a `listen --output` WAV holds audio: the WAV sink writes through a 64 KiB
+/// buffer, so a file longer than its header means audio was received, buffered and played.
+pub fn wait_for_audio(l: &Listener) {
+    wait_until(
+        &format!("audio in {} ({})", l.wav.display(), l.proc.stderr()),
+        SLOW,
+        || std::fs::metadata(&l.wav).is_ok_and(|m| m.len() > 44),
+    );
+}
+
+/// A listener written on `proto` inside the test: it joins like `listen` does and then sees
+/// every datagram the server sends it, so a test can read `End.last_seq` off the wire and time
+/// its actions on a datagram's arrival.
+pub struct RawListener {
+    /// Its socket (127.0.0.1 or ::1, as the server's address is).
+    pub sock: std::net::UdpSocket,
+    /// The server.
+    pub server: SocketAddr,
+    /// The stream as the `Welcome` described it.
+    pub info: proto::StreamInfo,
+}
+
+impl RawListener {
+    /// Handshakes with `server` (Connect, Challenge, Join, Welcome), retrying the Connect until
+    /// [`SLOW`].
+    pub fn join(server: SocketAddr) -> RawListener {
+        use proto::{Connect, Join, Message, Packet};
+        let local: SocketAddr = if server.is_ipv6() {
+            "[::1]:0".parse().unwrap()
+        } else {
+            "127.0.0.1:0".parse().unwrap()
+        };
+        let sock = std::net::UdpSocket::bind(local).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let pad = proto::limits::MIN_CONNECT_LEN - proto::limits::HEADER_LEN - 1 - 8;
+        let connect = proto::encode_to_bytes(&Packet::new(
+            0,
+            Message::Connect(Connect {
+                max_version: 1,
+                padding: vec![0; pad].into(),
+            }),
+        ))
+        .unwrap();
+        let deadline = Instant::now() + SLOW;
+        let mut buf = [0u8; 9000];
+        sock.send_to(&connect, server).unwrap();
+        loop {
+            assert!(Instant::now() < deadline, "no Welcome from {server}");
+            let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                sock.send_to(&connect, server).unwrap();
+                continue;
+            };
+            match proto::decode(&buf[..n]).map(|p| p.msg) {
+                Ok(Message::Challenge(c)) => {
+                    let join = proto::encode_to_bytes(&Packet::new(
+                        1,
+                        Message::Join(Join { cookie: c.cookie }),
+                    ))
+                    .unwrap();
+                    sock.send_to(&join, server).unwrap();
+                }
+                Ok(Message::Welcome(info)) => {
+                    return RawListener { sock, server, info };
+                }
+                Ok(other) => panic!("unexpected answer during the handshake: {other:?}"),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The next datagram from the server, decoded; `None` after `timeout` of silence.
+    pub fn recv(&self, timeout: Duration) -> Option<proto::Packet> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 9000];
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.sock
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            if let Ok((n, from)) = self.sock.recv_from(&mut buf)
+                && from == self.server
+            {
+                return Some(proto::decode(&buf[..n]).expect("the server sent a valid datagram"));
+            }
+        }
+    }
 }

@@ -77,12 +77,13 @@ fn drain(s: &UdpSocket) -> Vec<Vec<u8>> {
 async fn deliver_all_ticks(path: SendPath, n: usize, dead_every: usize) {
     let (tx, _) = sock().await;
     let (socks, mut dests) = listeners(n).await;
-    // Closed ports among the listeners: bound, then dropped.
+    // Closed ports among the listeners (see `dead_port`).
     let mut dead = 0;
+    let mut held = Vec::new();
     if dead_every > 0 {
         for i in (0..dests.len()).step_by(dead_every) {
-            let (d, a) = sock().await;
-            drop(d);
+            let (d, a) = dead_port();
+            held.push(d);
             dests.insert(i, a);
             dead += 1;
         }
@@ -163,6 +164,18 @@ async fn dead_ports_among_100_listeners_do_not_stop_the_rest_on_any_path() {
     }
 }
 
+/// A UDP port on 127.0.0.1 that stays dead for as long as the returned socket lives: the socket
+/// holds the port (no other test in this binary can bind it, not even through port 0), but it
+/// is connected to another address, so the kernel delivers nothing from anyone else to it and
+/// answers with ICMP port unreachable, exactly as for a closed port. A port bound and then
+/// closed would not do: a test running in parallel may be given it by port 0.
+fn dead_port() -> (std::net::UdpSocket, SocketAddr) {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect("127.0.0.1:9").unwrap();
+    let a = s.local_addr().unwrap();
+    (s, a)
+}
+
 async fn sock() -> (UdpSocket, SocketAddr) {
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let a = s.local_addr().unwrap();
@@ -174,12 +187,8 @@ async fn dead_listeners_do_not_stop_live_ones() {
     let (tx, _) = sock().await;
     let (r1, a1) = sock().await;
     let (r2, a2) = sock().await;
-    // A port that was bound and closed: sends to it provoke ICMP port unreachable.
-    let dead = {
-        let (d, a) = sock().await;
-        drop(d);
-        a
-    };
+    // A port no socket takes datagrams on: sends to it provoke ICMP port unreachable.
+    let (held, dead) = dead_port();
     let datagrams = [Bytes::from_static(b"one"), Bytes::from_static(b"two")];
     let dests = [dead, a1, dead, a2, dead];
     let mut f = Fanout::new();
@@ -199,6 +208,9 @@ async fn dead_listeners_do_not_stop_live_ones() {
             }
         }
     }
+    // The dead port really was dead: nothing reached the socket holding it.
+    held.set_nonblocking(true).unwrap();
+    assert!(held.recv(&mut buf).is_err(), "the dead port received");
     let s = f.stats();
     // Live ones got all 12; every send is accounted for as sent or dropped.
     assert!(s.datagrams >= 12, "{s:?}");

@@ -23,7 +23,8 @@ usage: cargo xtask <command>
 commands:
   demo [ARGS...]   run the loopback demo (streamd + listen in one process);
                    ARGS go to the demo, e.g. `cargo xtask demo -- --listeners 3`
-  test             every check CI runs: fmt, clippy, the whole test suite
+  test [--repeat N] every check CI runs: fmt, clippy, the whole test suite; with --repeat,
+                   then the real-time tests N more times (a flakiness check)
   bench-peers      compare earshot with snapserver and GStreamer (slow; not part of test)
 ";
 
@@ -46,7 +47,13 @@ fn run(args: &[String]) -> Result<ExitCode> {
     let rest = &args[1..];
     match cmd.as_str() {
         "demo" => demo(rest),
-        "test" => test(),
+        "test" => match parse_repeat(rest) {
+            Some(n) => test(n),
+            None => {
+                eprint!("xtask: test takes only `--repeat N`\n{USAGE}");
+                Ok(ExitCode::from(2))
+            }
+        },
         "bench-peers" => bench_peers(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
@@ -68,7 +75,24 @@ fn demo(args: &[String]) -> Result<ExitCode> {
     Ok(exit_code(status(&mut cmd)?))
 }
 
-fn test() -> Result<ExitCode> {
+/// `[]` → 0, `["--repeat", "N"]` → N; anything else is a usage error.
+fn parse_repeat(args: &[String]) -> Option<u32> {
+    match args {
+        [] => Some(0),
+        [flag, n] if flag == "--repeat" => n.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The real-time tests (`cargo test` arguments): the root end-to-end tests and the loopback
+/// tests of listen and streamd, repeated by `test --repeat N`.
+const REAL_TIME_TESTS: [&[&str]; 3] = [
+    &["-p", "earshot", "--test", "e2e_*"],
+    &["-p", "listen", "--test", "loopback"],
+    &["-p", "streamd", "--test", "loopback"],
+];
+
+fn test(repeat: u32) -> Result<ExitCode> {
     let all: Vec<&str> = BUILD_PACKAGES
         .iter()
         .chain(AUDIO_TEST_PACKAGES)
@@ -76,7 +100,7 @@ fn test() -> Result<ExitCode> {
         .collect();
     install::ensure_packages(&all)?;
     install::ensure_rust_components()?;
-    let steps: [(&str, &[&str]); 3] = [
+    let steps: [(&str, &[&str]); 4] = [
         ("format", &["fmt", "--all", "--check"]),
         (
             "lint",
@@ -88,6 +112,11 @@ fn test() -> Result<ExitCode> {
                 "-D",
                 "warnings",
             ],
+        ),
+        // The end-to-end tests run these binaries; built first, the tests only find them.
+        (
+            "binaries",
+            &["build", "--workspace", "--bins", "--examples"],
         ),
         ("tests", &["test", "--workspace", "--all-targets"]),
     ];
@@ -105,6 +134,24 @@ fn test() -> Result<ExitCode> {
     let st = status(cargo().args(["test", "--workspace", "--doc"]))?;
     if !st.success() {
         return Ok(exit_code(st));
+    }
+    for round in 1..=repeat {
+        for args in REAL_TIME_TESTS {
+            eprintln!(
+                "xtask: == real-time tests, repeat {round}/{repeat}: cargo test {}",
+                args.join(" ")
+            );
+            let st = status(
+                cargo()
+                    .arg("test")
+                    .args(args)
+                    .env("EARSHOT_REQUIRE_PULSE", "1"),
+            )?;
+            if !st.success() {
+                eprintln!("xtask: real-time tests failed on repeat {round}/{repeat}");
+                return Ok(exit_code(st));
+            }
+        }
     }
     eprintln!("xtask: all checks passed");
     Ok(ExitCode::SUCCESS)
