@@ -1,7 +1,7 @@
 //! Manual check of the device path: a scripted fake server on 127.0.0.1 streams `SECONDS` of
 //! 48 kHz stereo noise, `listen::run` plays it through the default cpal device (or `DEVICE`),
-//! and the source is written as raw s16le to `EXPECTED` for comparison with a capture (see
-//! HEADLESS-AUDIO.md: a private PulseAudio with a pipe sink).
+//! and the source is written as raw s16le to `EXPECTED` for comparison with a capture (on a
+//! machine without a sound card: a private PulseAudio with a pipe sink, as `testkit::pulse` runs).
 //!
 //! `cargo run -p listen --example device_check -- EXPECTED.raw [SECONDS] [DEVICE]`
 #![allow(clippy::unwrap_used)]

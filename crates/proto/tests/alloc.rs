@@ -1,5 +1,5 @@
-//! No input makes the decoder allocate more than the datagram holds (the bincode trap in
-//! shared/CRATES.md). A counting global allocator records the largest single allocation made
+//! No input makes the decoder allocate more than the datagram holds (bincode 2 decodes a byte
+//! string without a limit by allocating whatever length its prefix claims). A counting global allocator records the largest single allocation made
 //! while decoding hostile inputs.
 #![allow(unsafe_code, clippy::unwrap_used)]
 

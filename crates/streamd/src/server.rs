@@ -76,7 +76,7 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(20);
 pub const DEFAULT_MAX_CLIENTS: usize = 32;
 
 impl Config {
-    /// The defaults for `file` on `bind` (tests pass `127.0.0.1:0`).
+    /// The command line's defaults for `file` on `bind` (tests pass `127.0.0.1:0`).
     pub fn new(file: impl Into<PathBuf>, bind: SocketAddr) -> Self {
         Self {
             file: file.into(),
