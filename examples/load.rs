@@ -6,9 +6,12 @@
 //! ```
 //! Prints a summary, or with `--json` one JSON object (see `testkit::load::LoadReport`).
 //!
-//! `--fake-server` serves a minimal protocol-complete stand-in for `streamd` at `--server` for
-//! `--duration` instead (`testkit::load::fake`), sending through streamd's fan-out; run it in
-//! its own process so that the two sides' CPU are measured apart.
+//! Each listener is `listen`'s own protocol core (`listen::session::Session`) with playout off.
+//!
+//! `--fake-server` serves a stand-in for `streamd` at `--server` for `--duration` instead
+//! (`testkit::load::fake`: streamd's endpoint on synthetic silence, without decoding or tokio),
+//! sending through streamd's fan-out; run it in its own process so that the two sides' CPU are
+//! measured apart.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -56,7 +59,8 @@ struct Args {
     /// Worker threads (default: 1 per 1,500 listeners, at most 2).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Serve the fake server at --server for --duration instead of loading one.
+    /// Serve the stand-in server (streamd's core on silence) at --server for --duration
+    /// instead of loading one.
     #[arg(long)]
     fake_server: bool,
     /// With --fake-server: most listeners to welcome.

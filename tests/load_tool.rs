@@ -247,7 +247,6 @@ fn exact_counts_with_capacity_scripted_loss_end_and_skew() {
 
     // Keepalives: each listener was in the stream for 2 s, so it reported at least once.
     assert_eq!(seen.reports.len(), 3, "{:?}", seen.reports);
-    assert!(seen.leaves.is_empty(), "ended listeners do not Leave");
     assert_eq!(rep.tool.rx_queue_drops, 0);
 
     let json = serde_json::to_value(&rep).unwrap();

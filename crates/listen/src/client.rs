@@ -393,6 +393,7 @@ pub async fn run(
             latency: config.latency,
             timeout: config.timeout,
             sink_lead,
+            playout: true,
         },
         Instant::now(),
     );

@@ -98,6 +98,10 @@ pub struct SessionConfig {
     /// How much audio the sink takes ahead of playing it ([`Sink::lead`]): the jitter buffer
     /// adds it to its start threshold.
     pub sink_lead: Duration,
+    /// Whether received audio is buffered for playout. `false`: audio is only counted (the
+    /// tracker, the reports), never buffered, so a session nobody pulls from (a load tool's
+    /// simulated listener) holds no audio; an `End` then ends the session at once.
+    pub playout: bool,
 }
 
 impl SessionConfig {
@@ -108,6 +112,7 @@ impl SessionConfig {
             latency: DEFAULT_LATENCY,
             timeout: DEFAULT_TIMEOUT,
             sink_lead: VIRTUAL_LEAD,
+            playout: true,
         }
     }
 }
@@ -427,7 +432,9 @@ impl Session {
                 if self.tracker.on_audio(now, p.seq, a.ts) == Arrival::New {
                     let frames = (a.pcm.len() / s.info.bytes_per_frame().max(1)) as u64;
                     s.received_end = s.received_end.max(a.ts.saturating_add(frames));
-                    s.jb.push(a.ts, a.pcm);
+                    if self.config.playout {
+                        s.jb.push(a.ts, a.pcm);
+                    }
                 }
             }
             Message::End(e) if s.end.is_none() => {
@@ -452,8 +459,17 @@ impl Session {
                     now + duration_of(left, s.info.sample_rate) + s.silence,
                 ));
                 self.tracker.on_end(e.last_seq);
-                s.jb.end(end_ts);
                 self.phase = Phase::PlayingOut;
+                if !self.config.playout {
+                    // Nothing buffered, nothing to play out.
+                    self.events.push_back(Event::EndReceived {
+                        reason,
+                        buffered: Duration::ZERO,
+                    });
+                    self.close(reason);
+                    return;
+                }
+                s.jb.end(end_ts);
                 self.events.push_back(Event::EndReceived {
                     reason,
                     buffered: s.jb.buffered(),

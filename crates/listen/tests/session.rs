@@ -889,3 +889,78 @@ fn a_whole_stream_plays_into_a_memory_sink_on_simulated_time() {
         }
     }
 }
+
+#[test]
+fn without_playout_audio_is_counted_and_reported_never_buffered_and_end_ends_at_once() {
+    let mut cfg = config(Duration::from_secs(3));
+    cfg.playout = false;
+    let (mut s, _, tw) = joined(cfg, &info(48_000 * 60));
+    // The same datagrams to a playout session: it buffers them, this one must not.
+    let (mut p, _, _) = joined(config(Duration::from_secs(3)), &info(48_000 * 60));
+    // 0..10 without 3, 5 twice.
+    for (i, at) in [(0, 0), (1, 5), (2, 10), (4, 20), (5, 25), (5, 26), (6, 30)] {
+        s.handle(tw + ms(at), server(), &audio(i));
+        p.handle(tw + ms(at), server(), &audio(i));
+    }
+    for i in 7..10 {
+        s.handle(tw + ms(5 * i), server(), &audio(i));
+        p.handle(tw + ms(5 * i), server(), &audio(i));
+    }
+    assert_eq!(s.tracker().received(), 9);
+    assert_eq!(s.tracker().lost(), 1);
+    assert_eq!(s.jitter_buffer().unwrap().buffered_frames(), 0);
+    // Up to the end of datagram 9, the hole at 3 included.
+    assert_eq!(p.jitter_buffer().unwrap().buffered_frames(), 10 * FPP);
+    let mut out = Vec::new();
+    assert_eq!(s.pull(tw + ms(50), 48_000, &mut out), 0);
+    assert!(out.is_empty());
+
+    // Reports carry the counters, with nothing buffered.
+    let (tx, _) = run_until(&mut s, None, tw + ms(45), tw + ms(1500));
+    let Some((at, Message::Report(r))) = tx.first() else {
+        panic!("{tx:?}");
+    };
+    assert_eq!(*at, tw + REPORT_INTERVAL);
+    assert_eq!(
+        (
+            r.received,
+            r.lost,
+            r.duplicates,
+            r.highest_seq,
+            r.buffered_ms
+        ),
+        (9, 1, 1, SEQ0 + 9, 0)
+    );
+    assert_eq!(tx.len(), 1, "{tx:?}");
+
+    // End: nothing to play out, so the session ends here with the End's tail counted.
+    let te = tw + ms(1600);
+    s.handle(te, server(), &end(EndReason::Finished, Some(SEQ0 + 11)));
+    assert_eq!(
+        events(&mut s),
+        vec![
+            Event::EndReceived {
+                reason: ExitReason::Finished,
+                buffered: Duration::ZERO
+            },
+            Event::Ended(ExitReason::Finished)
+        ]
+    );
+    assert_eq!(sent(&mut s, te), vec![Message::Leave]);
+    assert!(s.is_closed());
+    let st = s.stats().unwrap();
+    assert_eq!(
+        (
+            st.expected,
+            st.received,
+            st.lost,
+            st.duplicates,
+            st.played_ms
+        ),
+        (12, 9, 3, 1, 0)
+    );
+    assert_eq!(st.end_reason, ExitReason::Finished);
+    // The playout session is still playing the end out.
+    p.handle(te, server(), &end(EndReason::Finished, Some(SEQ0 + 11)));
+    assert!(!p.is_closed());
+}

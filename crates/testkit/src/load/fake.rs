@@ -1,61 +1,158 @@
-//! A minimal protocol-complete stand-in for `streamd`
-//! (`cargo run --release --example load -- --fake-server ADDR`): the load tool's counterpart
-//! when the server's own costs (decoding, pacing, logging) should not be in the measurement.
+//! The load tool's stand-in server (`cargo run --release --example load -- --fake-server`):
+//! streamd's own protocol core ([`Endpoint`]) on a synthetic source, [`Silence`], driven by one
+//! plain thread instead of streamd's tokio shell, sending through streamd's fan-out
+//! ([`Fanout`]) on the path asked for. What it leaves out is streamd's decoding, tokio and
+//! logging, so that a run measures the protocol and the send path alone.
 //!
-//! One thread: answers `Connect` (padded) with `Challenge`, a valid `Join` with `Welcome` or
-//! `Reject{Full}`, drops listeners on `Leave` or after [`DEFAULT_CLIENT_TIMEOUT`] of silence, and
-//! every 20 ms sends 3 `Audio` datagrams (44.1 kHz stereo s16: 340 + 340 + 202 frames) encoded
-//! once, to every listener through `streamd`'s own fan-out ([`Fanout`]). It stops by itself
-//! after `duration`, sending `End` 3 times. It is not `streamd`: no file, no pacing policy, no
-//! logging.
+//! The stream is `duration` of 44.1 kHz stereo silence, started at once (as a radio station
+//! does: listeners join live) and cut like streamd cuts a file: every 20 ms the frames that
+//! became due, in datagrams of the default MTU. At the end of the source every listener gets
+//! `End{Finished}` three times and [`serve`] returns.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::net::{SocketAddr, UdpSocket};
+use std::io::ErrorKind;
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use proto::limits::{DEFAULT_CLIENT_TIMEOUT, END_REPEAT, END_SPACING, MIN_CONNECT_LEN};
-use proto::{
-    Challenge, End, EndReason, Message, Packet, Reject, RejectReason, SampleFormat, StreamInfo,
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use proto::MessageType;
+use proto::limits::{DEFAULT_CLIENT_TIMEOUT, DEFAULT_MTU, MAX_DATAGRAM};
+use streamd::endpoint::{
+    AudioSource, Endpoint, EndpointConfig, EndpointStats, StartMode, Transmit,
 };
-
 use streamd::fanout::{Fanout, FanoutStats, SendPath};
+use streamd::sessions::Sessions;
+use streamd::source::SourceInfo;
 
-/// The tick of the fake stream.
+/// The tick of the stand-in's stream (streamd's default).
 pub const INTERVAL: Duration = Duration::from_millis(20);
 
-/// Frames per tick at 44.1 kHz and 20 ms.
-const FRAMES_PER_TICK: u64 = 882;
+/// Sample rate of the silence: CD audio, like the demo file.
+pub const SAMPLE_RATE: u32 = 44_100;
 
-/// Frames per full datagram: 1360 B of stereo s16, 1388 B with the Audio header.
-const FRAMES_PER_PACKET: u64 = 340;
+/// Stereo.
+pub const CHANNELS: u16 = 2;
 
-/// What the fake server did.
+/// A source of `total` frames of stereo silence at [`SAMPLE_RATE`]: the stand-in's file.
+#[derive(Debug, Clone)]
+pub struct Silence {
+    /// What every `Welcome` says.
+    info: SourceInfo,
+    /// Frames in all.
+    total: u64,
+    /// Frames handed out.
+    pos: u64,
+}
+
+impl Silence {
+    /// `duration` of silence (rounded down to whole frames).
+    pub fn new(duration: Duration) -> Self {
+        let total = (duration.as_nanos() * u128::from(SAMPLE_RATE) / 1_000_000_000) as u64;
+        Self {
+            info: SourceInfo {
+                sample_rate: SAMPLE_RATE,
+                channels: CHANNELS,
+                total_frames: Some(total),
+                codec: "silence".into(),
+                title: "earshot fake server".into(),
+            },
+            total,
+            pos: 0,
+        }
+    }
+}
+
+impl AudioSource for Silence {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn read_frames(&mut self, max_frames: usize, out: &mut Vec<i16>) -> usize {
+        let n = (max_frames as u64).min(self.total - self.pos);
+        out.resize(out.len() + n as usize * usize::from(CHANNELS), 0);
+        self.pos += n;
+        n as usize
+    }
+
+    fn is_finished(&self) -> bool {
+        self.pos >= self.total
+    }
+
+    fn rewind(&mut self) -> Result<(), String> {
+        self.pos = 0;
+        Ok(())
+    }
+}
+
+/// What the stand-in did.
 #[derive(Debug, Clone)]
 pub struct FakeStats {
-    /// Listeners welcomed.
-    pub welcomed: u64,
-    /// Joins refused because full.
-    pub rejected: u64,
-    /// Listeners that left.
-    pub left: u64,
-    /// Listeners evicted for silence.
-    pub evicted: u64,
-    /// Reports received.
-    pub reports: u64,
-    /// Audio sends.
+    /// The endpoint's counters: listeners accepted, rejected, left, evicted; datagrams produced.
+    pub endpoint: EndpointStats,
+    /// Everything the fan-out sent (`Audio`, and the `End`s fanned out at the end).
     pub sent: FanoutStats,
+    /// The part of `sent` that was `Audio`.
+    pub audio: FanoutStats,
     /// The send path in use at the end: the one asked for, unless the kernel refused it.
     pub path: SendPath,
 }
 
-fn encode(p: &Packet) -> Option<Bytes> {
-    proto::encode_to_bytes(p).ok()
+/// `after - before`, field by field: what one send added to the counters.
+fn added(before: FanoutStats, after: FanoutStats) -> FanoutStats {
+    FanoutStats {
+        datagrams: after.datagrams - before.datagrams,
+        bytes: after.bytes - before.bytes,
+        dropped_full: after.dropped_full - before.dropped_full,
+        dropped_unreachable: after.dropped_unreachable - before.dropped_unreachable,
+        dropped_other: after.dropped_other - before.dropped_other,
+        syscalls: after.syscalls - before.syscalls,
+    }
 }
 
-/// Serves on `sock` for `duration`, at most `max_clients` listeners, sending audio on `path`
-/// (or the next one down if this kernel cannot: [`FakeStats::path`] says which was used).
+/// `a + b`, field by field.
+fn sum(a: FanoutStats, b: FanoutStats) -> FanoutStats {
+    FanoutStats {
+        datagrams: a.datagrams + b.datagrams,
+        bytes: a.bytes + b.bytes,
+        dropped_full: a.dropped_full + b.dropped_full,
+        dropped_unreachable: a.dropped_unreachable + b.dropped_unreachable,
+        dropped_other: a.dropped_other + b.dropped_other,
+        syscalls: a.syscalls + b.syscalls,
+    }
+}
+
+/// Sends everything the endpoint has ready, counting the `Audio` fan-outs apart.
+fn flush(
+    ep: &mut Endpoint<Silence>,
+    fanout: &mut Fanout,
+    sock: &UdpSocket,
+    audio: &mut FanoutStats,
+    now: Instant,
+) {
+    while let Some(t) = ep.poll_transmit(now) {
+        match t {
+            Transmit::One { dest, datagram } => {
+                fanout.send_one(sock, &datagram, dest);
+            }
+            Transmit::Fanout { datagrams, dests } => {
+                let before = fanout.stats();
+                fanout.send(sock, datagrams, dests);
+                if datagrams
+                    .first()
+                    .is_some_and(|d| d.get(3) == Some(&(MessageType::Audio as u8)))
+                {
+                    *audio = sum(*audio, added(before, fanout.stats()));
+                }
+            }
+        }
+    }
+    // The shell has nothing to log.
+    while ep.poll_event().is_some() {}
+}
+
+/// Serves `duration` of silence on `sock` to at most `max_clients` listeners, sending audio on
+/// `path` (or the next one down if this kernel cannot: [`FakeStats::path`] says which was used),
+/// and returns once the last `End` went out.
 pub fn serve(
     sock: &UdpSocket,
     duration: Duration,
@@ -63,135 +160,82 @@ pub fn serve(
     path: SendPath,
 ) -> std::io::Result<FakeStats> {
     sock.set_nonblocking(true)?;
-    let key = RandomState::new();
-    let cookie = |a: SocketAddr| {
-        let mut c = [0u8; proto::COOKIE_LEN];
-        for (i, chunk) in c.chunks_mut(8).enumerate() {
-            chunk.copy_from_slice(&key.hash_one((a, i)).to_le_bytes());
+    let mut fanout = Fanout::with_path(path);
+    fanout.detect(sock);
+    let config = EndpointConfig {
+        interval: INTERVAL,
+        max_clients,
+        client_timeout: DEFAULT_CLIENT_TIMEOUT,
+        start: StartMode::Now,
+        looping: false,
+        mtu: DEFAULT_MTU,
+        cookie_key: Sessions::random_key(),
+    };
+    let mut ep = Endpoint::new(Instant::now(), config, Silence::new(duration));
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(sock, EpollEvent::new(EpollFlags::EPOLLIN, 0))?;
+    let mut events = [EpollEvent::empty(); 1];
+    let mut audio = FanoutStats::default();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        flush(&mut ep, &mut fanout, sock, &mut audio, Instant::now());
+        if ep.is_closed() {
+            break;
         }
-        c
-    };
-    let mut sender = Fanout::with_path(path);
-    sender.detect(sock);
-    let mut st = FakeStats {
-        welcomed: 0,
-        rejected: 0,
-        left: 0,
-        evicted: 0,
-        reports: 0,
-        sent: FanoutStats::default(),
-        path: sender.path(),
-    };
-    // Listener → last time we heard from it.
-    let mut listeners: HashMap<SocketAddr, Instant> = HashMap::new();
-    let mut dests: Vec<SocketAddr> = Vec::new();
-    let pcm = Bytes::from(vec![0u8; (FRAMES_PER_PACKET * 4) as usize]);
-    let start = Instant::now();
-    let mut tick: u64 = 0;
-    let mut buf = vec![0u8; proto::limits::MAX_DATAGRAM];
-    while start.elapsed() < duration {
-        // Control traffic first (all of it, even when the tick is late, so that reports are
-        // never starved), then the tick if it is due.
-        let due = start + INTERVAL * tick as u32;
+        // Control traffic first, all of it (reports are never starved by a late tick), then
+        // the timers.
         loop {
-            let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                let now = Instant::now();
-                if now >= due {
-                    break;
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let now = Instant::now();
+                    ep.handle(now, from, &buf[..n]);
+                    flush(&mut ep, &mut fanout, sock, &mut audio, now);
                 }
-                std::thread::sleep((due - now).min(Duration::from_millis(1)));
-                continue;
-            };
-            let Ok(p) = proto::decode(&buf[..n]) else {
-                continue;
-            };
-            let reply = match p.msg {
-                Message::Connect(_) if n >= MIN_CONNECT_LEN => {
-                    Some(Message::Challenge(Challenge {
-                        cookie: cookie(from),
-                    }))
-                }
-                Message::Join(j) if j.cookie == cookie(from) => {
-                    if listeners.contains_key(&from) || listeners.len() < max_clients {
-                        if listeners.insert(from, Instant::now()).is_none() {
-                            st.welcomed += 1;
-                        }
-                        let seq = tick * 3;
-                        Some(Message::Welcome(StreamInfo {
-                            sample_rate: 44_100,
-                            channels: 2,
-                            format: SampleFormat::S16Le,
-                            interval_us: INTERVAL.as_micros() as u32,
-                            frames_per_packet: FRAMES_PER_PACKET as u32,
-                            total_frames: None,
-                            start_seq: seq,
-                            start_ts: tick * FRAMES_PER_TICK,
-                            title: "earshot fake server".into(),
-                        }))
-                    } else {
-                        st.rejected += 1;
-                        Some(Message::Reject(Reject {
-                            reason: RejectReason::Full {
-                                max_clients: max_clients as u32,
-                            },
-                        }))
-                    }
-                }
-                Message::Report(_) => {
-                    st.reports += 1;
-                    if let Some(t) = listeners.get_mut(&from) {
-                        *t = Instant::now();
-                    }
-                    None
-                }
-                Message::Leave => {
-                    if listeners.remove(&from).is_some() {
-                        st.left += 1;
-                    }
-                    None
-                }
-                _ => None,
-            };
-            if let Some(m) = reply.and_then(|m| encode(&Packet::new(0, m))) {
-                let _ = sock.send_to(&m, from);
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // ICMP errors of listeners that closed their socket, interrupted calls: the
+                // error is consumed, read on.
+                Err(_) => {}
             }
         }
         let now = Instant::now();
-        let before = listeners.len();
-        listeners.retain(|_, t| now.duration_since(*t) < DEFAULT_CLIENT_TIMEOUT);
-        st.evicted += (before - listeners.len()) as u64;
-        // The tick: encoded once, the same bytes to everyone.
-        let ts = tick * FRAMES_PER_TICK;
-        let mut d: Vec<Bytes> = Vec::with_capacity(3);
-        for (k, frames) in [340u64, 340, 202].into_iter().enumerate() {
-            let mut b = BytesMut::with_capacity(28 + pcm.len());
-            proto::encode_audio(
-                tick * 3 + k as u64,
-                ts + k as u64 * 340,
-                &pcm[..(frames * 4) as usize],
-                &mut b,
-            );
-            d.push(b.freeze());
+        let Some(deadline) = ep.poll_timeout() else {
+            continue;
+        };
+        if deadline <= now {
+            ep.handle_timeout(now);
+            continue;
         }
-        dests.clear();
-        dests.extend(listeners.keys().copied());
-        sender.send(sock, &d, &dests);
-        tick += 1;
-    }
-    st.sent = sender.stats();
-    st.path = sender.path();
-    let last = (tick * 3).checked_sub(1);
-    for _ in 0..END_REPEAT {
-        let end = Message::End(End {
-            reason: EndReason::Finished,
-            last_seq: last,
-        });
-        if let Some(b) = encode(&Packet::new(0, end)) {
-            for a in listeners.keys() {
-                let _ = sock.send_to(&b, a);
-            }
+        // Wait for a datagram or the deadline, rounded up to the next millisecond.
+        let wait = (deadline - now).as_micros().div_ceil(1000).min(100) as u16;
+        match epoll.wait(&mut events, wait) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
         }
-        std::thread::sleep(END_SPACING);
     }
-    Ok(st)
+    Ok(FakeStats {
+        endpoint: ep.stats(),
+        sent: fanout.stats(),
+        audio,
+        path: fanout.path(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_is_as_long_as_asked_in_frames() {
+        let mut s = Silence::new(Duration::from_millis(30));
+        assert_eq!(s.info().total_frames, Some(1323));
+        let mut out = vec![7i16];
+        assert_eq!(s.read_frames(1000, &mut out), 1000);
+        assert_eq!(s.read_frames(1000, &mut out), 323);
+        assert_eq!(out.len(), 1 + 2 * 1323);
+        assert!(out[1..].iter().all(|&x| x == 0));
+        assert!(s.is_finished());
+        assert_eq!(s.read_frames(1000, &mut out), 0);
+        assert_eq!(s.rewind(), Ok(()));
+        assert!(!s.is_finished());
+    }
 }

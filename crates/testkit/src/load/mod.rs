@@ -1,12 +1,17 @@
 //! The load tool behind `examples/load.rs`.
 //!
-//! [`run`] starts N protocol-complete listeners in one process, each with its own UDP socket (a
-//! real handshake each, `Report` keepalives every second, no playback), spread over 127.0.0.x
-//! source addresses when the server is on loopback. A few worker threads (default: one per
-//! [`LISTENERS_PER_THREAD`] listeners, at most 2) each poll
+//! [`run`] starts N listeners in one process, each `listen`'s own protocol core (a
+//! [`listen::session::Session`]: the handshake with its retransmissions, `Report` keepalives
+//! every second, the end of the stream, the reception counters) with playout off, on its own
+//! UDP socket, spread over 127.0.0.x source addresses when the server is on loopback. A few
+//! worker threads (default: one per [`LISTENERS_PER_THREAD`] listeners, at most 2) each poll
 //! their share of the sockets with `epoll` and drain them with `recvmmsg`; arrival times come from
 //! the kernel, so skew does not depend on when a worker got the CPU. After the duration the tool
 //! keeps reading for a short drain, sends `Leave`, and returns a [`LoadReport`].
+//!
+//! The sessions count received, lost, duplicate and out-of-order datagrams; what only a crowd of
+//! listeners shows (fan-out skew, the tool's read lag, its sockets' kernel drops) is counted here
+//! and in [`stats`]. [`fake`] is the stand-in server: streamd's own core on a silent source.
 //!
 //! Evidence that the tool is not the bottleneck is part of the report: its own CPU (per thread),
 //! the receive-queue drops of its sockets from `/proc/net/udp` (a datagram it was too slow to read
@@ -14,7 +19,6 @@
 //! between the kernel's arrival timestamp and the tool reading the datagram.
 
 pub mod fake;
-pub mod listener;
 pub mod stats;
 mod worker;
 
@@ -23,6 +27,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use listen::jitter::PlayoutCounters;
+use listen::session::{Session, SessionConfig};
+use listen::stats::ExitReason;
 use nix::sys::resource::{Resource, UsageWho, getrlimit, setrlimit};
 use nix::sys::socket::{setsockopt, sockopt};
 use proto::RejectReason;
@@ -31,8 +38,8 @@ use serde::Serialize;
 pub use worker::audio_seq;
 
 use crate::procfs;
-use listener::{Listener, Phase};
 use stats::{Quantiles, SkewTable};
+use worker::{Outcome, Slot};
 
 /// Listeners that share one 127.0.0.x source address. A room of machines has one address each;
 /// 64 per address keeps the server's view closer to that than one address for everyone, and
@@ -52,9 +59,10 @@ pub const DEFAULT_CONNECT_RATE: u32 = 2_000;
 /// server sent before the end and that has not arrived after this is lost.
 pub const DEFAULT_DRAIN: Duration = Duration::from_millis(200);
 
-/// Most seqs tracked per listener (a bitmap of this many bits): 150 datagrams/s for over 7 hours.
-/// Bounds memory whatever a server sends.
-pub const SEQ_WINDOW: u64 = 1 << 22;
+/// How long a listener's handshake may go unanswered, and the server be silent mid-stream,
+/// before the listener gives up: as long as streamd waits for a silent listener, so that a
+/// server busy welcoming a thousand others is not counted as not answering.
+pub const LISTENER_TIMEOUT: Duration = proto::limits::DEFAULT_CLIENT_TIMEOUT;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -170,9 +178,9 @@ pub struct ToolStats {
     pub audio_datagrams: u64,
     /// `recvmmsg` calls.
     pub recv_calls: u64,
-    /// Datagrams from other addresses than the server's.
+    /// Datagrams from other addresses than the server's, or before the listener started.
     pub foreign: u64,
-    /// Datagrams that did not decode.
+    /// Datagrams from the server that did not decode or made no sense where they came.
     pub garbage: u64,
     /// Sends that failed.
     pub send_errors: u64,
@@ -195,8 +203,12 @@ pub struct LoadReport {
     pub rejected_full: u64,
     /// Listeners whose handshake got no answer.
     pub no_answer: u64,
-    /// Listeners that got an `End` from the server.
+    /// Listeners that got an `End` from the server (or were evicted).
     pub ended: u64,
+    /// Listeners that gave up on a server silent mid-stream for [`LISTENER_TIMEOUT`].
+    pub timed_out: u64,
+    /// Listeners whose `Welcome` described a stream `listen` cannot play.
+    pub unplayable: u64,
     /// Seconds listeners spent joined, summed.
     pub listener_seconds: f64,
     /// Counters summed over listeners.
@@ -275,14 +287,16 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     let start = Instant::now();
     let stop_at = start + cfg.duration;
     let rate = f64::from(cfg.connect_rate.max(1));
-    let window = SEQ_WINDOW;
+    let mut session = SessionConfig::new(cfg.server);
+    session.timeout = LISTENER_TIMEOUT;
+    session.playout = false;
 
     // Listener i goes to worker i % threads, so every worker joins at the same pace.
     let mut setups: Vec<worker::WorkerSetup> = (0..threads)
         .map(|_| worker::WorkerSetup {
             sockets: Vec::new(),
-            listeners: Vec::new(),
-            server: cfg.server,
+            slots: Vec::new(),
+            session,
             stop_at,
             drain: cfg.drain,
             leave_pace: Duration::from_secs_f64(threads as f64 / rate),
@@ -293,7 +307,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
         let at = start + Duration::from_secs_f64(i as f64 / rate);
         let w = &mut setups[i % threads];
         w.sockets.push(s);
-        w.listeners.push(Listener::new(at, window));
+        w.slots.push(Slot::new(at));
         order[i % threads].push(i);
     }
     let handles = setups
@@ -352,6 +366,8 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
         rejected_full: 0,
         no_answer: 0,
         ended: 0,
+        timed_out: 0,
+        unplayable: 0,
         listener_seconds: 0.0,
         totals: AudioCounts::default(),
         worst: None,
@@ -381,53 +397,50 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             .max(r.cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9));
         t.audio_datagrams += r.audio;
         t.recv_calls += r.recv_calls;
-        t.foreign += r.foreign;
-        t.garbage += r.garbage;
+        t.foreign += r.early;
         t.send_errors += r.send_errors;
-        for (j, l) in r.listeners.iter().enumerate() {
-            match &l.phase {
-                Phase::Rejected(reason) => {
+        for (j, slot) in r.slots.iter().enumerate() {
+            let ended_by_server = match slot.outcome {
+                Outcome::Rejected(reason) => {
                     rep.rejected += 1;
                     if matches!(reason, RejectReason::Full { .. }) {
                         rep.rejected_full += 1;
                     }
+                    false
                 }
-                Phase::NoAnswer
-                | Phase::Idle
-                | Phase::Connecting { .. }
-                | Phase::Joining { .. } => rep.no_answer += 1,
-                Phase::Ended(_) => rep.ended += 1,
-                Phase::Joined | Phase::Left => {}
-            }
-            let Some(t) = &l.seqs else { continue };
+                Outcome::NoAnswer | Outcome::Pending => {
+                    rep.no_answer += 1;
+                    false
+                }
+                Outcome::Unplayable => {
+                    rep.unplayable += 1;
+                    false
+                }
+                Outcome::Ended(
+                    ExitReason::Finished | ExitReason::Shutdown | ExitReason::Evicted,
+                ) => {
+                    rep.ended += 1;
+                    true
+                }
+                Outcome::Ended(ExitReason::Timeout) => {
+                    rep.timed_out += 1;
+                    false
+                }
+                Outcome::Ended(ExitReason::Interrupted) | Outcome::Joined => false,
+            };
+            let Some(session) = &slot.session else {
+                continue;
+            };
+            t.foreign += session.tracker().foreign();
+            t.garbage += session.tracker().garbage();
+            let Some(j0) = slot.joined_at else { continue };
             rep.accepted += 1;
-            if let Some(j0) = l.joined_at {
-                rep.listener_seconds += l
-                    .ended_at
-                    .unwrap_or(end_of_run)
-                    .saturating_duration_since(j0)
-                    .as_secs_f64();
-            }
-            // A listener still in the stream at the end is owed everything up to the cutoff; one
-            // the server ended is owed up to End.last_seq.
-            let ended = matches!(l.phase, Phase::Ended(_));
-            let last = if ended {
-                l.end_last_seq
-            } else {
-                cutoff.max(l.end_last_seq)
-            };
-            let c = AudioCounts {
-                expected: t.expected(last),
-                received: t.received(),
-                lost: t.lost(last),
-                duplicates: t.duplicates(),
-                out_of_order: t.out_of_order(),
-                short_at_end: if ended {
-                    0
-                } else {
-                    t.expected(last) - t.expected(t.highest())
-                },
-            };
+            rep.listener_seconds += slot
+                .ended_at
+                .unwrap_or(end_of_run)
+                .saturating_duration_since(j0)
+                .as_secs_f64();
+            let c = audio_counts(session, ended_by_server, cutoff);
             let tot = &mut rep.totals;
             tot.expected += c.expected;
             tot.received += c.received;
@@ -459,6 +472,29 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     Ok(rep)
 }
 
+/// A joined listener's counters, from its session's tracker. One the server ended is owed up
+/// to `End.last_seq`, which the tracker already counts; one still in the stream when the run
+/// stopped is also owed everything up to `cutoff` (the highest seq any listener had then).
+fn audio_counts(session: &Session, ended_by_server: bool, cutoff: Option<u64>) -> AudioCounts {
+    let t = session.tracker();
+    let r = t.report(&PlayoutCounters::default(), 0);
+    let short_at_end = match (ended_by_server, cutoff, t.highest()) {
+        (false, Some(c), Some(h)) => c.saturating_sub(h),
+        (false, Some(c), None) => session
+            .info()
+            .map_or(0, |i| (c + 1).saturating_sub(i.start_seq)),
+        _ => 0,
+    };
+    AudioCounts {
+        expected: t.expected() + short_at_end,
+        received: r.received,
+        lost: r.lost + short_at_end,
+        duplicates: r.duplicates,
+        out_of_order: r.out_of_order,
+        short_at_end,
+    }
+}
+
 impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = &self.totals;
@@ -467,11 +503,21 @@ impl fmt::Display for LoadReport {
             "load: {} listeners → {} for {:.1} s",
             self.listeners, self.server, self.duration_s
         )?;
-        writeln!(
+        write!(
             f,
-            "  listeners   accepted {}  rejected {} (full {})  no answer {}  ended by server {}",
-            self.accepted, self.rejected, self.rejected_full, self.no_answer, self.ended
+            "  listeners   accepted {}  rejected {} (full {})  no answer {}  ended by server {}  \
+             timed out {}",
+            self.accepted,
+            self.rejected,
+            self.rejected_full,
+            self.no_answer,
+            self.ended,
+            self.timed_out
         )?;
+        if self.unplayable > 0 {
+            write!(f, "  unplayable {}", self.unplayable)?;
+        }
+        writeln!(f)?;
         writeln!(
             f,
             "  audio       expected {}  received {}  lost {} ({:.3}%, of which {} short at the end)  \
@@ -569,6 +615,76 @@ mod tests {
         assert_eq!(
             bind_ip(IpAddr::V6(Ipv6Addr::LOCALHOST), 9),
             IpAddr::V6(Ipv6Addr::LOCALHOST)
+        );
+    }
+
+    /// A session joined at `start_seq` 100 that received `seqs`, then `end` (an `End.last_seq`)
+    /// if any.
+    fn session_with(seqs: &[u64], end: Option<Option<u64>>) -> Session {
+        use proto::{Challenge, End, EndReason, Message, Packet, SampleFormat, StreamInfo};
+        let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut cfg = SessionConfig::new(server);
+        cfg.playout = false;
+        let t0 = Instant::now();
+        let mut s = Session::new(cfg, t0);
+        let enc = |m: Message| proto::encode_to_bytes(&Packet::new(0, m)).unwrap();
+        s.handle(
+            t0,
+            server,
+            &enc(Message::Challenge(Challenge { cookie: [1; 16] })),
+        );
+        let info = StreamInfo {
+            sample_rate: 44_100,
+            channels: 2,
+            format: SampleFormat::S16Le,
+            interval_us: 20_000,
+            frames_per_packet: 10,
+            total_frames: None,
+            start_seq: 100,
+            start_ts: 0,
+            title: "t".into(),
+        };
+        s.handle(t0, server, &enc(Message::Welcome(info)));
+        for &q in seqs {
+            let mut b = bytes::BytesMut::new();
+            proto::encode_audio(q, (q - 100) * 10, &[0u8; 40], &mut b);
+            s.handle(t0, server, &b);
+        }
+        if let Some(last_seq) = end {
+            let e = End {
+                reason: EndReason::Finished,
+                last_seq,
+            };
+            s.handle(t0, server, &enc(Message::End(e)));
+            assert!(s.is_closed());
+        }
+        s
+    }
+
+    #[test]
+    fn counts_come_from_the_session_with_the_cutoff_for_those_still_in() {
+        // 100..=105 without 102, 104 twice, 103 after 104.
+        let got = [100, 101, 104, 103, 104, 105];
+        let s = session_with(&got, None);
+        let c = audio_counts(&s, false, Some(108));
+        assert_eq!(
+            (c.expected, c.received, c.lost, c.short_at_end),
+            (9, 5, 4, 3)
+        );
+        assert_eq!((c.duplicates, c.out_of_order), (1, 1));
+        // A cutoff below what it has changes nothing.
+        assert_eq!(audio_counts(&s, false, Some(101)).lost, 1);
+        // Nothing received yet: owed everything from its start up to the cutoff.
+        let none = session_with(&[], None);
+        let c = audio_counts(&none, false, Some(104));
+        assert_eq!((c.expected, c.lost, c.short_at_end), (5, 5, 5));
+        assert_eq!(audio_counts(&none, false, Some(99)).expected, 0);
+        // Ended by the server: End.last_seq, not the cutoff, is the tail.
+        let ended = session_with(&got, Some(Some(106)));
+        let c = audio_counts(&ended, true, Some(200));
+        assert_eq!(
+            (c.expected, c.received, c.lost, c.short_at_end),
+            (7, 5, 2, 0)
         );
     }
 

@@ -1,138 +1,10 @@
-//! Pure counting for the load tool: which audio `seq`s one listener got ([`SeqTracker`]), when
-//! each `seq` first and last arrived across all listeners ([`SkewTable`]), and nearest-rank
+//! Pure counting for the load tool beyond what each listener's session counts itself: when each
+//! `seq` first and last arrived across all listeners ([`SkewTable`]), and nearest-rank
 //! percentiles ([`Quantiles`]). No I/O and no clock: times are passed in as nanoseconds.
 
 use std::collections::HashMap;
 
 use serde::Serialize;
-
-/// What [`SeqTracker::record`] made of one audio datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
-    /// First copy of a seq inside the window: counts as received.
-    New,
-    /// A seq already received.
-    Duplicate,
-    /// A seq below the listener's `start_seq` (sent before it joined): ignored.
-    BeforeStart,
-    /// A seq too far above `start_seq` to track (a broken or hostile server): ignored.
-    OutOfWindow,
-}
-
-/// The audio datagrams one listener received, as a bitmap over `start_seq ..
-/// start_seq + window`.
-#[derive(Debug, Clone)]
-pub struct SeqTracker {
-    /// `StreamInfo.start_seq`: the first seq this listener should get.
-    start: u64,
-    /// Largest `seq - start` tracked: bounds the bitmap whatever the server sends.
-    window: u64,
-    /// Bit `i` set: `start + i` received.
-    bits: Vec<u64>,
-    /// Unique seqs received.
-    received: u64,
-    /// Copies of seqs already received.
-    duplicates: u64,
-    /// Datagrams whose seq was below the highest already received.
-    out_of_order: u64,
-    /// Datagrams ignored as [`Recorded::BeforeStart`] or [`Recorded::OutOfWindow`].
-    ignored: u64,
-    /// Highest seq received.
-    highest: Option<u64>,
-}
-
-impl SeqTracker {
-    /// A tracker for a listener whose stream starts at `start_seq`, tracking at most `window`
-    /// seqs from there.
-    pub fn new(start_seq: u64, window: u64) -> Self {
-        Self {
-            start: start_seq,
-            window,
-            bits: Vec::new(),
-            received: 0,
-            duplicates: 0,
-            out_of_order: 0,
-            ignored: 0,
-            highest: None,
-        }
-    }
-
-    /// Counts one audio datagram.
-    pub fn record(&mut self, seq: u64) -> Recorded {
-        let Some(off) = seq.checked_sub(self.start) else {
-            self.ignored += 1;
-            return Recorded::BeforeStart;
-        };
-        if off >= self.window {
-            self.ignored += 1;
-            return Recorded::OutOfWindow;
-        }
-        let (word, bit) = ((off / 64) as usize, off % 64);
-        if word >= self.bits.len() {
-            self.bits.resize(word + 1, 0);
-        }
-        if self.bits[word] & (1 << bit) != 0 {
-            self.duplicates += 1;
-            return Recorded::Duplicate;
-        }
-        self.bits[word] |= 1 << bit;
-        self.received += 1;
-        match self.highest {
-            Some(h) if seq < h => self.out_of_order += 1,
-            _ => self.highest = Some(seq),
-        }
-        Recorded::New
-    }
-
-    /// The first seq this listener should get.
-    pub fn start(&self) -> u64 {
-        self.start
-    }
-
-    /// Highest seq received, if any.
-    pub fn highest(&self) -> Option<u64> {
-        self.highest
-    }
-
-    /// Unique seqs received.
-    pub fn received(&self) -> u64 {
-        self.received
-    }
-
-    /// Copies of seqs already received.
-    pub fn duplicates(&self) -> u64 {
-        self.duplicates
-    }
-
-    /// Datagrams that came after a higher seq.
-    pub fn out_of_order(&self) -> u64 {
-        self.out_of_order
-    }
-
-    /// Datagrams outside the tracked range.
-    pub fn ignored(&self) -> u64 {
-        self.ignored
-    }
-
-    /// Datagrams expected from `start_seq` up to the highest of: the highest seq received, and
-    /// `last` (the `End.last_seq`, or the cutoff seq of a run stopped by the tool).
-    pub fn expected(&self, last: Option<u64>) -> u64 {
-        let top = match (self.highest, last) {
-            (Some(h), Some(l)) => h.max(l),
-            (h, l) => match h.or(l) {
-                Some(t) => t,
-                None => return 0,
-            },
-        };
-        // Capped at the window: seqs past it were never counted either way.
-        (top.saturating_sub(self.start) + 1).min(self.window) * u64::from(top >= self.start)
-    }
-
-    /// `expected(last) - received`.
-    pub fn lost(&self, last: Option<u64>) -> u64 {
-        self.expected(last).saturating_sub(self.received)
-    }
-}
 
 /// First and last arrival of each seq across listeners, in nanoseconds.
 #[derive(Debug, Clone, Default)]
@@ -224,34 +96,6 @@ mod tests {
         let mut w = vec![3.0, 1.0, 2.0, 10.0];
         let q = Quantiles::of(&mut w);
         assert_eq!((q.count, q.p50, q.p99, q.max), (4, 2.0, 10.0, 10.0));
-    }
-
-    #[test]
-    fn tracker_counts_loss_duplicates_and_reordering() {
-        let mut t = SeqTracker::new(100, 1000);
-        for s in [100, 101, 103, 102, 103, 99, 5000] {
-            t.record(s);
-        }
-        assert_eq!(t.received(), 4);
-        assert_eq!(t.duplicates(), 1);
-        assert_eq!(t.out_of_order(), 1);
-        assert_eq!(t.ignored(), 2);
-        assert_eq!(t.highest(), Some(103));
-        assert_eq!(t.expected(None), 4);
-        // Loss at the tail shows once the end seq is known.
-        assert_eq!(t.expected(Some(105)), 6);
-        assert_eq!(t.lost(Some(105)), 2);
-        // A cutoff below what was received does not shrink the count.
-        assert_eq!(t.lost(Some(101)), 0);
-    }
-
-    #[test]
-    fn tracker_with_nothing_received() {
-        let t = SeqTracker::new(10, 100);
-        assert_eq!(t.expected(None), 0);
-        assert_eq!(t.expected(Some(9)), 0);
-        assert_eq!(t.expected(Some(12)), 3);
-        assert_eq!(t.lost(Some(12)), 3);
     }
 
     #[test]

@@ -1,32 +1,33 @@
-//! A load-tool worker thread: one `epoll` over its share of the listeners' sockets, each ready
-//! socket drained with `recvmmsg` (up to [`RECV_BATCH`] datagrams per system call), arrival times
-//! from the kernel (`SO_TIMESTAMPNS`), so that neither skew nor loss depends on how promptly this
-//! thread gets the CPU. Audio takes a fast path that reads the 12-byte header and the payload
-//! length without copying the PCM; everything else goes through `proto::decode`.
+//! A load-tool worker thread: its share of the simulated listeners, each a real
+//! [`listen::session::Session`] (counting audio, not buffering it) on its own UDP socket. One
+//! `epoll` over the sockets, each ready socket drained with `recvmmsg` (up to [`RECV_BATCH`]
+//! datagrams per system call), arrival times from the kernel (`SO_TIMESTAMPNS`): the session
+//! gets each datagram with its arrival instant, and the skew table gets the same instant, so
+//! that neither skew, jitter nor loss depends on how promptly this thread gets the CPU.
 
 use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use listen::session::{Event, Phase, Session, SessionConfig};
+use listen::stats::ExitReason;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::resource::UsageWho;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 use nix::sys::time::TimeSpec;
 use proto::limits::{AUDIO_OVERHEAD, MAX_DATAGRAM};
-use proto::{MAGIC, MessageType, VERSION};
+use proto::{MAGIC, MessageType, RejectReason, VERSION};
 
-use super::listener::Listener;
-use super::stats::{Recorded, SkewTable};
+use super::stats::SkewTable;
 use crate::procfs::own_cpu;
 
 /// Datagrams per `recvmmsg`: a listener gets 3 per 20 ms tick, so 8 drains a socket in one call
 /// even after a hiccup of a tick or two.
 pub const RECV_BATCH: usize = 8;
 
-/// How often timers (connect pacing, retries, reports) are checked.
+/// How often the sessions' timers (connect pacing, retransmissions, reports) are checked.
 const SWEEP: Duration = Duration::from_millis(10);
 
 /// `Leave`s sent back to back before a pause.
@@ -40,14 +41,93 @@ const LAG_SAMPLE_EVERY: u64 = 64;
 /// run keeps an even sample in bounded memory (8 MiB).
 const LAG_SAMPLES_MAX: usize = 1 << 20;
 
+/// How one simulated listener's run turned out, from its session's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Not started, or still in the handshake.
+    Pending,
+    /// Welcomed and in the stream.
+    Joined,
+    /// The server refused.
+    Rejected(RejectReason),
+    /// The handshake got no answer (also: still unanswered when the run ended).
+    NoAnswer,
+    /// The `Welcome` described a stream `listen` cannot play.
+    Unplayable,
+    /// The stream ended: by the server (`End`, eviction), by its silence, or by our `Leave`.
+    Ended(ExitReason),
+}
+
+/// One simulated listener: its session once its turn to connect came, and what the load tool
+/// notes beside it.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// When its first `Connect` goes out (connects are paced).
+    pub start_at: Instant,
+    /// The protocol, from `start_at` on.
+    pub session: Option<Session>,
+    /// Where it stands.
+    pub outcome: Outcome,
+    /// When the `Welcome` was handled.
+    pub joined_at: Option<Instant>,
+    /// When the stream ended for it.
+    pub ended_at: Option<Instant>,
+}
+
+impl Slot {
+    /// A listener that starts connecting at `start_at`.
+    pub fn new(start_at: Instant) -> Self {
+        Self {
+            start_at,
+            session: None,
+            outcome: Outcome::Pending,
+            joined_at: None,
+            ended_at: None,
+        }
+    }
+
+    /// Nothing more will happen to it.
+    fn is_done(&self) -> bool {
+        self.session.as_ref().is_some_and(Session::is_closed)
+    }
+
+    /// Sends what the session queued and notes what happened to it.
+    fn drain(&mut self, now: Instant, sock: &UdpSocket, send_errors: &mut u64) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        while let Some(t) = s.poll_transmit(now) {
+            if sock.send_to(&t.contents, t.destination).is_err() {
+                *send_errors += 1;
+            }
+        }
+        while let Some(e) = s.poll_event() {
+            match e {
+                Event::Joined(_) => {
+                    self.outcome = Outcome::Joined;
+                    self.joined_at = Some(now);
+                }
+                Event::Rejected(r) => self.outcome = Outcome::Rejected(r),
+                Event::NoAnswer { .. } => self.outcome = Outcome::NoAnswer,
+                Event::Unplayable(_) => self.outcome = Outcome::Unplayable,
+                Event::Ended(r) => {
+                    self.outcome = Outcome::Ended(r);
+                    self.ended_at = Some(now);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// One worker's share of the run.
 pub(crate) struct WorkerSetup {
     /// The listeners' sockets (non-blocking, timestamping on).
     pub sockets: Vec<UdpSocket>,
     /// The listeners, parallel to `sockets`.
-    pub listeners: Vec<Listener>,
-    /// The server's address; datagrams from anywhere else are counted as foreign.
-    pub server: SocketAddr,
+    pub slots: Vec<Slot>,
+    /// What every listener's session is made with (the server's address among it).
+    pub session: SessionConfig,
     /// When to stop counting and start the drain.
     pub stop_at: Instant,
     /// How long to keep reading after `stop_at` before sending `Leave`.
@@ -59,9 +139,9 @@ pub(crate) struct WorkerSetup {
 
 /// What a worker hands back.
 pub(crate) struct WorkerResult {
-    /// The listeners with their counters.
-    pub listeners: Vec<Listener>,
-    /// Local addresses of the sockets, parallel to `listeners`.
+    /// The listeners with their sessions.
+    pub slots: Vec<Slot>,
+    /// Local addresses of the sockets, parallel to `slots`.
     pub locals: Vec<SocketAddr>,
     /// First/last arrival of each seq among this worker's listeners.
     pub skew: SkewTable,
@@ -71,14 +151,12 @@ pub(crate) struct WorkerResult {
     pub cpu: Duration,
     /// Sampled read lag in milliseconds.
     pub lag_ms: Vec<f64>,
-    /// Audio datagrams read.
+    /// Audio datagrams read from the server.
     pub audio: u64,
     /// `recvmmsg` calls made.
     pub recv_calls: u64,
-    /// Datagrams from an address other than the server's.
-    pub foreign: u64,
-    /// Datagrams that did not decode.
-    pub garbage: u64,
+    /// Datagrams that reached a listener before its session started.
+    pub early: u64,
     /// Packets we failed to send (socket errors).
     pub send_errors: u64,
 }
@@ -119,12 +197,13 @@ fn to_std(a: SockaddrStorage) -> Option<SocketAddr> {
 pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
     let WorkerSetup {
         sockets,
-        mut listeners,
-        server,
+        mut slots,
+        session,
         stop_at,
         drain,
         leave_pace,
     } = setup;
+    let server = session.server;
     let locals = sockets
         .iter()
         .map(|s| s.local_addr())
@@ -137,9 +216,8 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
     let mut bufs: Box<[[u8; MAX_DATAGRAM]; RECV_BATCH]> = Box::new([[0; MAX_DATAGRAM]; RECV_BATCH]);
     let mut hdrs: MultiHeaders<SockaddrStorage> =
         MultiHeaders::preallocate(RECV_BATCH, Some(nix::cmsg_space!(TimeSpec)));
-    let mut out = BytesMut::with_capacity(256);
     let mut r = WorkerResult {
-        listeners: Vec::new(),
+        slots: Vec::new(),
         locals: Vec::new(),
         skew: SkewTable::default(),
         cutoff: None,
@@ -147,30 +225,30 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
         lag_ms: Vec::new(),
         audio: 0,
         recv_calls: 0,
-        foreign: 0,
-        garbage: 0,
+        early: 0,
         send_errors: 0,
     };
     let mut max_seen: Option<u64> = None;
     let mut lag_stride = LAG_SAMPLE_EVERY;
     let mut draining_until: Option<Instant> = None;
     let mut next_sweep = Instant::now();
-    let mut send = |s: &UdpSocket, p: &proto::Packet, errs: &mut u64| {
-        out.clear();
-        if proto::encode(p, &mut out).is_err() || s.send_to(&out, server).is_err() {
-            *errs += 1;
-        }
-    };
     loop {
         let now = Instant::now();
         if now >= next_sweep {
-            for (l, s) in listeners.iter_mut().zip(&sockets) {
-                if let Some(p) = l.poll(now) {
-                    send(s, &p, &mut r.send_errors);
+            for (slot, sock) in slots.iter_mut().zip(&sockets) {
+                match slot.session.as_mut() {
+                    None if now >= slot.start_at && draining_until.is_none() => {
+                        slot.session = Some(Session::new(session, now));
+                    }
+                    Some(s) if s.poll_timeout().is_some_and(|t| t <= now) => {
+                        s.handle_timeout(now);
+                    }
+                    _ => continue,
                 }
+                slot.drain(now, sock, &mut r.send_errors);
             }
             next_sweep = now + SWEEP;
-            if listeners.iter().all(Listener::is_done) {
+            if slots.iter().all(Slot::is_done) {
                 break;
             }
         }
@@ -180,13 +258,20 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
         }
         if draining_until.is_some_and(|t| now >= t) {
             let mut sent = 0u32;
-            for (l, s) in listeners.iter_mut().zip(&sockets) {
-                if let Some(p) = l.leave(now) {
-                    send(s, &p, &mut r.send_errors);
-                    sent += 1;
-                    if sent % LEAVE_CHUNK == 0 {
-                        std::thread::sleep(leave_pace * LEAVE_CHUNK);
+            for (slot, sock) in slots.iter_mut().zip(&sockets) {
+                match slot.session.as_mut() {
+                    Some(s) if matches!(s.phase(), Phase::Streaming | Phase::PlayingOut) => {
+                        s.leave(now);
+                        slot.drain(now, sock, &mut r.send_errors);
+                        sent += 1;
+                        if sent % LEAVE_CHUNK == 0 {
+                            std::thread::sleep(leave_pace * LEAVE_CHUNK);
+                        }
                     }
+                    // Never got in: its handshake is dropped without a word.
+                    None => slot.outcome = Outcome::NoAnswer,
+                    Some(s) if s.phase() == Phase::Handshake => slot.outcome = Outcome::NoAnswer,
+                    Some(_) => {}
                 }
             }
             break;
@@ -202,12 +287,12 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
         };
         for ev in &events[..n] {
             let i = ev.data() as usize;
-            let (Some(sock), Some(l)) = (sockets.get(i), listeners.get_mut(i)) else {
+            let (Some(sock), Some(slot)) = (sockets.get(i), slots.get_mut(i)) else {
                 continue;
             };
             // Drain this socket: repeat while a call fills the whole batch.
             loop {
-                let mut meta = [(0usize, false, 0i64); RECV_BATCH];
+                let mut meta = [(0usize, None, 0i64); RECV_BATCH];
                 let got = {
                     let mut iovs = bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
                     let res = recvmmsg(
@@ -221,7 +306,6 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
                     let Ok(res) = res else { break };
                     let mut got = 0;
                     for (m, msg) in meta.iter_mut().zip(res) {
-                        let from_server = msg.address.and_then(to_std) == Some(server);
                         let mut t = 0;
                         if let Ok(cm) = msg.cmsgs() {
                             for c in cm {
@@ -230,49 +314,53 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
                                 }
                             }
                         }
-                        *m = (msg.bytes, from_server, t);
+                        *m = (msg.bytes, msg.address.and_then(to_std), t);
                         got += 1;
                     }
                     got
                 };
-                let now = Instant::now();
-                for (k, &(len, from_server, t)) in meta[..got].iter().enumerate() {
-                    if !from_server {
-                        r.foreign += 1;
+                // The kernel stamps arrivals on the realtime clock; the session takes Instants.
+                let (now, real_now) = (Instant::now(), realtime_ns());
+                let Some(s) = slot.session.as_mut() else {
+                    r.early += got as u64;
+                    break;
+                };
+                for (k, &(len, from, t)) in meta[..got].iter().enumerate() {
+                    let Some(from) = from else {
                         continue;
-                    }
+                    };
                     let d = &bufs[k][..len.min(MAX_DATAGRAM)];
-                    if let Some(seq) = audio_seq(d) {
-                        r.audio += 1;
-                        let t = if t == 0 { realtime_ns() } else { t };
-                        if l.on_audio(seq) == Recorded::New {
-                            r.skew.record(seq, t);
-                            if draining_until.is_none() {
-                                max_seen = max_seen.max(Some(seq));
-                            }
-                        }
-                        if r.audio % lag_stride == 0 {
-                            r.lag_ms.push((realtime_ns() - t) as f64 / 1e6);
-                            if r.lag_ms.len() >= LAG_SAMPLES_MAX {
-                                let mut k = 0;
-                                r.lag_ms.retain(|_| {
-                                    k += 1;
-                                    k % 2 == 0
-                                });
-                                lag_stride *= 2;
-                            }
-                        }
+                    let t = if t == 0 { real_now } else { t };
+                    let ago = Duration::from_nanos(real_now.saturating_sub(t).max(0) as u64);
+                    let arrived = now.checked_sub(ago).unwrap_or(now);
+                    let before = s.tracker().received();
+                    s.handle(arrived, from, d);
+                    if from != server {
                         continue;
                     }
-                    match proto::decode(d) {
-                        Ok(p) => {
-                            if let Some(reply) = l.on_packet(now, p) {
-                                send(sock, &reply, &mut r.send_errors);
-                            }
+                    let Some(seq) = audio_seq(d) else {
+                        continue;
+                    };
+                    r.audio += 1;
+                    if s.tracker().received() > before {
+                        r.skew.record(seq, t);
+                        if draining_until.is_none() {
+                            max_seen = max_seen.max(Some(seq));
                         }
-                        Err(_) => r.garbage += 1,
+                    }
+                    if r.audio % lag_stride == 0 {
+                        r.lag_ms.push((real_now - t) as f64 / 1e6);
+                        if r.lag_ms.len() >= LAG_SAMPLES_MAX {
+                            let mut k = 0;
+                            r.lag_ms.retain(|_| {
+                                k += 1;
+                                k % 2 == 0
+                            });
+                            lag_stride *= 2;
+                        }
                     }
                 }
+                slot.drain(now, sock, &mut r.send_errors);
                 if got < RECV_BATCH {
                     break;
                 }
@@ -280,7 +368,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
         }
     }
     r.cpu = own_cpu(UsageWho::RUSAGE_THREAD);
-    r.listeners = listeners;
+    r.slots = slots;
     r.locals = locals;
     Ok(r)
 }
@@ -289,6 +377,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use bytes::BytesMut;
 
     #[test]
     fn audio_fast_path_agrees_with_decode() {
