@@ -20,19 +20,14 @@ struct Observed {
     raw: RawListener,
 }
 
-/// Reads every datagram until the first `End`.
+/// Waits for the first `End`: every Audio seq before it, and it.
 fn observe(raw: RawListener) -> Observed {
-    let mut seqs = Vec::new();
-    loop {
-        let p = raw
-            .recv(SLOW)
-            .expect("the observer heard nothing for a long time");
-        match p.msg {
-            proto::Message::Audio(_) => seqs.push(p.seq),
-            proto::Message::End(end) => return Observed { seqs, end, raw },
-            _ => {}
-        }
-    }
+    let (seqs, end) = raw.wait_for("End", |s| {
+        let (_, end) = s.end()?;
+        let before = s.audio_before_end?;
+        Some((s.audio[..before].iter().map(|a| a.seq).collect(), end))
+    });
+    Observed { seqs, end, raw }
 }
 
 /// The seq a `listen` process started from, from its `joined … from seq S frame F` line.
@@ -113,16 +108,13 @@ fn stop_with(signal: &str) {
         server.proc.stderr()
     );
     // The server is gone: every copy of End is in the observer's socket by now.
-    obs.raw.sock.set_nonblocking(true).unwrap();
-    let mut buf = [0u8; 9000];
-    let mut copies = 1;
-    while let Ok(n) = obs.raw.sock.recv(&mut buf) {
-        if let Ok(proto::Message::End(e)) = proto::decode(&buf[..n]).map(|p| p.msg) {
-            assert_eq!(e, obs.end, "End copies differ");
-            copies += 1;
-        }
-    }
-    assert_eq!(copies, proto::limits::END_REPEAT, "copies of End");
+    let ends = obs.raw.ends();
+    assert!(ends.iter().all(|e| *e == obs.end), "End copies differ");
+    assert_eq!(
+        ends.len(),
+        proto::limits::END_REPEAT as usize,
+        "copies of End"
+    );
 }
 
 #[test]
@@ -174,23 +166,6 @@ fn proc_state(pid: u32) -> char {
         .unwrap()
 }
 
-/// Copies of `End` waiting on `raw`'s socket now (Audio is skipped).
-fn ends_waiting(raw: &RawListener) -> u32 {
-    raw.sock.set_nonblocking(true).unwrap();
-    let mut buf = [0u8; 9000];
-    let mut n_end = 0;
-    while let Ok(n) = raw.sock.recv(&mut buf) {
-        if matches!(
-            proto::decode(&buf[..n]).map(|p| p.msg),
-            Ok(proto::Message::End(_))
-        ) {
-            n_end += 1;
-        }
-    }
-    raw.sock.set_nonblocking(false).unwrap();
-    n_end
-}
-
 /// One attempt: `None` when the server could not be frozen before its graceful shutdown sent
 /// its second `End` (the test thread was not scheduled for the 50 ms between copies), so the
 /// attempt says nothing; otherwise the server's exit code, its stderr and the `End` copies the
@@ -198,24 +173,18 @@ fn ends_waiting(raw: &RawListener) -> u32 {
 fn second_ctrl_c_attempt() -> Option<(i32, String, u32)> {
     let mut server = Server::start(&demo_clip(), &["--loop", "--client-timeout", "60s"]);
     let raw = RawListener::join(server.addr);
-    while !matches!(
-        raw.recv(SLOW).expect("no audio").msg,
-        proto::Message::Audio(_)
-    ) {}
+    raw.wait_for("audio", |s| (!s.audio.is_empty()).then_some(()));
     server.proc.signal("INT");
     // The first copy of End: the graceful shutdown has begun, and it waits END_SPACING (50 ms)
     // before the next copy. Freeze the server there, then interrupt it again while frozen, so
     // the second Ctrl-C is pending the moment it runs again, however loaded the machine is.
-    while !matches!(
-        raw.recv(SLOW).expect("no End after Ctrl-C").msg,
-        proto::Message::End(_)
-    ) {}
+    raw.wait_for("End after Ctrl-C", |s| s.end());
     server.proc.signal("STOP");
     let pid = server.proc.pid();
     wait_until("streamd stopped by SIGSTOP", SLOW, || {
         matches!(proc_state(pid), 'T' | 'Z')
     });
-    let before = 1 + ends_waiting(&raw);
+    let before = raw.ends().len() as u32;
     if before >= 2 {
         eprintln!("attempt inconclusive: streamd sent End {before} times before it was frozen");
         server.proc.signal("CONT");
@@ -224,8 +193,8 @@ fn second_ctrl_c_attempt() -> Option<(i32, String, u32)> {
     server.proc.signal("INT");
     server.proc.signal("CONT");
     let code = server.proc.exit_code(SLOW);
-    let after = ends_waiting(&raw);
-    Some((code, server.proc.stderr(), before + after))
+    let all = raw.ends().len() as u32;
+    Some((code, server.proc.stderr(), all))
 }
 
 #[test]

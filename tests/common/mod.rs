@@ -484,81 +484,43 @@ pub fn wait_for_audio(l: &Listener) {
     );
 }
 
-/// A listener written on `proto` inside the test: it joins like `listen` does and then sees
-/// every datagram the server sends it, so a test can read `End.last_seq` off the wire and time
-/// its actions on a datagram's arrival.
+/// A real listener on the wire: `listen`'s session joins, reports and leaves like `listen`
+/// does ([`testkit::peer`]), and every datagram the server sends it is kept as it arrived, so a
+/// test can read `End.last_seq` and count `End` copies off the wire, and time its actions on a
+/// datagram's arrival.
 pub struct RawListener {
-    /// Its socket (127.0.0.1 or ::1, as the server's address is).
-    pub sock: std::net::UdpSocket,
-    /// The server.
-    pub server: SocketAddr,
+    /// The listener and what it saw.
+    pub peer: testkit::peer::Listener,
     /// The stream as the `Welcome` described it.
     pub info: proto::StreamInfo,
 }
 
 impl RawListener {
-    /// Handshakes with `server` (Connect, Challenge, Join, Welcome), retrying the Connect until
-    /// [`SLOW`].
+    /// Joins `server` (127.0.0.1 or ::1, as the server's address is), the handshake retrying
+    /// until [`SLOW`].
     pub fn join(server: SocketAddr) -> RawListener {
-        use proto::{Connect, Join, Message, Packet};
-        let local: SocketAddr = if server.is_ipv6() {
-            "[::1]:0".parse().unwrap()
-        } else {
-            "127.0.0.1:0".parse().unwrap()
+        let config = testkit::peer::PeerConfig {
+            timeout: SLOW,
+            ..Default::default()
         };
-        let sock = std::net::UdpSocket::bind(local).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let pad = proto::limits::MIN_CONNECT_LEN - proto::limits::HEADER_LEN - 1 - 8;
-        let connect = proto::encode_to_bytes(&Packet::new(
-            0,
-            Message::Connect(Connect {
-                max_version: 1,
-                padding: vec![0; pad].into(),
-            }),
-        ))
-        .unwrap();
-        let deadline = Instant::now() + SLOW;
-        let mut buf = [0u8; 9000];
-        sock.send_to(&connect, server).unwrap();
-        loop {
-            assert!(Instant::now() < deadline, "no Welcome from {server}");
-            let Ok((n, _)) = sock.recv_from(&mut buf) else {
-                sock.send_to(&connect, server).unwrap();
-                continue;
-            };
-            match proto::decode(&buf[..n]).map(|p| p.msg) {
-                Ok(Message::Challenge(c)) => {
-                    let join = proto::encode_to_bytes(&Packet::new(
-                        1,
-                        Message::Join(Join { cookie: c.cookie }),
-                    ))
-                    .unwrap();
-                    sock.send_to(&join, server).unwrap();
-                }
-                Ok(Message::Welcome(info)) => {
-                    return RawListener { sock, server, info };
-                }
-                Ok(other) => panic!("unexpected answer during the handshake: {other:?}"),
-                Err(_) => {}
-            }
-        }
+        let peer = testkit::peer::Listener::join(server, config).unwrap();
+        let info = peer
+            .wait(SLOW, testkit::peer::Seen::joined)
+            .unwrap_or_else(|| panic!("no Welcome from {server}"))
+            .unwrap_or_else(|e| panic!("not joined to {server}: {e:?}"));
+        RawListener { peer, info }
     }
 
-    /// The next datagram from the server, decoded; `None` after `timeout` of silence.
-    pub fn recv(&self, timeout: Duration) -> Option<proto::Packet> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 9000];
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.sock
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
-            if let Ok((n, from)) = self.sock.recv_from(&mut buf)
-                && from == self.server
-            {
-                return Some(proto::decode(&buf[..n]).expect("the server sent a valid datagram"));
-            }
-        }
+    /// Waits until `f` holds of what arrived; panics after [`SLOW`] naming `what`.
+    pub fn wait_for<R>(&self, what: &str, f: impl FnMut(&testkit::peer::Seen) -> Option<R>) -> R {
+        self.peer
+            .wait(SLOW, f)
+            .unwrap_or_else(|| panic!("{what}: not after {SLOW:?}"))
+    }
+
+    /// Copies of `End` received so far, every datagram already in the socket included.
+    pub fn ends(&self) -> Vec<proto::End> {
+        self.peer.sync();
+        self.peer.seen().ends.iter().map(|(_, e)| *e).collect()
     }
 }

@@ -1,7 +1,8 @@
-//! Manual check of the device path: a scripted fake server on 127.0.0.1 streams `SECONDS` of
-//! 48 kHz stereo noise, `listen::run` plays it through the default cpal device (or `DEVICE`),
-//! and the source is written as raw s16le to `EXPECTED` for comparison with a capture (on a
-//! machine without a sound card: a private PulseAudio with a pipe sink, as `testkit::pulse` runs).
+//! Manual check of the device path: streamd's core on 127.0.0.1 (the tests' shell, in
+//! tests/common) streams `SECONDS` of 48 kHz stereo noise, `listen::run` plays it through the
+//! default cpal device (or `DEVICE`), and the source is written as raw s16le to `EXPECTED` for
+//! comparison with a capture (on a machine without a sound card: a private PulseAudio with a
+//! pipe sink, as `testkit::pulse` runs).
 //!
 //! `cargo run -p listen --example device_check -- EXPECTED.raw [SECONDS] [DEVICE]`
 #![allow(clippy::unwrap_used)]
@@ -23,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
     for s in common::source(total) {
         f.write_all(&s.to_le_bytes())?;
     }
-    let srv = common::FakeServer::start(common::Script::clean(total)).await;
+    let srv = common::Streamd::start(common::Script::clean(total)).await;
     let mut c = listen::Config::new(srv.addr.to_string());
     c.device = args.get(3).cloned();
     let t = std::time::Instant::now();

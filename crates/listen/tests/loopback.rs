@@ -1,6 +1,7 @@
-//! The client against a scripted fake server over 127.0.0.1: WAV contents, exact statistics
-//! under scripted loss, reordering and duplicates, exit codes and the JSON contract.
-//! Streams are about a second long; nothing here measures speed.
+//! The client against streamd's real core over 127.0.0.1 (tests/common), its traffic shaped
+//! by a script: WAV contents, exact statistics under scripted loss, reordering and duplicates,
+//! eviction, exit codes and the JSON contract; and against scripted responders for the servers
+//! streamd never is. Streams are about a second long; nothing here measures speed.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -8,9 +9,16 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{CH, FPP, FakeServer, RATE, Script, Tmp, out_of_order, read_wav, source};
+use common::{
+    Answer, CH, FPP, RATE, Script, Streamd, Tmp, occupy, out_of_order, read_wav, responder, silent,
+    source,
+};
 use listen::{Config, ExitReason, ListenError, Outcome};
 use proto::RejectReason;
+use streamd::endpoint::StartMode;
+
+/// Generous: the machine may be busy compiling.
+const WAIT: Duration = Duration::from_secs(10);
 
 fn config(addr: std::net::SocketAddr, wav: std::path::PathBuf) -> Config {
     let mut c = Config::new(addr.to_string());
@@ -29,7 +37,7 @@ const TOTAL: u64 = 57_600;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wav_is_the_stream_sample_for_sample_when_nothing_is_lost() {
     let tmp = Tmp::new();
-    let srv = FakeServer::start(Script::clean(TOTAL)).await;
+    let srv = Streamd::start(Script::clean(TOTAL)).await;
     let c = config(srv.addr, tmp.path("exact.wav"));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
@@ -55,8 +63,8 @@ async fn wav_is_the_stream_sample_for_sample_when_nothing_is_lost() {
         (RATE, CH, 16)
     );
     assert!(samples == source(TOTAL), "WAV differs from the source");
+    assert!(srv.wait(WAIT, |l| l.leaves >= 1).await, "no Leave");
     let log = srv.log.lock().unwrap();
-    assert!(log.leaves >= 1, "no Leave");
     assert!(!log.reports.is_empty(), "no Report in 1.2 s");
     // Connect is padded to the anti-amplification minimum.
     assert!(
@@ -71,8 +79,8 @@ async fn reordering_and_duplicates_lose_nothing_and_are_counted_exactly() {
     let tmp = Tmp::new();
     let mut sc = Script::clean(TOTAL);
     sc.reverse_ticks = true;
-    sc.duplicate = [1005, 1050, 1051, 1200].into_iter().collect();
-    let srv = FakeServer::start(sc).await;
+    sc.duplicate = [5, 50, 51, 200].into_iter().collect();
+    let srv = Streamd::start(sc).await;
     let c = config(srv.addr, tmp.path("reorder.wav"));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
@@ -92,11 +100,11 @@ async fn reordering_and_duplicates_lose_nothing_and_are_counted_exactly() {
 async fn scripted_loss_is_counted_exactly_and_concealed_in_place() {
     let tmp = Tmp::new();
     let mut sc = Script::clean(TOTAL);
-    // Seq 1000 is the first datagram. Lose one, a burst of three, and the last two.
-    let lost: HashSet<u64> = [1010, 1100, 1101, 1102, 1238, 1239].into_iter().collect();
+    // Seq 0 is the first datagram. Lose one, a burst of three, and the last two.
+    let lost: HashSet<u64> = [10, 100, 101, 102, 238, 239].into_iter().collect();
     sc.drop = lost.clone();
-    sc.duplicate = [1020].into_iter().collect();
-    let srv = FakeServer::start(sc).await;
+    sc.duplicate = [20].into_iter().collect();
+    let srv = Streamd::start(sc).await;
     let mut c = config(srv.addr, tmp.path("loss.wav"));
     c.stats_json = Some(tmp.path("loss.json"));
     let wav = c.output.clone().unwrap();
@@ -122,7 +130,7 @@ async fn scripted_loss_is_counted_exactly_and_concealed_in_place() {
     let spf = FPP as usize * usize::from(CH);
     for i in 0..240u64 {
         let r = i as usize * spf..(i as usize + 1) * spf;
-        if lost.contains(&(1000 + i)) {
+        if lost.contains(&i) {
             assert!(
                 samples[r.clone()] != src[r],
                 "datagram {i} was lost yet plays"
@@ -141,30 +149,36 @@ async fn scripted_loss_is_counted_exactly_and_concealed_in_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_plays_from_its_start_ts() {
     let tmp = Tmp::new();
-    let mut sc = Script::clean(TOTAL);
-    sc.start_packet = 100;
-    let srv = FakeServer::start(sc).await;
+    // 2.4 s (480 datagrams) streaming from the start, whoever listens: join after 100.
+    let total = 2 * TOTAL;
+    let mut sc = Script::clean(total);
+    sc.start = StartMode::Now;
+    let srv = Streamd::start(sc).await;
+    assert!(srv.wait(WAIT, |l| l.live_seq >= 100).await, "not streaming");
     let c = config(srv.addr, tmp.path("late.wav"));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
-    assert_eq!((o.stats.expected, o.stats.lost), (140, 0));
     let info = o.info.unwrap();
-    assert_eq!((info.start_seq, info.start_ts), (1100, 100 * FPP));
+    let start = info.start_seq;
+    assert!((100..480).contains(&start), "joined at {start}");
+    assert_eq!(info.start_ts, start * FPP);
+    assert_eq!((o.stats.expected, o.stats.lost), (480 - start, 0));
     let (_, samples) = read_wav(&wav);
-    let src = source(TOTAL);
-    assert!(samples[..] == src[100 * FPP as usize * usize::from(CH)..]);
+    let src = source(total);
+    assert!(samples[..] == src[(start * FPP) as usize * usize::from(CH)..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trailing_loss_is_concealed_only_as_far_as_the_missing_datagrams_reach() {
     let tmp = Tmp::new();
-    // The Welcome claims an hour; the stream is 1.2 s and its last datagram is lost. The end is
-    // concealed (the WAV keeps the stream's length), but not the hour the header claimed.
+    // The Welcome claims an hour (a truncated file's header); the stream is 1.2 s and its last
+    // datagram is lost. The end is concealed (the WAV keeps the stream's length), but not the
+    // hour the header claimed.
     let mut sc = Script::clean(TOTAL);
-    sc.welcome_total = Some(u64::from(RATE) * 3600);
-    let last = 1000 + sc.packets() - 1; // the fake server's seqs start at 1000
+    sc.claim_total = Some(u64::from(RATE) * 3600);
+    let last = sc.packets() - 1;
     sc.drop.insert(last);
-    let srv = FakeServer::start(sc).await;
+    let srv = Streamd::start(sc).await;
     // Without the cap this would play silence toward the claimed hour: fail, do not hang.
     let o = tokio::time::timeout(
         Duration::from_secs(30),
@@ -191,14 +205,12 @@ async fn trailing_loss_is_concealed_only_as_far_as_the_missing_datagrams_reach()
 async fn a_hostile_welcome_is_refused_not_obeyed() {
     let tmp = Tmp::new();
     // Each of these would size buffers (or a WAV header) from attacker-chosen numbers.
-    for (rate, ch) in [(2_000_000_000, 2), (44_100, 60_000), (1, 2)] {
-        let mut sc = Script::clean(TOTAL);
-        sc.welcome_format = Some((rate, ch));
-        let srv = FakeServer::start(sc).await;
-        let e = run(config(srv.addr, tmp.path("hostile.wav")))
+    for (rate, channels) in [(2_000_000_000, 2), (44_100, 60_000), (1, 2)] {
+        let addr = responder(Answer::Welcome { rate, channels }).await;
+        let e = run(config(addr, tmp.path("hostile.wav")))
             .await
             .unwrap_err();
-        assert_eq!(e.exit_code(), 1, "{rate} Hz {ch} ch: {e}");
+        assert_eq!(e.exit_code(), 1, "{rate} Hz {channels} ch: {e}");
         assert!(e.to_string().contains("unusable stream description"), "{e}");
     }
 }
@@ -207,8 +219,13 @@ async fn a_hostile_welcome_is_refused_not_obeyed() {
 async fn a_full_server_is_reported_with_exit_3() {
     let tmp = Tmp::new();
     let mut sc = Script::clean(TOTAL);
-    sc.reject = Some(RejectReason::Full { max_clients: 3 });
-    let srv = FakeServer::start(sc).await;
+    sc.max_clients = 3;
+    let srv = Streamd::start(sc).await;
+    let _taken = [
+        occupy(srv.addr).await,
+        occupy(srv.addr).await,
+        occupy(srv.addr).await,
+    ];
     let e = run(config(srv.addr, tmp.path("full.wav")))
         .await
         .unwrap_err();
@@ -222,10 +239,11 @@ async fn a_full_server_is_reported_with_exit_3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_mismatch_is_exit_3() {
     let tmp = Tmp::new();
-    let mut sc = Script::clean(TOTAL);
-    sc.reject = Some(RejectReason::UnsupportedVersion { supported: 2 });
-    let srv = FakeServer::start(sc).await;
-    let e = run(config(srv.addr, tmp.path("version.wav")))
+    let addr = responder(Answer::Reject(RejectReason::UnsupportedVersion {
+        supported: 2,
+    }))
+    .await;
+    let e = run(config(addr, tmp.path("version.wav")))
         .await
         .unwrap_err();
     assert_eq!(e.exit_code(), 3);
@@ -235,11 +253,9 @@ async fn a_version_mismatch_is_exit_3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_answering_in_another_version_is_exit_3_at_once() {
     let tmp = Tmp::new();
-    let mut sc = Script::clean(TOTAL);
-    sc.answer_v2 = true;
-    let srv = FakeServer::start(sc).await;
+    let addr = responder(Answer::FutureVersion).await;
     let t = Instant::now();
-    let e = run(config(srv.addr, tmp.path("v2.wav"))).await.unwrap_err();
+    let e = run(config(addr, tmp.path("v2.wav"))).await.unwrap_err();
     assert_eq!(e.exit_code(), 3);
     assert!(e.to_string().contains("version 2"), "{e}");
     assert!(
@@ -251,7 +267,7 @@ async fn a_server_answering_in_another_version_is_exit_3_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_is_exit_4_after_the_timeout() {
     let tmp = Tmp::new();
-    let (sock, addr) = FakeServer::silent().await;
+    let (sock, addr) = silent().await;
     let mut c = config(addr, tmp.path("none.wav"));
     c.timeout = Duration::from_secs(1);
     let t = Instant::now();
@@ -278,9 +294,11 @@ async fn no_answer_is_exit_4_after_the_timeout() {
 async fn retries_and_a_fresh_challenge_still_join() {
     let tmp = Tmp::new();
     let mut sc = Script::clean(9600);
+    // The first Connect is lost; the first Challenge's cookie is damaged on the way, so the
+    // server answers the Join with a fresh Challenge.
     sc.ignore_connects = 1;
-    sc.rechallenge = true;
-    let srv = FakeServer::start(sc).await;
+    sc.tamper_first_challenge = true;
+    let srv = Streamd::start(sc).await;
     let c = config(srv.addr, tmp.path("retry.wav"));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
@@ -297,7 +315,7 @@ async fn silence_mid_stream_is_a_timeout_with_exit_4() {
     let tmp = Tmp::new();
     let mut sc = Script::clean(TOTAL);
     sc.stop_after_tick = Some(20);
-    let srv = FakeServer::start(sc).await;
+    let srv = Streamd::start(sc).await;
     let mut c = config(srv.addr, tmp.path("timeout.wav"));
     c.timeout = Duration::from_millis(700);
     c.stats_json = Some(tmp.path("timeout.json"));
@@ -310,30 +328,46 @@ async fn silence_mid_stream_is_a_timeout_with_exit_4() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(c.stats_json.unwrap()).unwrap()).unwrap();
     assert_eq!(v["end_reason"], "timeout");
-    assert!(srv.log.lock().unwrap().leaves >= 1);
+    assert!(srv.wait(WAIT, |l| l.leaves >= 1).await, "no Leave");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_evicted_is_exit_4_after_playing_out() {
     let tmp = Tmp::new();
-    let mut sc = Script::clean(9600);
-    sc.end = Some(proto::EndReason::Evicted);
-    let srv = FakeServer::start(sc).await;
+    // The server stops hearing the listener once it joined, and evicts it mid-stream.
+    let mut sc = Script::clean(TOTAL);
+    sc.deaf_after_join = true;
+    sc.client_timeout = Duration::from_millis(300);
+    let srv = Streamd::start(sc).await;
     let c = config(srv.addr, tmp.path("evicted.wav"));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
     assert_eq!(o.end_reason, ExitReason::Evicted);
     assert_eq!(o.exit_code(), 4);
+    let sent = srv.log.lock().unwrap().sent.clone();
+    assert!(
+        !sent.is_empty() && (sent.len() as u64) < 240,
+        "evicted after {} datagrams",
+        sent.len()
+    );
+    assert!(sent.iter().enumerate().all(|(i, &s)| s == i as u64));
+    // Everything sent before End{Evicted} was played out, and nothing else.
     let (_, samples) = read_wav(&wav);
-    assert!(samples == source(9600), "buffered audio was not played out");
+    let played = sent.len() * FPP as usize * usize::from(CH);
+    assert!(
+        samples[..] == source(TOTAL)[..played],
+        "buffered audio was not played out"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_not_joined_is_treated_as_evicted() {
     let tmp = Tmp::new();
-    let mut sc = Script::clean(9600);
-    sc.end = None;
-    let srv = FakeServer::start(sc).await;
+    // A forged Leave makes the server forget the listener: its next Report (after 1 s) is
+    // answered with Error{NotJoined}. The stream lasts long enough for that.
+    let mut sc = Script::clean(3 * u64::from(RATE));
+    sc.forget_after_tick = Some(2);
+    let srv = Streamd::start(sc).await;
     let o = run(config(srv.addr, tmp.path("notjoined.wav")))
         .await
         .unwrap();
@@ -345,8 +379,8 @@ async fn error_not_joined_is_treated_as_evicted() {
 async fn end_shutdown_is_exit_0() {
     let tmp = Tmp::new();
     let mut sc = Script::clean(9600);
-    sc.end = Some(proto::EndReason::Shutdown);
-    let srv = FakeServer::start(sc).await;
+    sc.shutdown_after_tick = Some(5);
+    let srv = Streamd::start(sc).await;
     let o = run(config(srv.addr, tmp.path("shutdown.wav")))
         .await
         .unwrap();
@@ -360,7 +394,7 @@ async fn garbage_and_other_senders_are_ignored_and_counted() {
     let mut sc = Script::clean(TOTAL);
     sc.garbage = true;
     sc.foreign = true;
-    let srv = FakeServer::start(sc).await;
+    let srv = Streamd::start(sc).await;
     let c = config(srv.addr, tmp.path("garbage.wav"));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();
@@ -375,17 +409,17 @@ async fn garbage_and_other_senders_are_ignored_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupt_ends_with_exit_0_and_leave() {
     let tmp = Tmp::new();
-    let srv = FakeServer::start(Script::clean(TOTAL * 5)).await;
+    let srv = Streamd::start(Script::clean(TOTAL * 5)).await;
     let mut c = config(srv.addr, tmp.path("interrupt.wav"));
     c.stats_json = Some(tmp.path("interrupt.json"));
+    // The user's Ctrl-C, half a second in.
     let o = listen::run(c.clone(), tokio::time::sleep(Duration::from_millis(500)))
         .await
         .unwrap();
     assert_eq!(o.end_reason, ExitReason::Interrupted);
     assert_eq!(o.exit_code(), 0);
     assert!(o.stats.received > 0);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(srv.log.lock().unwrap().leaves >= 1);
+    assert!(srv.wait(WAIT, |l| l.leaves >= 1).await, "no Leave");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(c.stats_json.unwrap()).unwrap()).unwrap();
     assert_eq!(v["end_reason"], "interrupted");
@@ -397,7 +431,7 @@ async fn interval_plays_exactly(interval_ms: u64, total: u64, name: &str) {
     let tmp = Tmp::new();
     let mut sc = Script::clean(total);
     sc.interval = Duration::from_millis(interval_ms);
-    let srv = FakeServer::start(sc).await;
+    let srv = Streamd::start(sc).await;
     let c = config(srv.addr, tmp.path(name));
     let wav = c.output.clone().unwrap();
     let o = run(c).await.unwrap();

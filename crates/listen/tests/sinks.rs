@@ -87,7 +87,7 @@ fn wav_sink_reports_an_unwritable_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_device_is_one_line_exit_1_before_contacting_the_server() {
-    let srv = common::FakeServer::start(common::Script::clean(9600)).await;
+    let srv = common::Streamd::start(common::Script::clean(9600)).await;
     let mut c = listen::Config::new(srv.addr.to_string());
     c.device = Some("no-such-device-on-any-host".into());
     let e = listen::run(c, std::future::pending()).await.unwrap_err();

@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestClient, WAIT, fixture};
-use proto::{EndReason, Message};
+use common::{WAIT, audio, fixture, join};
+use listen::ExitReason;
+use proto::EndReason;
 
 fn streamd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_streamd"));
@@ -183,12 +184,15 @@ fn wait_exit(child: &mut Child) -> i32 {
 #[tokio::test]
 async fn streams_to_a_listener_and_exits_0_at_eof() {
     let (mut child, addr, err) = spawn_server(&[]);
-    let c = TestClient::new(addr).await;
-    c.welcome().await;
-    let r = c.collect_until_end(WAIT).await;
-    let (_, end) = r.end.expect("End at EOF");
-    assert_eq!(end.reason, EndReason::Finished);
-    assert_eq!(end.last_seq, Some(r.audio.len() as u64 - 1));
+    let (c, _) = join(addr).await;
+    let ended = c.wait_async(WAIT, |s| s.ended()).await;
+    assert_eq!(ended, Some(ExitReason::Finished));
+    {
+        let seen = c.seen();
+        let (_, end) = seen.end().expect("End at EOF");
+        assert_eq!(end.reason, EndReason::Finished);
+        assert_eq!(end.last_seq, Some(seen.audio.len() as u64 - 1));
+    }
     assert_eq!(wait_exit(&mut child), 0);
     let log: Vec<String> = err.lines().map(Result::unwrap).collect();
     let text = log.join("\n");
@@ -203,20 +207,21 @@ async fn streams_to_a_listener_and_exits_0_at_eof() {
 #[tokio::test]
 async fn sigterm_sends_end_and_exits_0() {
     let (mut child, addr, _err) = spawn_server(&["--loop", "--interval", "0.01"]);
-    let c = TestClient::new(addr).await;
-    c.welcome().await;
-    assert!(matches!(c.recv(WAIT).await.unwrap().msg, Message::Audio(_)));
+    let (c, _) = join(addr).await;
+    audio(&c, 1).await;
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let p = c.recv_control(WAIT).await.expect("End after SIGTERM");
-    match p.msg {
-        Message::End(e) => assert_eq!(e.reason, EndReason::Shutdown),
-        m => panic!("expected End, got {m:?}"),
-    }
+    let (_, end) = c
+        .wait_async(WAIT, |s| s.end())
+        .await
+        .expect("End after SIGTERM");
+    assert_eq!(end.reason, EndReason::Shutdown);
     assert_eq!(wait_exit(&mut child), 0);
+    let ended = c.wait_async(WAIT, |s| s.ended()).await;
+    assert_eq!(ended, Some(ExitReason::Shutdown));
 }
 
 #[test]

@@ -8,8 +8,8 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{TestClient, WAIT, fixture};
-use proto::Message;
+use common::{WAIT, connect_msg, fixture};
+use proto::{Message, Packet};
 use streamd::server::{Config, Server};
 
 /// A `tracing` writer into a shared buffer, to count log lines.
@@ -48,22 +48,26 @@ async fn a_handshake_and_garbage_flood_stays_within_the_log_budget() {
     let run = tokio::spawn(server.run(async {
         let _ = rx.await;
     }));
-    let f = TestClient::new(addr).await;
+    // A flooder, not a listener: hand-built datagrams from one socket.
+    let f = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let encode = |m: Message| proto::encode_to_bytes(&Packet::new(0, m)).unwrap();
     const N: usize = 100;
     for i in 0..N {
-        f.send(TestClient::connect_msg()).await;
-        f.send(Message::Join(proto::Join {
+        f.send_to(&encode(connect_msg()), addr).await.unwrap();
+        let join = Message::Join(proto::Join {
             cookie: [i as u8; 16],
-        }))
-        .await;
-        f.send_raw(&[0xAB; 64]).await;
+        });
+        f.send_to(&encode(join), addr).await.unwrap();
+        f.send_to(&[0xAB; 64], addr).await.unwrap();
     }
     // Every Connect and every bad Join is answered with a Challenge: wait for all of them.
+    let mut rbuf = [0u8; 2048];
     for i in 0..2 * N {
-        let p = f
-            .recv(WAIT)
+        let (n, _) = tokio::time::timeout(WAIT, f.recv_from(&mut rbuf))
             .await
-            .unwrap_or_else(|| panic!("challenge {i}"));
+            .unwrap_or_else(|_| panic!("challenge {i}"))
+            .unwrap();
+        let p = proto::decode(&rbuf[..n]).unwrap();
         assert!(matches!(p.msg, Message::Challenge(_)), "{p:?}");
     }
     stop.send(()).unwrap();

@@ -5,6 +5,8 @@
 //!   reorders and duplicates a server's datagrams deterministically and reports what it did;
 //! - [`load`]: the load tool (`examples/load.rs`), N protocol-complete listeners in one
 //!   process, and its stand-in server;
+//! - [`peer`]: a real listener (`listen`'s session) on a UDP socket that also keeps every
+//!   datagram the server sent it, for tests that watch the wire;
 //! - [`pulse`]: a private headless PulseAudio for tests that play through a real audio path;
 //! - [`procfs`]: CPU, memory and socket drops of processes, from `/proc` and `getrusage`;
 //! - [`install`]: system packages and Rust components, installed when we can, otherwise the
@@ -21,6 +23,8 @@ pub mod impair;
 pub mod install;
 #[cfg(feature = "tools")]
 pub mod load;
+#[cfg(feature = "tools")]
+pub mod peer;
 pub mod procfs;
 #[cfg(feature = "tools")]
 pub mod pulse;

@@ -1,21 +1,35 @@
-//! A small scripted fake `streamd` on proto over 127.0.0.1, for the client's loopback tests:
-//! handshake with cookies, then audio per tick with scripted loss, duplicates, reordering,
-//! silence, garbage, and an `End` (sent 3 times) or an eviction.
+//! The server side of the client's loopback tests, on 127.0.0.1:
+//!
+//! - [`Streamd`]: streamd's real sans-IO core ([`Endpoint`]) in a small tokio shell, streaming
+//!   a synthetic source ([`source`]). The shell can impair what the endpoint transmits
+//!   ([`Script`]: loss, duplicates, reordering, silence, garbage, a foreign sender, a tampered
+//!   cookie) and what it hears (ignored `Connect`s, a listener it stops hearing), and logs what
+//!   the listener sent. Protocol behaviour (handshake, `Welcome`, pacing, `End`, eviction,
+//!   `Error{NotJoined}`) is the real server's.
+//! - [`real_server`]: the production shell ([`streamd::server::Server`]) on a WAV file.
+//! - [`responder`]: a few lines that answer the handshake with one hand-built datagram, for the
+//!   servers streamd never is (a hostile `Welcome`, a future protocol version).
+//!
+//! The endpoint's timers run on the real clock, but each expiry is handed to it at the instant
+//! it asked for ([`Endpoint::poll_timeout`]), not at the instant the shell woke: the media clock
+//! then cuts every tick into exactly `interval × rate` frames, so the datagram count and seqs are
+//! the same on every run, however loaded the machine.
 #![allow(clippy::unwrap_used, dead_code)]
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use proto::limits::{END_REPEAT, END_SPACING};
-use proto::{
-    Challenge, End, EndReason, ErrorCode, ErrorMsg, Message, Packet, Reject, RejectReason, Report,
-    SampleFormat, StreamInfo,
-};
+use bytes::Bytes;
+use proto::limits::AUDIO_OVERHEAD;
+use proto::{Challenge, Message, Packet, Reject, RejectReason, Report, SampleFormat, StreamInfo};
+use streamd::endpoint::{AudioSource, Endpoint, EndpointConfig, Event, StartMode, Transmit};
+use streamd::sessions;
+use streamd::source::SourceInfo;
 use tokio::net::UdpSocket;
+use tokio::sync::Notify;
 
 /// Test stream: 48 kHz stereo, 20 ms ticks of 4 datagrams of 240 frames.
 pub const RATE: u32 = 48_000;
@@ -25,43 +39,49 @@ pub const CH: u16 = 2;
 pub const FPP: u64 = 240;
 /// Server tick.
 pub const INTERVAL: Duration = Duration::from_millis(20);
+/// The `--mtu` that makes datagrams of exactly [`FPP`] frames.
+pub const MTU: usize = FPP as usize * 2 * CH as usize + AUDIO_OVERHEAD;
 
-/// What the fake server does.
+/// How the server is run, and what the shell does to its traffic.
 #[derive(Clone, Debug)]
 pub struct Script {
     /// Frames in the whole stream (from frame 0).
     pub total: u64,
     /// Server tick.
     pub interval: Duration,
-    /// First datagram index sent to this listener (a late joiner's start).
-    pub start_packet: u64,
-    /// Datagram seqs never sent.
+    /// Announce this stream length in the `Welcome` instead of `total` (a truncated file's
+    /// header).
+    pub claim_total: Option<u64>,
+    /// When the stream starts (`Now`: a listener joins live).
+    pub start: StartMode,
+    /// `--max-clients`.
+    pub max_clients: usize,
+    /// `--client-timeout`.
+    pub client_timeout: Duration,
+    /// Audio seqs never sent.
     pub drop: HashSet<u64>,
-    /// Datagram seqs sent twice (the copy right after the original).
+    /// Audio seqs sent twice (the copy right after the original).
     pub duplicate: HashSet<u64>,
     /// Send each tick's datagrams in reverse order.
     pub reverse_ticks: bool,
-    /// Stop sending anything after this many ticks (silence: the client times out).
+    /// Send nothing at all after this many ticks (the client times out).
     pub stop_after_tick: Option<u64>,
-    /// After the last tick: `End` with this reason, or `Error{NotJoined}` when `None`.
-    pub end: Option<EndReason>,
-    /// Answer `Join` with this rejection.
-    pub reject: Option<RejectReason>,
-    /// Answer the first `Join` with a fresh `Challenge` (new cookie).
-    pub rechallenge: bool,
-    /// Ignore this many `Connect`s (the client must retry).
+    /// Shut the server down (`End{Shutdown}`) after this many ticks.
+    pub shutdown_after_tick: Option<u64>,
+    /// After this many ticks, hand the endpoint a `Leave` forged in the listener's name: the
+    /// server forgets it and answers its next `Report` with `Error{NotJoined}`.
+    pub forget_after_tick: Option<u64>,
+    /// Stop hearing the first listener once it joined: the server evicts it.
+    pub deaf_after_join: bool,
+    /// Drop this many `Connect`s before the endpoint sees them (the client must retry).
     pub ignore_connects: usize,
-    /// Answer `Connect` with a header of protocol version 2 (a future server).
-    pub answer_v2: bool,
+    /// Flip a byte of the first `Challenge`'s cookie: the `Join` fails and the server
+    /// challenges again.
+    pub tamper_first_challenge: bool,
     /// Send one undecodable datagram per tick.
     pub garbage: bool,
     /// From another socket, send a copy of every tick's first datagram with wrong samples.
     pub foreign: bool,
-    /// Announce this (hostile) sample rate and channel count in the `Welcome` instead.
-    pub welcome_format: Option<(u32, u16)>,
-    /// Announce this stream length in the `Welcome` instead of `total` (a truncated file's
-    /// header, or a lying server).
-    pub welcome_total: Option<u64>,
 }
 
 impl Script {
@@ -70,20 +90,21 @@ impl Script {
         Self {
             total,
             interval: INTERVAL,
-            start_packet: 0,
+            claim_total: None,
+            start: StartMode::FirstClient,
+            max_clients: 32,
+            client_timeout: proto::limits::DEFAULT_CLIENT_TIMEOUT,
             drop: HashSet::new(),
             duplicate: HashSet::new(),
             reverse_ticks: false,
             stop_after_tick: None,
-            end: Some(EndReason::Finished),
-            reject: None,
-            rechallenge: false,
+            shutdown_after_tick: None,
+            forget_after_tick: None,
+            deaf_after_join: false,
             ignore_connects: 0,
-            answer_v2: false,
+            tamper_first_challenge: false,
             garbage: false,
             foreign: false,
-            welcome_format: None,
-            welcome_total: None,
         }
     }
 
@@ -106,10 +127,61 @@ pub fn source(total: u64) -> Vec<i16> {
         .collect()
 }
 
-/// What the fake server saw.
+/// [`source`] as the endpoint's [`AudioSource`].
+struct Pcm {
+    info: SourceInfo,
+    samples: Vec<i16>,
+    /// Next frame.
+    pos: usize,
+}
+
+impl Pcm {
+    fn new(total: u64, claim: Option<u64>) -> Self {
+        Self {
+            info: SourceInfo {
+                sample_rate: RATE,
+                channels: CH,
+                total_frames: Some(claim.unwrap_or(total)),
+                codec: "pcm".into(),
+                title: "synthetic".into(),
+            },
+            samples: source(total),
+            pos: 0,
+        }
+    }
+
+    fn frames(&self) -> usize {
+        self.samples.len() / usize::from(CH)
+    }
+}
+
+impl AudioSource for Pcm {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn read_frames(&mut self, max_frames: usize, out: &mut Vec<i16>) -> usize {
+        let n = max_frames.min(self.frames() - self.pos);
+        let ch = usize::from(CH);
+        out.extend_from_slice(&self.samples[self.pos * ch..(self.pos + n) * ch]);
+        self.pos += n;
+        n
+    }
+
+    fn is_finished(&self) -> bool {
+        self.pos >= self.frames()
+    }
+
+    fn rewind(&mut self) -> Result<(), String> {
+        self.pos = 0;
+        Ok(())
+    }
+}
+
+/// What the shell heard from the listener and sent it.
 #[derive(Debug, Default)]
 pub struct Log {
-    /// `Connect`s received, with their datagram length.
+    /// `Connect`s received, with their datagram length (ignored ones included).
     pub connects: Vec<usize>,
     /// `Join`s received.
     pub joins: usize,
@@ -119,223 +191,391 @@ pub struct Log {
     pub leaves: usize,
     /// Audio seqs sent, in send order (copies included).
     pub sent: Vec<u64>,
-    /// The last audio seq sent.
-    pub last_seq: Option<u64>,
+    /// seq of the endpoint's next Audio datagram (its live position).
+    pub live_seq: u64,
 }
 
-/// A running fake server.
-pub struct FakeServer {
+/// streamd's endpoint serving on 127.0.0.1, shaped by a [`Script`].
+pub struct Streamd {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// What it saw.
+    /// What it heard and sent.
     pub log: Arc<Mutex<Log>>,
-    /// The script's task.
+    changed: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
-fn enc(p: &Packet) -> Bytes {
-    proto::encode_to_bytes(p).unwrap()
+impl Drop for Streamd {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
-impl FakeServer {
-    /// Binds 127.0.0.1:0 and runs `script` in a task.
+impl Streamd {
+    /// Binds 127.0.0.1:0 and serves `script` in a task.
     pub async fn start(script: Script) -> Self {
-        Self::start_on(0, script).await
-    }
-
-    /// Binds 127.0.0.1:`port` and runs `script` in a task.
-    pub async fn start_on(port: u16, script: Script) -> Self {
-        let sock = Arc::new(UdpSocket::bind(("127.0.0.1", port)).await.unwrap());
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = sock.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
-        let task = tokio::spawn(serve(sock, script, log.clone()));
-        Self { addr, log, task }
+        let changed = Arc::new(Notify::new());
+        let shell = Shell {
+            sock,
+            foreign: if script.foreign {
+                Some(UdpSocket::bind("127.0.0.1:0").await.unwrap())
+            } else {
+                None
+            },
+            script,
+            log: log.clone(),
+            changed: changed.clone(),
+            listener: None,
+            ticks: 0,
+            silent: false,
+            ignored_connects: 0,
+            tampered: false,
+        };
+        let task = tokio::spawn(shell.run());
+        Self {
+            addr,
+            log,
+            changed,
+            task,
+        }
     }
 
-    /// Waits until the script has sent its `End`.
-    pub async fn done(self) {
-        let _ = self.task.await;
-    }
-
-    /// A socket that never answers: a server that is not there.
-    pub async fn silent() -> (UdpSocket, SocketAddr) {
-        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let a = s.local_addr().unwrap();
-        (s, a)
+    /// Waits until `f` holds of the log (checked now and at every change), at most `timeout`.
+    pub async fn wait(&self, timeout: Duration, mut f: impl FnMut(&Log) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if f(&self.log.lock().unwrap()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
     }
 }
 
-async fn serve(sock: Arc<UdpSocket>, script: Script, log: Arc<Mutex<Log>>) {
-    let mut buf = vec![0u8; 9000];
-    let mut cookie = [7u8; 16];
-    let mut rechallenged = false;
-    let mut ignored = 0;
-    let mut ctl_seq = 0u64;
-    let start_seq = 1000 + script.start_packet;
-    let start_ts = script.start_packet * FPP;
-    // Handshake.
-    let client = loop {
-        let (n, from) = sock.recv_from(&mut buf).await.unwrap();
-        let Ok(p) = proto::decode(&buf[..n]) else {
-            continue;
+struct Shell {
+    sock: UdpSocket,
+    foreign: Option<UdpSocket>,
+    script: Script,
+    log: Arc<Mutex<Log>>,
+    changed: Arc<Notify>,
+    /// The first listener accepted.
+    listener: Option<SocketAddr>,
+    /// Ticks sent (transmits of Audio).
+    ticks: u64,
+    /// Past `stop_after_tick`: nothing is sent any more.
+    silent: bool,
+    ignored_connects: usize,
+    tampered: bool,
+}
+
+fn enc(m: Message) -> Bytes {
+    proto::encode_to_bytes(&Packet::new(0, m)).unwrap()
+}
+
+impl Shell {
+    async fn run(mut self) {
+        let t0 = Instant::now();
+        let config = EndpointConfig {
+            interval: self.script.interval,
+            max_clients: self.script.max_clients,
+            client_timeout: self.script.client_timeout,
+            start: self.script.start,
+            looping: false,
+            mtu: MTU,
+            cookie_key: (7, 9),
         };
-        match p.msg {
-            Message::Connect(_) => {
-                log.lock().unwrap().connects.push(n);
-                if ignored < script.ignore_connects {
-                    ignored += 1;
-                    continue;
+        let mut ep = Endpoint::new(
+            t0,
+            config,
+            Pcm::new(self.script.total, self.script.claim_total),
+        );
+        let mut now = t0;
+        let mut buf = vec![0u8; 9000];
+        loop {
+            self.flush(&mut ep, now).await;
+            let deadline = ep.poll_timeout();
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(deadline.unwrap_or(t0).into()), if deadline.is_some() => {
+                    // The instant asked for, not the instant woken: see the module docs.
+                    now = deadline.unwrap_or(now);
+                    ep.handle_timeout(now);
                 }
-                if script.answer_v2 {
-                    sock.send_to(b"ES\x02\x05\0\0\0\0\0\0\0\0future", from)
-                        .await
-                        .unwrap();
-                    continue;
+                r = self.sock.recv_from(&mut buf) => {
+                    let Ok((n, from)) = r else { continue };
+                    now = Instant::now();
+                    if self.hear(from, &buf[..n]) {
+                        ep.handle(now, from, &buf[..n]);
+                    }
                 }
-                let c = Packet::new(ctl_seq, Message::Challenge(Challenge { cookie }));
-                sock.send_to(&enc(&c), from).await.unwrap();
             }
-            Message::Join(j) => {
-                log.lock().unwrap().joins += 1;
-                if j.cookie != cookie {
-                    continue;
+        }
+    }
+
+    /// Logs a datagram from a listener; whether the endpoint gets it.
+    fn hear(&mut self, from: SocketAddr, datagram: &[u8]) -> bool {
+        let mut log = self.log.lock().unwrap();
+        let msg = proto::decode(datagram).map(|p| p.msg);
+        let mut pass = !(self.script.deaf_after_join && self.listener == Some(from));
+        match msg {
+            Ok(Message::Connect(_)) => {
+                log.connects.push(datagram.len());
+                if self.ignored_connects < self.script.ignore_connects {
+                    self.ignored_connects += 1;
+                    pass = false;
                 }
-                if script.rechallenge && !rechallenged {
-                    rechallenged = true;
-                    cookie = [9u8; 16];
-                    let c = Packet::new(ctl_seq, Message::Challenge(Challenge { cookie }));
-                    sock.send_to(&enc(&c), from).await.unwrap();
-                    continue;
-                }
-                if let Some(reason) = script.reject {
-                    let r = Packet::new(ctl_seq, Message::Reject(Reject { reason }));
-                    sock.send_to(&enc(&r), from).await.unwrap();
-                    continue;
-                }
-                let (sample_rate, channels) = script.welcome_format.unwrap_or((RATE, CH));
-                let info = StreamInfo {
-                    sample_rate,
-                    channels,
-                    format: SampleFormat::S16Le,
-                    interval_us: script.interval.as_micros() as u32,
-                    frames_per_packet: FPP as u32,
-                    total_frames: Some(script.welcome_total.unwrap_or(script.total)),
-                    start_seq,
-                    start_ts,
-                    title: "fake".into(),
-                };
-                let w = Packet::new(ctl_seq, Message::Welcome(info));
-                sock.send_to(&enc(&w), from).await.unwrap();
-                break from;
             }
+            Ok(Message::Join(_)) => log.joins += 1,
+            Ok(Message::Report(r)) => log.reports.push(r),
+            Ok(Message::Leave) => log.leaves += 1,
             _ => {}
         }
-        ctl_seq += 1;
-    };
-    // Listen for reports and leaves while streaming.
-    {
-        let sock = sock.clone();
-        let log = log.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 9000];
-            while let Ok((n, _)) = sock.recv_from(&mut buf).await {
-                match proto::decode(&buf[..n]).map(|p| p.msg) {
-                    Ok(Message::Report(r)) => log.lock().unwrap().reports.push(r),
-                    Ok(Message::Leave) => log.lock().unwrap().leaves += 1,
-                    _ => {}
+        drop(log);
+        self.changed.notify_waiters();
+        pass
+    }
+
+    /// Sends what the endpoint has to send, as the script shapes it, then applies the script's
+    /// tick-counted actions.
+    async fn flush(&mut self, ep: &mut Endpoint<Pcm>, now: Instant) {
+        loop {
+            let (datagrams, dests): (Vec<Bytes>, Vec<SocketAddr>) = match ep.poll_transmit(now) {
+                None => break,
+                Some(Transmit::One { dest, datagram }) => (vec![datagram], vec![dest]),
+                Some(Transmit::Fanout { datagrams, dests }) => (datagrams.to_vec(), dests.to_vec()),
+            };
+            self.send(datagrams, dests).await;
+        }
+        while let Some(e) = ep.poll_event() {
+            if let Event::Datagram {
+                from,
+                event: sessions::Event::Accepted { .. },
+            } = e
+            {
+                self.listener.get_or_insert(from);
+            }
+        }
+        let ticks = Some(self.ticks);
+        if self.script.shutdown_after_tick.is_some() && self.script.shutdown_after_tick == ticks {
+            self.script.shutdown_after_tick = None;
+            ep.shutdown(now);
+            Box::pin(self.flush(ep, now)).await;
+        }
+        if self.script.forget_after_tick.is_some()
+            && self.script.forget_after_tick == ticks
+            && let Some(l) = self.listener
+        {
+            self.script.forget_after_tick = None;
+            ep.handle(now, l, &enc(Message::Leave));
+            Box::pin(self.flush(ep, now)).await;
+        }
+        self.log.lock().unwrap().live_seq = ep.live().seq;
+        self.changed.notify_waiters();
+    }
+
+    async fn send(&mut self, mut datagrams: Vec<Bytes>, dests: Vec<SocketAddr>) {
+        let audio_seq = |d: &Bytes| match proto::decode(d) {
+            Ok(Packet {
+                seq,
+                msg: Message::Audio(a),
+            }) => Some((seq, a)),
+            _ => None,
+        };
+        let is_audio = datagrams.first().and_then(audio_seq).is_some();
+        if is_audio {
+            if self.script.stop_after_tick == Some(self.ticks) {
+                self.silent = true;
+            }
+            if !self.silent {
+                self.ticks += 1;
+            }
+            if self.script.reverse_ticks {
+                datagrams.reverse();
+            }
+        }
+        if self.silent {
+            return;
+        }
+        for dest in dests {
+            for (i, d) in datagrams.iter().enumerate() {
+                let Some((seq, a)) = audio_seq(d) else {
+                    let d = self.tamper(d);
+                    self.sock.send_to(&d, dest).await.unwrap();
+                    continue;
+                };
+                if self.script.drop.contains(&seq) {
+                    continue;
+                }
+                let copies = if self.script.duplicate.contains(&seq) {
+                    2
+                } else {
+                    1
+                };
+                for _ in 0..copies {
+                    self.sock.send_to(d, dest).await.unwrap();
+                    self.log.lock().unwrap().sent.push(seq);
+                }
+                if i == 0
+                    && let Some(f) = &self.foreign
+                {
+                    let mut out = bytes::BytesMut::new();
+                    proto::encode_audio(seq, a.ts, &vec![0x55u8; a.pcm.len()], &mut out);
+                    f.send_to(&out, dest).await.unwrap();
                 }
             }
-        });
+            if is_audio && self.script.garbage {
+                self.sock
+                    .send_to(b"ES\x01\x06garbage!", dest)
+                    .await
+                    .unwrap();
+            }
+        }
     }
-    let foreign = if script.foreign {
-        Some(UdpSocket::bind("127.0.0.1:0").await.unwrap())
-    } else {
-        None
+
+    /// The first `Challenge` with a damaged cookie, if the script says so.
+    fn tamper(&mut self, d: &Bytes) -> Bytes {
+        if !self.script.tamper_first_challenge || self.tampered {
+            return d.clone();
+        }
+        match proto::decode(d) {
+            Ok(Packet {
+                seq,
+                msg: Message::Challenge(Challenge { mut cookie }),
+            }) => {
+                self.tampered = true;
+                cookie[0] ^= 0xFF;
+                proto::encode_to_bytes(&Packet::new(seq, Message::Challenge(Challenge { cookie })))
+                    .unwrap()
+            }
+            _ => d.clone(),
+        }
+    }
+}
+
+/// Takes a listener slot of the server at `addr` with a hand-built handshake (a script, not a
+/// listener: it never reports); keep the socket while the slot should stay taken.
+pub async fn occupy(addr: SocketAddr) -> UdpSocket {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let connect = Message::Connect(proto::Connect {
+        max_version: 1,
+        padding: Bytes::from(vec![0u8; proto::limits::MIN_CONNECT_LEN]),
+    });
+    sock.send_to(&enc(connect), addr).await.unwrap();
+    let mut buf = vec![0u8; 9000];
+    loop {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
+            .await
+            .expect("no answer while taking a slot")
+            .unwrap();
+        match proto::decode(&buf[..n]).unwrap().msg {
+            Message::Challenge(c) => {
+                let join = Message::Join(proto::Join { cookie: c.cookie });
+                sock.send_to(&enc(join), addr).await.unwrap();
+            }
+            Message::Welcome(_) => return sock,
+            Message::Audio(_) => {}
+            m => panic!("not welcomed while taking a slot: {m:?}"),
+        }
+    }
+}
+
+/// The production server ([`streamd::server::Server`]) on a WAV of `source(total)` written in
+/// `tmp`, on 127.0.0.1; its summary when the stream has ended.
+pub async fn real_server(
+    tmp: &Tmp,
+    total: u64,
+) -> (
+    SocketAddr,
+    tokio::task::JoinHandle<streamd::server::Summary>,
+) {
+    let path = tmp.path("source.wav");
+    let spec = hound::WavSpec {
+        channels: CH,
+        sample_rate: RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
     };
-    let pcm = source(script.total);
-    let bpf = usize::from(CH) * 2;
-    let per_tick = u64::from(RATE) * script.interval.as_micros() as u64 / 1_000_000;
-    let mut ticker = tokio::time::interval(script.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut ts = start_ts;
-    let mut seq = start_seq;
-    let mut tick = 0u64;
-    let mut out = BytesMut::new();
-    while ts < script.total {
-        ticker.tick().await;
-        if script.stop_after_tick == Some(tick) {
-            // Fall silent for good.
-            std::future::pending::<()>().await;
-        }
-        let tick_end = (ts - ts % per_tick + per_tick).min(script.total);
-        let mut batch = Vec::new();
-        while ts < tick_end {
-            let frames = FPP.min(tick_end - ts);
-            let bytes: Vec<u8> = pcm
-                [(ts as usize) * usize::from(CH)..(ts + frames) as usize * usize::from(CH)]
-                .iter()
-                .flat_map(|s| s.to_le_bytes())
-                .collect();
-            debug_assert_eq!(bytes.len(), frames as usize * bpf);
-            batch.push((seq, ts, bytes));
-            ts += frames;
-            seq += 1;
-        }
-        if script.reverse_ticks {
-            batch.reverse();
-        }
-        for (i, (s, t, bytes)) in batch.iter().enumerate() {
-            if script.drop.contains(s) {
-                continue;
-            }
-            out.clear();
-            proto::encode_audio(*s, *t, bytes, &mut out);
-            let copies = if script.duplicate.contains(s) { 2 } else { 1 };
-            for _ in 0..copies {
-                sock.send_to(&out, client).await.unwrap();
-                log.lock().unwrap().sent.push(*s);
-            }
-            if i == 0
-                && let Some(f) = &foreign
-            {
-                out.clear();
-                proto::encode_audio(*s, *t, &vec![0x55u8; bytes.len()], &mut out);
-                f.send_to(&out, client).await.unwrap();
-            }
-        }
-        if script.garbage {
-            sock.send_to(b"ES\x01\x06garbage!", client).await.unwrap();
-        }
-        tick += 1;
+    let mut w = hound::WavWriter::create(&path, spec).unwrap();
+    for s in source(total) {
+        w.write_sample(s).unwrap();
     }
-    let last_seq = seq - 1;
-    log.lock().unwrap().last_seq = Some(last_seq);
-    ticker.tick().await;
-    match script.end {
-        Some(reason) => {
-            let e = Packet::new(
-                ctl_seq,
-                Message::End(End {
-                    reason,
-                    last_seq: Some(last_seq),
-                }),
-            );
-            for _ in 0..END_REPEAT {
-                sock.send_to(&enc(&e), client).await.unwrap();
-                tokio::time::sleep(END_SPACING).await;
-            }
+    w.finalize().unwrap();
+    let config = streamd::server::Config::new(path, "127.0.0.1:0".parse().unwrap());
+    let server = streamd::server::Server::bind(config).await.unwrap();
+    let addr = server.local_addr();
+    let run = tokio::spawn(async move { server.run(std::future::pending()).await.unwrap() });
+    (addr, run)
+}
+
+/// The servers streamd never is, scripted: each answers `Connect` with a `Challenge` (or, for
+/// [`Answer::FutureVersion`], with a header of version 2) and `Join` with one hand-built datagram.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// A `Welcome` with this (hostile) sample rate and channel count.
+    Welcome {
+        /// Its `sample_rate`.
+        rate: u32,
+        /// Its `channels`.
+        channels: u16,
+    },
+    /// A `Reject` streamd would not send (another protocol version).
+    Reject(RejectReason),
+    /// A server of protocol version 2 answering in its own version.
+    FutureVersion,
+}
+
+/// Starts the scripted responder for `answer` on 127.0.0.1 (a script, not a server: no
+/// cookies, no audio); it answers until the test's runtime ends.
+pub async fn responder(answer: Answer) -> SocketAddr {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 9000];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let reply = match (proto::decode(&buf[..n]).map(|p| p.msg), &answer) {
+                (Ok(Message::Connect(_)), Answer::FutureVersion) => {
+                    Bytes::from_static(b"ES\x02\x05\0\0\0\0\0\0\0\0future")
+                }
+                (Ok(Message::Connect(_)), _) => {
+                    enc(Message::Challenge(Challenge { cookie: [7; 16] }))
+                }
+                (Ok(Message::Join(_)), Answer::Welcome { rate, channels }) => {
+                    enc(Message::Welcome(StreamInfo {
+                        sample_rate: *rate,
+                        channels: *channels,
+                        format: SampleFormat::S16Le,
+                        interval_us: 20_000,
+                        frames_per_packet: FPP as u32,
+                        total_frames: Some(48_000),
+                        start_seq: 0,
+                        start_ts: 0,
+                        title: "hostile".into(),
+                    }))
+                }
+                (Ok(Message::Join(_)), Answer::Reject(reason)) => {
+                    enc(Message::Reject(Reject { reason: *reason }))
+                }
+                _ => continue,
+            };
+            let _ = sock.send_to(&reply, from).await;
         }
-        None => {
-            let e = Packet::new(
-                ctl_seq,
-                Message::Error(ErrorMsg {
-                    code: ErrorCode::NotJoined,
-                    text: "who are you".into(),
-                }),
-            );
-            sock.send_to(&enc(&e), client).await.unwrap();
-        }
-    }
+    });
+    addr
+}
+
+/// A socket that never answers: a server that is not there.
+pub async fn silent() -> (UdpSocket, SocketAddr) {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let a = s.local_addr().unwrap();
+    (s, a)
 }
 
 /// A temporary folder for one test's files, removed (with them) when dropped.
