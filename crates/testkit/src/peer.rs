@@ -203,6 +203,7 @@ impl Listener {
                 latency: config.latency,
                 timeout: config.timeout,
                 sink_lead: listen::sink::VIRTUAL_LEAD,
+                playout: true,
             },
             Instant::now(),
         );
