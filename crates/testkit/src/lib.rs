@@ -5,6 +5,8 @@
 //!   reorders and duplicates a server's datagrams deterministically and reports what it did;
 //! - [`load`]: the load tool (`examples/load.rs`), N protocol-complete listeners in one
 //!   process, and its stand-in server;
+//! - [`room`]: a simulated room, one `streamd` endpoint and many `listen` sessions over a
+//!   simulated network on one simulated clock, deterministic for a seed;
 //! - [`pulse`]: a private headless PulseAudio for tests that play through a real audio path;
 //! - [`procfs`]: CPU, memory and socket drops of processes, from `/proc` and `getrusage`;
 //! - [`install`]: system packages and Rust components, installed when we can, otherwise the
@@ -24,3 +26,5 @@ pub mod load;
 pub mod procfs;
 #[cfg(feature = "tools")]
 pub mod pulse;
+#[cfg(feature = "tools")]
+pub mod room;
