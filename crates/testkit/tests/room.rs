@@ -184,7 +184,10 @@ fn a_clean_path_plays_every_sample_from_the_join_point_to_the_end() {
         // playing on the End rather than before it.
         assert_eq!(kinds.len(), 5, "{ctx}");
         assert_eq!(kinds[..2], ["challenged", "joined"], "{ctx}");
-        assert!(kinds.contains(&"playing") && kinds.contains(&"end"), "{ctx}");
+        assert!(
+            kinds.contains(&"playing") && kinds.contains(&"end"),
+            "{ctx}"
+        );
         assert_eq!(kinds[4], "ended", "{ctx}");
     }
     // The first listener's join started the stream: it heard it from frame 0.
@@ -310,7 +313,11 @@ fn a_silent_listener_is_evicted_after_the_client_timeout_the_others_undisturbed(
             )
         })
         .unwrap();
-    assert_eq!(end_at, evicted_at(1) + ms(12), "End{{Evicted}} one way later");
+    assert_eq!(
+        end_at,
+        evicted_at(1) + ms(12),
+        "End{{Evicted}} one way later"
+    );
     assert!(cut.up().cut > 0);
     let gone = &room.listeners()[2];
     assert!(gone.vanished());
@@ -405,7 +412,10 @@ fn the_handshake_survives_a_lost_challenge_join_or_welcome() {
         let ctx = format!("dropping {drop_down:?}/{drop_up:?}: {:?}", l.events());
         assert_eq!(l.joined_at(), Some(join + after), "{ctx}");
         let scripted = l.down().scripted_drops + l.up().scripted_drops;
-        assert_eq!(scripted, u64::from(drop_down.is_some() || drop_up.is_some()));
+        assert_eq!(
+            scripted,
+            u64::from(drop_down.is_some() || drop_up.is_some())
+        );
         assert_eq!(l.exit_reason(), Some(ExitReason::Shutdown), "{ctx}");
         let stats = l.stats().unwrap();
         assert_eq!(Some(NetCounts::of(&stats)), l.net_counts(), "{ctx}");
@@ -451,4 +461,35 @@ fn the_same_seed_gives_the_same_run_and_another_seed_another() {
     assert!(a.listeners.iter().all(|l| l.stats.is_some()));
     let c = scenario(8);
     assert!(a != c, "another seed, the same run");
+}
+
+/// Listeners evicted at the same housekeeping are evicted (and logged) in the same order in
+/// every run: the server's listener table is a hash map with per-instance random keys.
+#[test]
+fn simultaneous_evictions_happen_in_the_same_order_every_run() {
+    let run = || {
+        let mut room = Room::new(server_config(ms(20)), SyntheticSource::endless(RATE, 2));
+        for _ in 0..6 {
+            room.add_listener(ListenerSpec::new().vanish_at(secs(1)));
+        }
+        room.add_listener(ListenerSpec::new());
+        let mut room = room.shutdown_at(secs(8));
+        room.run_to_end();
+        room.outcome()
+    };
+    let first = run();
+    let evicted: Vec<_> = first
+        .server
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, ServerEvent::Evicted { .. }))
+        .collect();
+    assert_eq!(evicted.len(), 6);
+    assert!(
+        evicted.iter().all(|(t, _)| *t == evicted[0].0),
+        "{evicted:?}"
+    );
+    for _ in 0..4 {
+        assert!(run() == first, "another run, another order");
+    }
 }

@@ -66,8 +66,7 @@ use listen::sink::VIRTUAL_LEAD;
 use listen::{Event as ListenEvent, ExitReason, Stats};
 use proto::{EndReason, Message, MessageType, StreamInfo};
 use streamd::endpoint::{
-    AudioSource, Endpoint, EndpointConfig, EndpointStats, Event as ServerEvent, StartMode,
-    Transmit,
+    AudioSource, Endpoint, EndpointConfig, EndpointStats, Event as ServerEvent, StartMode, Transmit,
 };
 use streamd::sessions::Event as TableEvent;
 
@@ -328,6 +327,10 @@ pub struct Listener {
     /// Last instant the server got a datagram from it.
     heard_by_server: Option<Duration>,
     base: Instant,
+    /// [`Listener::next_due`] as last computed; recomputed when `dirty`.
+    due: Option<Instant>,
+    /// Something changed since `due` was computed.
+    dirty: bool,
 }
 
 impl Listener {
@@ -356,6 +359,8 @@ impl Listener {
             up: Path::new(&up_imp, index as u64, spec.delay_up, spec.drop_up.clone()),
             heard_by_server: None,
             base,
+            due: None,
+            dirty: true,
             spec,
         }
     }
@@ -493,6 +498,16 @@ impl Listener {
         }
     }
 
+    /// [`Listener::next_due`], computed again only after something changed: the room asks
+    /// every listener at every step.
+    fn due(&mut self) -> Option<Instant> {
+        if self.dirty {
+            self.due = self.next_due();
+            self.dirty = false;
+        }
+        self.due
+    }
+
     /// When something is next due for it, the network included.
     fn next_due(&self) -> Option<Instant> {
         let mut t = min_opt(self.down.next_due(), self.up.next_due());
@@ -507,6 +522,7 @@ impl Listener {
 
     /// Starts its session at `now`.
     fn join(&mut self, now: Instant) {
+        self.dirty = true;
         if self.presence != Presence::Waiting {
             return;
         }
@@ -523,6 +539,7 @@ impl Listener {
 
     /// The user interrupts at `now`.
     fn leave(&mut self, now: Instant) {
+        self.dirty = true;
         if self.presence != Presence::Active {
             return;
         }
@@ -535,6 +552,7 @@ impl Listener {
 
     /// Everything due for it at `now` (step 4 of the module docs).
     fn step(&mut self, now: Instant) {
+        self.dirty = true;
         self.down.release(now);
         let local = self.local(now);
         let mut woke = false;
@@ -762,6 +780,7 @@ impl<S: AudioSource> Server<S> {
 /// A server datagram enters listener `l`'s downlink. EXTENSION POINT (codecs, repair): the
 /// one place server traffic reaches a listener's path.
 fn route(l: &mut Listener, now: Instant, datagram: Bytes) {
+    l.dirty = true;
     l.down.send(now, datagram);
 }
 
@@ -902,11 +921,11 @@ impl<S: AudioSource> Room<S> {
     }
 
     /// The earliest instant anything is due.
-    fn next_instant(&self) -> Option<Instant> {
+    fn next_instant(&mut self) -> Option<Instant> {
         let mut t = self.actions.keys().next().map(|(t, _)| *t);
         t = min_opt(t, self.server.endpoint.poll_timeout());
-        for l in &self.listeners {
-            t = min_opt(t, l.next_due());
+        for l in &mut self.listeners {
+            t = min_opt(t, l.due());
         }
         t
     }
@@ -979,6 +998,7 @@ impl<S: AudioSource> Room<S> {
                 continue;
             }
             let addr = l.addr;
+            l.dirty = true;
             while let Some(bytes) = self.listeners[i].up.arrival(now) {
                 self.listeners[i].heard_by_server = Some(now.saturating_duration_since(base));
                 self.server.endpoint.handle(now, addr, &bytes);
@@ -995,7 +1015,7 @@ impl<S: AudioSource> Room<S> {
             self.server.drain(now, base, &mut self.listeners);
         }
         for l in &mut self.listeners {
-            if l.next_due().is_some_and(|t| t <= now) {
+            if l.due().is_some_and(|t| t <= now) {
                 l.step(now);
             }
         }
@@ -1006,13 +1026,17 @@ impl<S: AudioSource> Room<S> {
             Action::Join(i) => self.listeners[i].join(now),
             Action::Leave(i) => self.listeners[i].leave(now),
             Action::CutUplink(i) => self.listeners[i].up.cut(),
-            Action::Vanish(i) => self.listeners[i].presence = Presence::Vanished,
+            Action::Vanish(i) => {
+                self.listeners[i].presence = Presence::Vanished;
+                self.listeners[i].dirty = true;
+            }
             Action::Shutdown => {
                 self.server.endpoint.shutdown(now);
                 self.server.drain(now, self.base, &mut self.listeners);
             }
         }
         if let Action::Join(i) | Action::Leave(i) = a {
+            self.listeners[i].dirty = true;
             self.listeners[i].up.release(now);
         }
     }
