@@ -933,6 +933,24 @@ impl<S: AudioSource> Room<S> {
     /// Runs every step due up to `t` (since the start), then sets the clock to `t`.
     pub fn run_until(&mut self, t: Duration) {
         let end = self.base + t;
+        self.run(end);
+        self.now = self.now.max(end);
+    }
+
+    /// Runs until nothing is due any more (the server closed, every session ended, the
+    /// network drained) or the horizon; returns the clock then (the last step's instant, or
+    /// the horizon).
+    pub fn run_to_end(&mut self) -> Duration {
+        let horizon = self.base + self.horizon;
+        self.run(horizon);
+        if self.next_instant().is_some() {
+            self.now = self.now.max(horizon);
+        }
+        self.now()
+    }
+
+    /// Every step due up to `end`; the clock stays at the last step.
+    fn run(&mut self, end: Instant) {
         let mut last = self.now;
         let mut same = 0u64;
         while let Some(next) = self.next_instant() {
@@ -953,32 +971,6 @@ impl<S: AudioSource> Room<S> {
             }
             self.step(next);
         }
-        self.now = self.now.max(end);
-    }
-
-    /// Runs until nothing is due any more (the server closed, every session ended, the
-    /// network drained) or the horizon; returns the clock then.
-    pub fn run_to_end(&mut self) -> Duration {
-        let horizon = self.horizon;
-        self.run_until(horizon);
-        match self.next_instant() {
-            Some(_) => horizon,
-            None => self.last_activity(),
-        }
-    }
-
-    /// The latest instant anything was recorded at (the clock after [`Room::run_to_end`]).
-    fn last_activity(&self) -> Duration {
-        let server = self.server.events.last().map(|(t, _)| *t);
-        let listeners = self
-            .listeners
-            .iter()
-            .filter_map(|l| l.events.last().map(|(t, _)| *t));
-        server
-            .into_iter()
-            .chain(listeners)
-            .max()
-            .unwrap_or_default()
     }
 
     /// One step at `now`; see the module docs for the order.
