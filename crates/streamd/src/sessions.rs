@@ -445,9 +445,9 @@ impl Sessions {
         true
     }
 
-    /// Removes every listener silent for longer than the client timeout and appends each
-    /// one's address and start seq to `out` (the server sends each `End{Evicted}`, whose
-    /// `last_seq` is `None` if nothing was sent since that start).
+    /// Removes every listener silent for longer than the client timeout and appends each one's
+    /// address and start seq to `out`, in address order (the server sends each `End{Evicted}`,
+    /// whose `last_seq` is `None` if nothing was sent since that start).
     pub fn evict_expired(&mut self, now: Instant, out: &mut Vec<(SocketAddr, u64)>) {
         let timeout = self.client_timeout;
         let start = out.len();
@@ -457,6 +457,9 @@ impl Sessions {
                 .filter(|(_, s)| now.saturating_duration_since(s.last_heard) > timeout)
                 .map(|(a, s)| (*a, s.start_seq)),
         );
+        // The table iterates in a random order (per-process hash keys): sorted, the removals
+        // (which reorder `addrs`) and the caller's evictions are the same in every run.
+        out[start..].sort_unstable();
         for (a, _) in &out[start..] {
             if self.remove(a) {
                 self.stats.evicted += 1;
@@ -710,6 +713,23 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn simultaneous_evictions_come_out_in_address_order() {
+        let t0 = Instant::now();
+        let mut s = table(t0, 16);
+        let ports = [9, 3, 12, 1, 7, 5, 11, 2];
+        for p in ports {
+            handshake(&mut s, t0, addr(p), LivePosition::default());
+        }
+        let mut out = vec![(addr(99), 0)];
+        s.evict_expired(t0 + Duration::from_secs(6), &mut out);
+        let mut want: Vec<_> = ports.iter().map(|&p| (addr(p), 0)).collect();
+        want.sort_unstable();
+        assert_eq!(out[0], (addr(99), 0), "what was there stays first");
+        assert_eq!(out[1..], want[..]);
+        assert!(s.is_empty());
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!   process, and its stand-in server;
 //! - [`peer`]: a real listener (`listen`'s session) on a UDP socket that also keeps every
 //!   datagram the server sent it, for tests that watch the wire;
+//! - [`room`]: a simulated room, one `streamd` endpoint and many `listen` sessions over a
+//!   simulated network on one simulated clock, deterministic for a seed;
 //! - [`pulse`]: a private headless PulseAudio for tests that play through a real audio path;
 //! - [`procfs`]: CPU, memory and socket drops of processes, from `/proc` and `getrusage`;
 //! - [`install`]: system packages and Rust components, installed when we can, otherwise the
@@ -28,3 +30,5 @@ pub mod peer;
 pub mod procfs;
 #[cfg(feature = "tools")]
 pub mod pulse;
+#[cfg(feature = "tools")]
+pub mod room;

@@ -197,16 +197,11 @@ impl Listener {
         let _ =
             nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &RECV_BUFFER);
         let local = sock.local_addr()?;
-        let session = Session::new(
-            SessionConfig {
-                server,
-                latency: config.latency,
-                timeout: config.timeout,
-                sink_lead: listen::sink::VIRTUAL_LEAD,
-                playout: true,
-            },
-            Instant::now(),
-        );
+        let mut session_config = SessionConfig::new(server);
+        session_config.latency = config.latency;
+        session_config.timeout = config.timeout;
+        session_config.sink_lead = listen::sink::VIRTUAL_LEAD;
+        let session = Session::new(session_config, Instant::now());
         let shared = Arc::new(Shared {
             seen: Mutex::new(Seen {
                 session,
