@@ -48,6 +48,10 @@ struct Cli {
     /// No live status line; only warnings in the stderr log.
     #[arg(long)]
     quiet: bool,
+    /// Stay on: rejoin after a server restart, an eviction, an outage or the end of the stream,
+    /// until Ctrl-C or SIGTERM; the statistics cover every session.
+    #[arg(long)]
+    stay: bool,
 }
 
 /// Longest `--timeout`: a day. Longer is no use to anyone and, near `Duration::MAX`, would
@@ -183,6 +187,7 @@ fn main() -> ExitCode {
         stats_json: cli.stats_json.clone(),
         log_file: cli.log_file.clone(),
         quiet: cli.quiet,
+        stay: cli.stay,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
