@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod discover;
 pub mod jitter;
 pub mod session;
 pub mod sink;

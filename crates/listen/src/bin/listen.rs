@@ -16,13 +16,17 @@ use tracing_subscriber::prelude::*;
 #[derive(Debug, Parser)]
 #[command(name = "listen", version)]
 struct Cli {
-    /// The server, HOST:PORT (HOST may be a name).
-    #[arg(
-        long,
-        value_name = "HOST:PORT",
-        required_unless_present = "list_devices"
-    )]
+    /// The server, HOST:PORT (HOST may be a name). Without it, servers are found on the local
+    /// network by mDNS (DNS-SD `_earshot._udp`): the only one, or the one --name-of-server names.
+    #[arg(long, value_name = "HOST:PORT")]
     server: Option<String>,
+    /// Without --server: join the server of this instance name or title (case-insensitive).
+    #[arg(long, value_name = "NAME", conflicts_with = "server")]
+    name_of_server: Option<String>,
+    /// List the servers found on the local network by mDNS (address, name, title,
+    /// listeners/capacity) for --timeout, then exit (4 when none).
+    #[arg(long, conflicts_with = "server")]
+    discover: bool,
     /// Write the stream to this WAV file (16-bit, the stream's rate and channels) instead of
     /// playing it.
     #[arg(long, value_name = "FILE.wav")]
@@ -149,6 +153,56 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
+/// `--discover`: lists what mDNS finds within `--timeout`; exit 4 when nothing.
+fn discover(cli: &Cli) -> ExitCode {
+    let b = match listen::discover::browse(cli.timeout, None) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("listen: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if !b.ignored.is_empty() {
+        eprintln!(
+            "listen: ignored {} malformed or foreign mDNS records",
+            b.ignored.len()
+        );
+    }
+    if b.found.is_empty() {
+        eprintln!("listen: {}", listen::discover::SelectError::None);
+        return ExitCode::from(4);
+    }
+    for f in &b.found {
+        println!("{f}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// No `--server`: the server mDNS finds within `--timeout` (the only one, or the one
+/// `--name-of-server` names), as `IP:PORT`; the chosen one is said on stderr.
+fn find_server(cli: &Cli) -> Result<String, ExitCode> {
+    let b = listen::discover::browse(cli.timeout, cli.name_of_server.as_deref()).map_err(|e| {
+        eprintln!("listen: {e}");
+        ExitCode::from(1)
+    })?;
+    match listen::discover::select(&b.found, cli.name_of_server.as_deref()) {
+        Ok(f) => {
+            eprintln!(
+                "listen: found {:?} ({:?}) at {} by mDNS; joining it",
+                f.instance, f.title, f.addr
+            );
+            Ok(f.addr.to_string())
+        }
+        Err(e) => {
+            eprintln!("listen: {e}");
+            Err(ExitCode::from(match e {
+                listen::discover::SelectError::Several { .. } => 2,
+                _ => 4,
+            }))
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = init_logging(&cli) {
@@ -173,9 +227,15 @@ fn main() -> ExitCode {
             }
         };
     }
-    let Some(server) = cli.server.clone() else {
-        eprintln!("listen: --server HOST:PORT is required");
-        return ExitCode::from(2);
+    if cli.discover {
+        return discover(&cli);
+    }
+    let server = match cli.server.clone() {
+        Some(s) => s,
+        None => match find_server(&cli) {
+            Ok(s) => s,
+            Err(code) => return code,
+        },
     };
     let config = listen::Config {
         server,

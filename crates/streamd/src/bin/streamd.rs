@@ -64,9 +64,12 @@ struct Cli {
     /// Largest datagram in bytes.
     #[arg(long, default_value_t = 1400, value_parser = clap::value_parser!(u16).range(576..=8192))]
     mtu: u16,
-    /// Also write the log to this file.
+    /// Also write the log to this file (SIGHUP reopens it, for log rotation).
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
+    /// Do not announce the server on the local network by mDNS (DNS-SD `_earshot._udp`).
+    #[arg(long)]
+    no_announce: bool,
 }
 
 impl Cli {
@@ -173,10 +176,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    rt.block_on(run(cli.config()))
+    rt.block_on(run(cli.config(), !cli.no_announce))
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, announce: bool) -> ExitCode {
     let server = match Server::bind(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -189,6 +192,31 @@ async fn run(config: Config) -> ExitCode {
     };
     let stop = stop_requests();
     tracing::info!("listening on {}", server.local_addr());
+    // Held until the end of the run: dropping it withdraws the record.
+    let _announcer = if announce {
+        let a = streamd::announce::Announcement {
+            title: server.source_info().title.clone(),
+            bind: server.local_addr().ip(),
+            port: server.local_addr().port(),
+            capacity: u32::try_from(server.config().max_clients).unwrap_or(u32::MAX),
+        };
+        match streamd::announce::Announcer::start(&a) {
+            Ok(an) => {
+                tracing::info!("announced as {:?} by mDNS", an.fullname());
+                Some(an)
+            }
+            Err(e) if a.bind.is_loopback() => {
+                tracing::debug!("not announced on the local network: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("not announced on the local network: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     match server.run_until(stop).await {
         Ok(s) if s.aborted => {
             eprintln!("streamd: interrupted again; exiting without finishing");
