@@ -5,7 +5,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -119,7 +118,91 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogStderr {
     }
 }
 
-fn init_logging(cli: &Cli) -> Result<(), String> {
+/// The `--log-file` writer: SIGHUP reopens the path (after logrotate moved the file away, the
+/// next lines go to a new file of the same name).
+#[derive(Clone)]
+struct LogFile {
+    path: PathBuf,
+    file: std::sync::Arc<std::sync::Mutex<std::fs::File>>,
+}
+
+impl LogFile {
+    fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    }
+
+    fn new(path: &std::path::Path) -> Result<LogFile, String> {
+        let f = Self::open(path)
+            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+        Ok(LogFile {
+            path: path.to_owned(),
+            file: std::sync::Arc::new(std::sync::Mutex::new(f)),
+        })
+    }
+
+    /// Opens the path again and writes there from now on; on failure keeps the old file.
+    fn reopen(&self) {
+        match Self::open(&self.path) {
+            Ok(f) => {
+                if let Ok(mut g) = self.file.lock() {
+                    *g = f;
+                }
+                tracing::info!("reopened log file {}", self.path.display());
+            }
+            Err(e) => tracing::warn!("cannot reopen log file {}: {e}", self.path.display()),
+        }
+    }
+
+    /// Reopens the file on every SIGHUP, for the life of the runtime.
+    fn reopen_on_sighup(self) {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::hangup()) {
+                Ok(mut hup) => {
+                    tokio::spawn(async move {
+                        while hup.recv().await.is_some() {
+                            self.reopen();
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("no SIGHUP handler ({e}): the log file is not reopened"),
+            }
+        }
+    }
+}
+
+/// One log event's access to the current log file.
+struct LogFileWriter(std::sync::Arc<std::sync::Mutex<std::fs::File>>);
+
+impl std::io::Write for LogFileWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock() {
+            Ok(mut f) => f.write(buf),
+            Err(_) => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.lock() {
+            Ok(mut f) => f.flush(),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
+    type Writer = LogFileWriter;
+    fn make_writer(&'a self) -> LogFileWriter {
+        LogFileWriter(self.file.clone())
+    }
+}
+
+/// Sets up the stderr log (colours only on a terminal, so journald gets plain lines) and the
+/// `--log-file`, returned for the SIGHUP handler.
+fn init_logging(cli: &Cli) -> Result<Option<LogFile>, String> {
     let default = if cli.quiet { "warn" } else { "info" };
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let stderr = tracing_subscriber::fmt::layer()
@@ -127,19 +210,16 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
             clear: !cli.quiet && std::io::stderr().is_terminal(),
         })
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter());
-    let file = match &cli.log_file {
-        Some(p) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| format!("cannot open log file {}: {e}", p.display()))?;
+    let log_file = cli.log_file.as_deref().map(LogFile::new).transpose()?;
+    let file = match &log_file {
+        Some(f) => {
             let filter =
                 EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
             Some(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(Arc::new(f))
+                    .with_writer(f.clone())
                     .with_ansi(false)
                     .with_filter(filter),
             )
@@ -150,7 +230,7 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
         .with(stderr)
         .with(file)
         .init();
-    Ok(())
+    Ok(log_file)
 }
 
 /// `--discover`: lists what mDNS finds within `--timeout`; exit 4 when nothing.
@@ -205,10 +285,13 @@ fn find_server(cli: &Cli) -> Result<String, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_logging(&cli) {
-        eprintln!("listen: {e}");
-        return ExitCode::from(1);
-    }
+    let log_file = match init_logging(&cli) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("listen: {e}");
+            return ExitCode::from(1);
+        }
+    };
     if cli.list_devices {
         return match listen::sink::list_devices() {
             Ok(lines) if lines.is_empty() => {
@@ -285,7 +368,13 @@ fn main() -> ExitCode {
             () = term => {}
         }
     };
-    match rt.block_on(listen::run(config, interrupt)) {
+    let run = async {
+        if let Some(f) = log_file {
+            f.reopen_on_sighup();
+        }
+        listen::run(config, interrupt).await
+    };
+    match rt.block_on(run) {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) => {
             tracing::debug!("{e:?}");
