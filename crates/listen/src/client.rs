@@ -26,6 +26,7 @@ use crate::session::{Event, Session, SessionConfig};
 use crate::sink::{CpalSink, DEVICE_LEAD, Sink, SinkError, VIRTUAL_LEAD, WavSink};
 use crate::stats::{ExitReason, Stats, render_table};
 use crate::status::{STATUS_INTERVAL, StatusLine, fmt_position};
+use crate::stay::{REJOIN_MAX, SessionEnd, Stay, StayStats, Transition};
 
 pub use crate::session::{DEFAULT_LATENCY, DEFAULT_TIMEOUT};
 
@@ -60,6 +61,8 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// No live status line.
     pub quiet: bool,
+    /// Rejoin after every end but the interrupt (`--stay`, [`crate::stay`]).
+    pub stay: bool,
 }
 
 impl Config {
@@ -76,6 +79,7 @@ impl Config {
             stats_json: None,
             log_file: None,
             quiet: false,
+            stay: false,
         }
     }
 }
@@ -87,8 +91,11 @@ pub struct Outcome {
     pub stats: Stats,
     /// Why the stream ended.
     pub end_reason: ExitReason,
-    /// The stream as the server described it (`None` when interrupted during the handshake).
+    /// The stream as the server described it (`None` when interrupted during the handshake);
+    /// with `--stay` the last one joined.
     pub info: Option<StreamInfo>,
+    /// With `--stay`: the totals (also in `stats`), each session and the outages.
+    pub stay: Option<StayStats>,
 }
 
 impl Outcome {
@@ -285,14 +292,17 @@ enum Wake {
     Status,
 }
 
-/// Sends every datagram the session has queued.
-async fn flush(session: &mut Session, sock: &UdpSocket, now: Instant) {
+/// Sends every datagram the session has queued; whether there was any.
+async fn flush(session: &mut Session, sock: &UdpSocket, now: Instant) -> bool {
+    let mut sent = false;
     while let Some(t) = session.poll_transmit(now) {
+        sent = true;
         // A lost control datagram is retried or harmless; a send error is logged, not fatal.
         if let Err(e) = sock.send_to(&t.contents, t.destination).await {
             tracing::debug!("send to {}: {e}", t.destination);
         }
     }
+    sent
 }
 
 /// Logs the stream the server described and what the client makes of it (a grown jitter
@@ -360,47 +370,65 @@ fn handshake_error(config: &Config, event: Event) -> Option<ListenError> {
     })
 }
 
-/// Connects to `config.server`, plays the stream until it ends, the server falls silent, or
-/// `interrupt` completes (Ctrl-C), and returns the statistics (also printed as a table to
-/// stderr and, with `--stats-json`, written as JSON).
-pub async fn run(
-    config: Config,
-    interrupt: impl Future<Output = ()>,
-) -> Result<Outcome, ListenError> {
-    let mut interrupt = std::pin::pin!(interrupt);
-    if config.timeout.is_zero() {
-        return Err(ListenError::BadOption(
-            "--timeout must be longer than 0".into(),
-        ));
+/// The sink of a run and the stream format it was opened for: with `--stay` it outlives the
+/// sessions, so the WAV file keeps growing and the device stays open.
+struct OpenSink {
+    sink: Box<dyn Sink>,
+    /// Sample rate and channels it was opened with.
+    format: (u32, u16),
+}
+
+/// Gives the session a sink for the stream it joined: the open one when the format is the same,
+/// else a new one (a device is reopened; a WAV file holds one format, so a change is an error).
+fn sink_for(
+    config: &Config,
+    sink: &mut Option<OpenSink>,
+    info: &StreamInfo,
+) -> Result<(), ListenError> {
+    let format = (info.sample_rate, info.channels);
+    match sink {
+        Some(s) if s.format == format => return Ok(()),
+        Some(s) if config.output.is_some() => {
+            return Err(ListenError::BadStream {
+                server: config.server.clone(),
+                detail: format!(
+                    "the stream changed from {} Hz {} ch to {} Hz {} ch, and {} holds one format",
+                    s.format.0,
+                    s.format.1,
+                    format.0,
+                    format.1,
+                    config
+                        .output
+                        .as_deref()
+                        .map_or(String::new(), |p| p.display().to_string())
+                ),
+            });
+        }
+        Some(_) => tracing::info!("the stream's format changed: reopening the audio device"),
+        None => {}
     }
-    // Fail before bothering the server when there is nowhere to play.
-    match &config.output {
-        Some(p) => check_writable(p)?,
-        None => CpalSink::probe(config.device.as_deref())?,
-    }
-    let server = resolve(&config.server).await?;
-    let sock = bind_socket(server)?;
-    // The lead of the sink `open_sink` will open once joined (the session sizes the jitter
-    // buffer with it when the Welcome comes).
-    let sink_lead = if config.output.is_some() {
-        VIRTUAL_LEAD
-    } else {
-        DEVICE_LEAD
-    };
-    let mut session = Session::new(
-        SessionConfig {
-            server,
-            latency: config.latency,
-            timeout: config.timeout,
-            sink_lead,
-            playout: true,
-        },
-        Instant::now(),
-    );
-    tracing::info!("connecting to {} ({server})", config.server);
+    *sink = None;
+    let s = open_sink(config, info)?;
+    *sink = Some(OpenSink { sink: s, format });
+    Ok(())
+}
+
+/// Runs one session until it is closed: the drive loop of [`crate::session`]. Returns an error
+/// for a failed handshake or a sink that cannot be opened (the session is closed then too);
+/// a sink that fails while playing leaves the session (`failure`). With `stay`, the sends are
+/// reported to it.
+#[allow(clippy::too_many_arguments)]
+async fn drive_session(
+    config: &Config,
+    session: &mut Session,
+    sock: &UdpSocket,
+    sink: &mut Option<OpenSink>,
+    interrupt: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    interrupted: &mut bool,
+    failure: &mut Option<SinkError>,
+    mut stay: Option<&mut Stay>,
+) -> Result<(), ListenError> {
     let server_name = config.server.as_str();
-    let mut sink: Option<Box<dyn Sink>> = None;
-    let mut failure: Option<SinkError> = None;
     let mut status = StatusLine::new(!config.quiet && std::io::stderr().is_terminal());
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     status_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -413,14 +441,15 @@ pub async fn run(
     // The session's next timeout; a new timer only when it moves.
     let timer = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(timer);
-    let mut interrupted = false;
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut now = Instant::now();
+    let mut joined = false;
     loop {
-        if let Some(s) = sink.as_deref_mut()
+        if joined
+            && let Some(s) = sink.as_mut()
             && !session.is_closed()
         {
-            match session.feed(now, s) {
+            match session.feed(now, s.sink.as_mut()) {
                 Ok(Some(at)) => {
                     let at = tokio::time::Instant::from_std(at);
                     if !refill_armed || refill.deadline() != at {
@@ -433,7 +462,7 @@ pub async fn run(
                 Ok(None) => refill_armed = false,
                 Err(e) => {
                     // The listener cannot go on: it stopped, as if interrupted.
-                    failure = Some(e);
+                    *failure = Some(e);
                     session.leave(now);
                 }
             }
@@ -443,15 +472,26 @@ pub async fn run(
             match event {
                 Event::Challenged => tracing::debug!("challenge from {server_name}"),
                 Event::Joined(info) => {
-                    log_joined(&config, &session, &info, &sock);
-                    match open_sink(&config, &info) {
-                        Ok(s) => {
-                            debug_assert_eq!(s.lead(), sink_lead, "the session's sink lead");
-                            sink = Some(s);
+                    if let Some(st) = stay.as_deref_mut()
+                        && let Some(t) = st.joined(now)
+                    {
+                        log_transition(config, &t);
+                    }
+                    log_joined(config, session, &info, sock);
+                    match sink_for(config, sink, &info) {
+                        Ok(()) => {
+                            joined = true;
+                            if let Some(s) = sink.as_ref() {
+                                debug_assert_eq!(
+                                    s.sink.lead(),
+                                    session.config().sink_lead,
+                                    "the session's sink lead"
+                                );
+                            }
                         }
                         Err(e) => {
                             session.leave(now);
-                            error = Some(e.into());
+                            error = Some(e);
                         }
                     }
                 }
@@ -485,16 +525,20 @@ pub async fn run(
                     tracing::warn!("the end of the stream did not play out in time; stopping");
                 }
                 Event::Ended(_) => {}
-                other => error = error.or(handshake_error(&config, other)),
+                other => error = error.or(handshake_error(config, other)),
             }
         }
-        flush(&mut session, &sock, now).await;
+        let sent = flush(session, sock, now).await;
+        if sent && let Some(st) = stay.as_deref_mut() {
+            st.sent(now);
+        }
         if let Some(e) = error {
             status.clear();
             return Err(e);
         }
         if session.is_closed() {
-            break;
+            status.clear();
+            return Ok(());
         }
         if let Some(at) = session.poll_timeout() {
             let at = tokio::time::Instant::from_std(at);
@@ -503,7 +547,7 @@ pub async fn run(
             }
         }
         let wake = tokio::select! {
-            () = &mut interrupt, if !interrupted => Wake::Interrupt,
+            () = interrupt.as_mut(), if !*interrupted => Wake::Interrupt,
             r = sock.recv_from(&mut buf) => Wake::Datagram(r),
             () = &mut timer, if session.poll_timeout().is_some() => Wake::Timer,
             () = &mut refill, if refill_armed => Wake::Timer,
@@ -513,7 +557,7 @@ pub async fn run(
         now = Instant::now();
         match wake {
             Wake::Interrupt => {
-                interrupted = true;
+                *interrupted = true;
                 session.leave(now);
             }
             Wake::Datagram(r) => {
@@ -532,31 +576,56 @@ pub async fn run(
                 }
             }
             Wake::Timer => {}
-            Wake::Status => status.draw(&session),
+            Wake::Status => status.draw(session),
         }
         session.handle_timeout(now);
     }
-    status.clear();
-    let end_reason = session.exit_reason().unwrap_or(ExitReason::Interrupted);
-    let stats = session
-        .stats()
-        .unwrap_or_else(|| Stats::new(session.tracker(), &session.playout(), end_reason));
-    let Some(mut sink) = sink else {
-        // Interrupted during the handshake: nothing was played, nothing to report.
-        return Ok(Outcome {
-            stats,
-            end_reason,
-            info: None,
-        });
-    };
-    // Let the sink play what it holds (the device's tail), unless the user wants out now.
-    match sink.finish(Instant::now()) {
-        Ok(wait) if end_reason != ExitReason::Interrupted => tokio::time::sleep(wait).await,
-        Ok(_) => {}
-        Err(e) => failure = failure.or(Some(e)),
+}
+
+/// Logs a change of a staying listener's state (once per change, never per retry).
+fn log_transition(config: &Config, t: &Transition) {
+    let server = &config.server;
+    match t {
+        Transition::Lost { reason } => tracing::warn!(
+            "lost the stream from {server} ({}); rejoining (--stay)",
+            reason.as_str()
+        ),
+        Transition::Failing { reason } => {
+            tracing::warn!("{reason}; still trying every {}", fmt_secs(REJOIN_MAX));
+        }
+        Transition::Rejoined { after } => tracing::info!(
+            "rejoined {server} after an outage of {:.1} s",
+            after.as_secs_f64()
+        ),
     }
-    drop(sink);
-    let table = render_table(&stats);
+}
+
+/// The sink lead of the sink [`open_sink`] opens for `config`: the session sizes its jitter
+/// buffer with it when the Welcome comes.
+fn sink_lead(config: &Config) -> Duration {
+    if config.output.is_some() {
+        VIRTUAL_LEAD
+    } else {
+        DEVICE_LEAD
+    }
+}
+
+fn new_session(config: &Config, server: SocketAddr, now: Instant) -> Session {
+    Session::new(
+        SessionConfig {
+            server,
+            latency: config.latency,
+            timeout: config.timeout,
+            sink_lead: sink_lead(config),
+            playout: true,
+        },
+        now,
+    )
+}
+
+/// Prints the table, logs the statistics and writes `--stats-json`.
+fn report(config: &Config, stats: &Stats, json: String) -> Result<(), ListenError> {
+    let table = render_table(stats);
     eprint!("{table}");
     tracing::info!(
         expected = stats.expected,
@@ -573,11 +642,75 @@ pub async fn run(
         "stream statistics"
     );
     if let Some(path) = &config.stats_json {
-        std::fs::write(path, stats.to_json() + "\n").map_err(|source| ListenError::StatsJson {
+        std::fs::write(path, json + "\n").map_err(|source| ListenError::StatsJson {
             path: path.clone(),
             source,
         })?;
     }
+    Ok(())
+}
+
+/// Connects to `config.server`, plays the stream until it ends, the server falls silent, or
+/// `interrupt` completes (Ctrl-C), and returns the statistics (also printed as a table to
+/// stderr and, with `--stats-json`, written as JSON). With `config.stay` it rejoins after every
+/// end but the interrupt ([`crate::stay`]).
+pub async fn run(
+    config: Config,
+    interrupt: impl Future<Output = ()>,
+) -> Result<Outcome, ListenError> {
+    let mut interrupt = std::pin::pin!(interrupt);
+    if config.timeout.is_zero() {
+        return Err(ListenError::BadOption(
+            "--timeout must be longer than 0".into(),
+        ));
+    }
+    // Fail before bothering the server when there is nowhere to play.
+    match &config.output {
+        Some(p) => check_writable(p)?,
+        None => CpalSink::probe(config.device.as_deref())?,
+    }
+    let server = resolve(&config.server).await?;
+    let sock = bind_socket(server)?;
+    tracing::info!("connecting to {} ({server})", config.server);
+    if config.stay {
+        return run_staying(&config, server, &sock, &mut interrupt).await;
+    }
+    let mut session = new_session(&config, server, Instant::now());
+    let mut sink: Option<OpenSink> = None;
+    let mut failure: Option<SinkError> = None;
+    let mut interrupted = false;
+    drive_session(
+        &config,
+        &mut session,
+        &sock,
+        &mut sink,
+        &mut interrupt,
+        &mut interrupted,
+        &mut failure,
+        None,
+    )
+    .await?;
+    let end_reason = session.exit_reason().unwrap_or(ExitReason::Interrupted);
+    let stats = session
+        .stats()
+        .unwrap_or_else(|| Stats::new(session.tracker(), &session.playout(), end_reason));
+    let Some(mut sink) = sink else {
+        // Interrupted during the handshake: nothing was played, nothing to report.
+        return Ok(Outcome {
+            stats,
+            end_reason,
+            info: None,
+            stay: None,
+        });
+    };
+    // Let the sink play what it holds (the device's tail), unless the user wants out now.
+    match sink.sink.finish(Instant::now()) {
+        Ok(wait) if end_reason != ExitReason::Interrupted => tokio::time::sleep(wait).await,
+        Ok(_) => {}
+        Err(e) => failure = failure.or(Some(e)),
+    }
+    drop(sink);
+    report(&config, &stats, stats.to_json())?;
     if let Some(e) = failure {
         return Err(e.into());
     }
@@ -585,5 +718,100 @@ pub async fn run(
         stats,
         end_reason,
         info: session.info().cloned(),
+        stay: None,
+    })
+}
+
+/// `--stay`: sessions one after another into the same sink until the interrupt; see
+/// [`crate::stay`]. No silence is written for an outage: the WAV file (or the device) gets the
+/// audio that was received, and the statistics say how long the outages were.
+async fn run_staying(
+    config: &Config,
+    server: SocketAddr,
+    sock: &UdpSocket,
+    interrupt: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Outcome, ListenError> {
+    let mut stay = Stay::new(Instant::now());
+    let mut sink: Option<OpenSink> = None;
+    let mut failure: Option<SinkError> = None;
+    let mut interrupted = false;
+    let mut info = None;
+    let mut fatal = None;
+    while !interrupted {
+        let mut session = new_session(config, server, Instant::now());
+        let res = drive_session(
+            config,
+            &mut session,
+            sock,
+            &mut sink,
+            interrupt,
+            &mut interrupted,
+            &mut failure,
+            Some(&mut stay),
+        )
+        .await;
+        let now = Instant::now();
+        if session.info().is_some() {
+            info = session.info().cloned();
+        }
+        let stats = session.stats().filter(|_| session.info().is_some());
+        if interrupted || failure.is_some() {
+            stay.interrupt(now, stats);
+            break;
+        }
+        let end = match res {
+            // A sink that cannot be opened for this stream stops the listener.
+            Err(e @ (ListenError::Sink(_) | ListenError::BadStream { .. }))
+                if session.info().is_some() =>
+            {
+                stay.interrupt(now, None);
+                fatal = Some(e);
+                break;
+            }
+            Err(e) => SessionEnd::Handshake(e.to_string()),
+            Ok(()) => match stats {
+                Some(s) => SessionEnd::Stream(s),
+                None => SessionEnd::Handshake("the handshake ended".into()),
+            },
+        };
+        if let Some(t) = stay.ended(now, end) {
+            log_transition(config, &t);
+        }
+        // Wait for the rejoin, or the interrupt.
+        let Some(at) = stay.rejoin_at() else { break };
+        tokio::select! {
+            () = interrupt.as_mut() => {
+                interrupted = true;
+                stay.interrupt(Instant::now(), None);
+            }
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
+                stay.poll_rejoin(Instant::now().max(at));
+            }
+        }
+    }
+    let all = stay.stats();
+    if let Some(mut s) = sink {
+        if let Err(e) = s.sink.finish(Instant::now()) {
+            failure = failure.or(Some(e));
+        }
+    }
+    tracing::info!(
+        "{} sessions, {} outages ({:.1} s without a stream)",
+        all.session_count,
+        all.outages,
+        all.outage_ms as f64 / 1000.0
+    );
+    report(config, &all.total, all.to_json())?;
+    if let Some(e) = fatal {
+        return Err(e);
+    }
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    Ok(Outcome {
+        stats: all.total.clone(),
+        end_reason: all.total.end_reason,
+        info,
+        stay: Some(all),
     })
 }

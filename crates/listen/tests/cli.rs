@@ -28,7 +28,12 @@ async fn output(mut c: Command) -> std::process::Output {
 
 #[test]
 fn usage_errors_exit_2() {
-    let o = listen().output().unwrap();
+    // Without --server listen browses mDNS (not in a test: no traffic off loopback); --server
+    // with the browsing flags is a usage error.
+    let o = listen()
+        .args(["--server", "127.0.0.1:9", "--discover"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let o = listen()
         .args(["--server", "127.0.0.1:9", "--latency", "soon"])

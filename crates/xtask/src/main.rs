@@ -17,6 +17,10 @@ const BUILD_PACKAGES: &[&str] = &["libasound2-dev", "pkg-config"];
 /// (see docs/ARCHITECTURE.md, "Testing the real audio path headless").
 const AUDIO_TEST_PACKAGES: &[&str] = &["pulseaudio", "pulseaudio-utils", "libasound2-plugins"];
 
+/// What the service and discovery tests add: `systemd-analyze verify` for the unit files in
+/// dist/systemd/, and `ip` for the network namespaces of the mDNS test.
+const SERVICE_TEST_PACKAGES: &[&str] = &["systemd", "iproute2"];
+
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
@@ -96,6 +100,7 @@ fn test(repeat: u32) -> Result<ExitCode> {
     let all: Vec<&str> = BUILD_PACKAGES
         .iter()
         .chain(AUDIO_TEST_PACKAGES)
+        .chain(SERVICE_TEST_PACKAGES)
         .copied()
         .collect();
     install::ensure_packages(&all)?;
@@ -123,7 +128,15 @@ fn test(repeat: u32) -> Result<ExitCode> {
     for (name, args) in steps {
         eprintln!("xtask: == {name}: cargo {}", args.join(" "));
         // PulseAudio is installed by now, so the real-audio tests must run, not skip.
-        let st = status(cargo().args(args).env("EARSHOT_REQUIRE_PULSE", "1"))?;
+        // So are the unit-file check and, as root, the network-namespace test.
+        let mut cmd = cargo();
+        cmd.args(args)
+            .env("EARSHOT_REQUIRE_PULSE", "1")
+            .env("EARSHOT_REQUIRE_SYSTEMD", "1");
+        if is_root() {
+            cmd.env("EARSHOT_REQUIRE_NETNS", "1");
+        }
+        let st = status(&mut cmd)?;
         if !st.success() {
             eprintln!("xtask: {name} failed");
             return Ok(exit_code(st));
@@ -175,6 +188,14 @@ fn bench_peers(args: &[String]) -> Result<ExitCode> {
     }
     bench_peers::run(args)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether we run as root (the network-namespace test needs it).
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 /// The cargo that runs us, so a toolchain chosen by rustup or `+nightly` is kept.

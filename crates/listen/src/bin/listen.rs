@@ -5,7 +5,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -16,13 +15,17 @@ use tracing_subscriber::prelude::*;
 #[derive(Debug, Parser)]
 #[command(name = "listen", version)]
 struct Cli {
-    /// The server, HOST:PORT (HOST may be a name).
-    #[arg(
-        long,
-        value_name = "HOST:PORT",
-        required_unless_present = "list_devices"
-    )]
+    /// The server, HOST:PORT (HOST may be a name). Without it, servers are found on the local
+    /// network by mDNS (DNS-SD `_earshot._udp`): the only one, or the one --name-of-server names.
+    #[arg(long, value_name = "HOST:PORT")]
     server: Option<String>,
+    /// Without --server: join the server of this instance name or title (case-insensitive).
+    #[arg(long, value_name = "NAME", conflicts_with = "server")]
+    name_of_server: Option<String>,
+    /// List the servers found on the local network by mDNS (address, name, title,
+    /// listeners/capacity) for --timeout, then exit (4 when none).
+    #[arg(long, conflicts_with = "server")]
+    discover: bool,
     /// Write the stream to this WAV file (16-bit, the stream's rate and channels) instead of
     /// playing it.
     #[arg(long, value_name = "FILE.wav")]
@@ -48,6 +51,10 @@ struct Cli {
     /// No live status line; only warnings in the stderr log.
     #[arg(long)]
     quiet: bool,
+    /// Stay on: rejoin after a server restart, an eviction, an outage or the end of the stream,
+    /// until Ctrl-C or SIGTERM; the statistics cover every session.
+    #[arg(long)]
+    stay: bool,
 }
 
 /// Longest `--timeout`: a day. Longer is no use to anyone and, near `Duration::MAX`, would
@@ -111,7 +118,91 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogStderr {
     }
 }
 
-fn init_logging(cli: &Cli) -> Result<(), String> {
+/// The `--log-file` writer: SIGHUP reopens the path (after logrotate moved the file away, the
+/// next lines go to a new file of the same name).
+#[derive(Clone)]
+struct LogFile {
+    path: PathBuf,
+    file: std::sync::Arc<std::sync::Mutex<std::fs::File>>,
+}
+
+impl LogFile {
+    fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    }
+
+    fn new(path: &std::path::Path) -> Result<LogFile, String> {
+        let f = Self::open(path)
+            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+        Ok(LogFile {
+            path: path.to_owned(),
+            file: std::sync::Arc::new(std::sync::Mutex::new(f)),
+        })
+    }
+
+    /// Opens the path again and writes there from now on; on failure keeps the old file.
+    fn reopen(&self) {
+        match Self::open(&self.path) {
+            Ok(f) => {
+                if let Ok(mut g) = self.file.lock() {
+                    *g = f;
+                }
+                tracing::info!("reopened log file {}", self.path.display());
+            }
+            Err(e) => tracing::warn!("cannot reopen log file {}: {e}", self.path.display()),
+        }
+    }
+
+    /// Reopens the file on every SIGHUP, for the life of the runtime.
+    fn reopen_on_sighup(self) {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::hangup()) {
+                Ok(mut hup) => {
+                    tokio::spawn(async move {
+                        while hup.recv().await.is_some() {
+                            self.reopen();
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("no SIGHUP handler ({e}): the log file is not reopened"),
+            }
+        }
+    }
+}
+
+/// One log event's access to the current log file.
+struct LogFileWriter(std::sync::Arc<std::sync::Mutex<std::fs::File>>);
+
+impl std::io::Write for LogFileWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock() {
+            Ok(mut f) => f.write(buf),
+            Err(_) => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.lock() {
+            Ok(mut f) => f.flush(),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
+    type Writer = LogFileWriter;
+    fn make_writer(&'a self) -> LogFileWriter {
+        LogFileWriter(self.file.clone())
+    }
+}
+
+/// Sets up the stderr log (colours only on a terminal, so journald gets plain lines) and the
+/// `--log-file`, returned for the SIGHUP handler.
+fn init_logging(cli: &Cli) -> Result<Option<LogFile>, String> {
     let default = if cli.quiet { "warn" } else { "info" };
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let stderr = tracing_subscriber::fmt::layer()
@@ -119,19 +210,16 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
             clear: !cli.quiet && std::io::stderr().is_terminal(),
         })
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter());
-    let file = match &cli.log_file {
-        Some(p) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| format!("cannot open log file {}: {e}", p.display()))?;
+    let log_file = cli.log_file.as_deref().map(LogFile::new).transpose()?;
+    let file = match &log_file {
+        Some(f) => {
             let filter =
                 EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
             Some(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(Arc::new(f))
+                    .with_writer(f.clone())
                     .with_ansi(false)
                     .with_filter(filter),
             )
@@ -142,15 +230,68 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
         .with(stderr)
         .with(file)
         .init();
-    Ok(())
+    Ok(log_file)
+}
+
+/// `--discover`: lists what mDNS finds within `--timeout`; exit 4 when nothing.
+fn discover(cli: &Cli) -> ExitCode {
+    let b = match listen::discover::browse(cli.timeout, None) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("listen: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if !b.ignored.is_empty() {
+        eprintln!(
+            "listen: ignored {} malformed or foreign mDNS records",
+            b.ignored.len()
+        );
+    }
+    if b.found.is_empty() {
+        eprintln!("listen: {}", listen::discover::SelectError::None);
+        return ExitCode::from(4);
+    }
+    for f in &b.found {
+        println!("{f}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// No `--server`: the server mDNS finds within `--timeout` (the only one, or the one
+/// `--name-of-server` names), as `IP:PORT`; the chosen one is said on stderr.
+fn find_server(cli: &Cli) -> Result<String, ExitCode> {
+    let b = listen::discover::browse(cli.timeout, cli.name_of_server.as_deref()).map_err(|e| {
+        eprintln!("listen: {e}");
+        ExitCode::from(1)
+    })?;
+    match listen::discover::select(&b.found, cli.name_of_server.as_deref()) {
+        Ok(f) => {
+            eprintln!(
+                "listen: found {:?} ({:?}) at {} by mDNS; joining it",
+                f.instance, f.title, f.addr
+            );
+            Ok(f.addr.to_string())
+        }
+        Err(e) => {
+            eprintln!("listen: {e}");
+            Err(ExitCode::from(match e {
+                listen::discover::SelectError::Several { .. } => 2,
+                _ => 4,
+            }))
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_logging(&cli) {
-        eprintln!("listen: {e}");
-        return ExitCode::from(1);
-    }
+    let log_file = match init_logging(&cli) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("listen: {e}");
+            return ExitCode::from(1);
+        }
+    };
     if cli.list_devices {
         return match listen::sink::list_devices() {
             Ok(lines) if lines.is_empty() => {
@@ -169,9 +310,15 @@ fn main() -> ExitCode {
             }
         };
     }
-    let Some(server) = cli.server.clone() else {
-        eprintln!("listen: --server HOST:PORT is required");
-        return ExitCode::from(2);
+    if cli.discover {
+        return discover(&cli);
+    }
+    let server = match cli.server.clone() {
+        Some(s) => s,
+        None => match find_server(&cli) {
+            Ok(s) => s,
+            Err(code) => return code,
+        },
     };
     let config = listen::Config {
         server,
@@ -183,6 +330,7 @@ fn main() -> ExitCode {
         stats_json: cli.stats_json.clone(),
         log_file: cli.log_file.clone(),
         quiet: cli.quiet,
+        stay: cli.stay,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -220,7 +368,13 @@ fn main() -> ExitCode {
             () = term => {}
         }
     };
-    match rt.block_on(listen::run(config, interrupt)) {
+    let run = async {
+        if let Some(f) = log_file {
+            f.reopen_on_sighup();
+        }
+        listen::run(config, interrupt).await
+    };
+    match rt.block_on(run) {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) => {
             tracing::debug!("{e:?}");

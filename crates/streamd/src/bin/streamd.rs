@@ -64,9 +64,12 @@ struct Cli {
     /// Largest datagram in bytes.
     #[arg(long, default_value_t = 1400, value_parser = clap::value_parser!(u16).range(576..=8192))]
     mtu: u16,
-    /// Also write the log to this file.
+    /// Also write the log to this file (SIGHUP reopens it, for log rotation).
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
+    /// Do not announce the server on the local network by mDNS (DNS-SD `_earshot._udp`).
+    #[arg(long)]
+    no_announce: bool,
 }
 
 impl Cli {
@@ -86,7 +89,91 @@ impl Cli {
     }
 }
 
-fn init_logging(log_file: Option<&PathBuf>) -> Result<(), String> {
+/// The `--log-file` writer: SIGHUP reopens the path (after logrotate moved the file away, the
+/// next lines go to a new file of the same name).
+#[derive(Clone)]
+struct LogFile {
+    path: PathBuf,
+    file: std::sync::Arc<std::sync::Mutex<std::fs::File>>,
+}
+
+impl LogFile {
+    fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    }
+
+    fn new(path: &std::path::Path) -> Result<LogFile, String> {
+        let f = Self::open(path)
+            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+        Ok(LogFile {
+            path: path.to_owned(),
+            file: std::sync::Arc::new(std::sync::Mutex::new(f)),
+        })
+    }
+
+    /// Opens the path again and writes there from now on; on failure keeps the old file.
+    fn reopen(&self) {
+        match Self::open(&self.path) {
+            Ok(f) => {
+                if let Ok(mut g) = self.file.lock() {
+                    *g = f;
+                }
+                tracing::info!("reopened log file {}", self.path.display());
+            }
+            Err(e) => tracing::warn!("cannot reopen log file {}: {e}", self.path.display()),
+        }
+    }
+
+    /// Reopens the file on every SIGHUP, for the life of the runtime.
+    fn reopen_on_sighup(self) {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::hangup()) {
+                Ok(mut hup) => {
+                    tokio::spawn(async move {
+                        while hup.recv().await.is_some() {
+                            self.reopen();
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("no SIGHUP handler ({e}): the log file is not reopened"),
+            }
+        }
+    }
+}
+
+/// One log event's access to the current log file.
+struct LogFileWriter(std::sync::Arc<std::sync::Mutex<std::fs::File>>);
+
+impl std::io::Write for LogFileWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock() {
+            Ok(mut f) => f.write(buf),
+            Err(_) => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.lock() {
+            Ok(mut f) => f.flush(),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
+    type Writer = LogFileWriter;
+    fn make_writer(&'a self) -> LogFileWriter {
+        LogFileWriter(self.file.clone())
+    }
+}
+
+/// Sets up the stderr log (colours only on a terminal, so journald gets plain lines) and the
+/// `--log-file`, returned for the SIGHUP handler.
+fn init_logging(log_file: Option<&PathBuf>) -> Result<Option<LogFile>, String> {
     // symphonia chats at info (and logs a failed probe as an error, which we report ourselves
     // in one line): quiet by default, RUST_LOG still reaches it.
     let filter =
@@ -94,27 +181,19 @@ fn init_logging(log_file: Option<&PathBuf>) -> Result<(), String> {
     let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let file_layer = match log_file {
-        Some(p) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| format!("cannot open log file {}: {e}", p.display()))?;
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(std::sync::Mutex::new(f)),
-            )
-        }
-        None => None,
-    };
+    let log_file = log_file.map(|p| LogFile::new(p)).transpose()?;
+    let file_layer = log_file.as_ref().map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(f.clone())
+    });
     tracing_subscriber::registry()
         .with(filter())
         .with(stderr)
         .with(file_layer)
         .try_init()
-        .map_err(|e| format!("cannot set up logging: {e}"))
+        .map_err(|e| format!("cannot set up logging: {e}"))?;
+    Ok(log_file)
 }
 
 /// Ctrl-C and SIGTERM as a stream of stop requests (the first ends the stream gracefully, a
@@ -159,10 +238,13 @@ fn main() -> ExitCode {
         // Help and version exit 0, usage errors exit 2, with clap's message.
         Err(e) => e.exit(),
     };
-    if let Err(e) = init_logging(cli.log_file.as_ref()) {
-        eprintln!("streamd: error: {e}");
-        return ExitCode::from(EXIT_RUNTIME);
-    }
+    let log_file = match init_logging(cli.log_file.as_ref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("streamd: error: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -173,10 +255,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    rt.block_on(run(cli.config()))
+    rt.block_on(async {
+        if let Some(f) = log_file {
+            f.reopen_on_sighup();
+        }
+        run(cli.config(), !cli.no_announce).await
+    })
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, announce: bool) -> ExitCode {
     let server = match Server::bind(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -189,6 +276,31 @@ async fn run(config: Config) -> ExitCode {
     };
     let stop = stop_requests();
     tracing::info!("listening on {}", server.local_addr());
+    // Held until the end of the run: dropping it withdraws the record.
+    let _announcer = if announce {
+        let a = streamd::announce::Announcement {
+            title: server.source_info().title.clone(),
+            bind: server.local_addr().ip(),
+            port: server.local_addr().port(),
+            capacity: u32::try_from(server.config().max_clients).unwrap_or(u32::MAX),
+        };
+        match streamd::announce::Announcer::start(&a) {
+            Ok(an) => {
+                tracing::info!("announced as {:?} by mDNS", an.fullname());
+                Some(an)
+            }
+            Err(e) if a.bind.is_loopback() => {
+                tracing::debug!("not announced on the local network: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("not announced on the local network: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     match server.run_until(stop).await {
         Ok(s) if s.aborted => {
             eprintln!("streamd: interrupted again; exiting without finishing");

@@ -1,0 +1,300 @@
+//! Discovery by mDNS between network namespaces the test builds and removes itself: a bridge in
+//! one namespace, each server and the listener in their own, joined by veth pairs, with
+//! addresses from the benchmarking range 198.18.0.0/15 inside the namespaces only (nothing is
+//! sent on the machine's own interfaces).
+//!
+//! Needs root (`ip netns add`). Under `cargo xtask test` (`EARSHOT_REQUIRE_NETNS=1`) it must
+//! run; otherwise, without root or `ip`, it says why and passes without testing.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::*;
+
+/// Runs `ip ARGS…`, failing the test with its stderr.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether the namespaces can be built here; the reason when not.
+fn netns_unavailable() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root (ip netns add needs it)".into());
+    }
+    match Command::new("ip").args(["netns", "list"]).output() {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "`ip netns list` failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Some(format!("no `ip` command ({e}); install iproute2")),
+    }
+}
+
+/// Skips (loudly) when namespaces are unavailable, unless `EARSHOT_REQUIRE_NETNS=1`.
+fn require_netns() -> bool {
+    match netns_unavailable() {
+        None => true,
+        Some(why) if std::env::var("EARSHOT_REQUIRE_NETNS").as_deref() == Ok("1") => {
+            panic!("EARSHOT_REQUIRE_NETNS=1 but network namespaces are unavailable: {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED: mDNS discovery across network namespaces: {why}");
+            false
+        }
+    }
+}
+
+/// A bridge namespace and member namespaces; every namespace is deleted on drop (their veth
+/// pairs go with them), also when the test fails.
+struct Lan {
+    /// Unique prefix of this run's names.
+    prefix: String,
+    /// The bridge's namespace.
+    bridge: String,
+    /// Every namespace made, to delete.
+    made: Vec<String>,
+    /// Members added so far.
+    members: u32,
+}
+
+impl Lan {
+    fn new() -> Lan {
+        static RUN: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!(
+            "es{}x{}",
+            std::process::id(),
+            RUN.fetch_add(1, Ordering::Relaxed)
+        );
+        let bridge = format!("{prefix}br");
+        let mut lan = Lan {
+            prefix,
+            bridge: bridge.clone(),
+            made: Vec::new(),
+            members: 0,
+        };
+        ip(&["netns", "add", &bridge]);
+        lan.made.push(bridge.clone());
+        ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &bridge, "link", "set", "br0", "up"]);
+        lan
+    }
+
+    /// A new namespace on the bridge with address 198.18.77.N/24; returns its name and address.
+    fn member(&mut self) -> (String, String) {
+        self.members += 1;
+        let n = self.members;
+        let ns = format!("{}m{n}", self.prefix);
+        ip(&["netns", "add", &ns]);
+        self.made.push(ns.clone());
+        let port = format!("p{n}");
+        ip(&[
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.bridge,
+        ]);
+        ip(&["-n", &self.bridge, "link", "set", &port, "master", "br0"]);
+        ip(&["-n", &self.bridge, "link", "set", &port, "up"]);
+        let addr = format!("198.18.77.{n}");
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
+        (ns, addr)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in self.made.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// `program ARGS…` inside namespace `ns`.
+fn spawn_in(ns: &str, program: &Path, args: &[&str]) -> Proc {
+    let mut all: Vec<String> = vec!["netns".into(), "exec".into(), ns.into()];
+    all.push(program.display().to_string());
+    all.extend(args.iter().map(|s| s.to_string()));
+    Proc::spawn(Path::new("ip"), &all, &[])
+}
+
+/// A streamd announcing `file` from `ns` on `addr:port`, once it listens.
+fn server_in(ns: &str, addr: &str, port: u16, file: &Path) -> Proc {
+    let p = spawn_in(
+        ns,
+        &bin("streamd"),
+        &[
+            "--bind",
+            addr,
+            "--port",
+            &port.to_string(),
+            "--file",
+            &file.display().to_string(),
+            "--interval",
+            "20ms",
+        ],
+    );
+    assert!(
+        p.wait_for_line("announced as", SLOW).is_some(),
+        "streamd did not announce: {}",
+        p.stderr()
+    );
+    p
+}
+
+#[test]
+fn a_listener_without_server_finds_the_only_one_and_plays_it_sample_exact() {
+    if !require_netns() {
+        return;
+    }
+    let mut lan = Lan::new();
+    let (srv_ns, srv_addr) = lan.member();
+    let (cli_ns, _) = lan.member();
+    let file = fixture("stereo44.wav");
+    let (info, expected) = streamd::source::decode_all(&file).unwrap();
+    let mut server = server_in(&srv_ns, &srv_addr, 5000, &file);
+    let dir = tempdir();
+    let wav = dir.path().join("found.wav");
+    let mut l = spawn_in(
+        &cli_ns,
+        &bin("listen"),
+        &[
+            "--output",
+            &wav.display().to_string(),
+            "--latency",
+            "200ms",
+            "--timeout",
+            "10s",
+            "--quiet",
+        ],
+    );
+    assert_eq!(l.exit_code(SLOW), 0, "{}", l.stderr());
+    assert!(
+        l.stderr()
+            .contains(&format!("at {srv_addr}:5000 by mDNS; joining it")),
+        "{}",
+        l.stderr()
+    );
+    assert_eq!(server.exit_code(SLOW), 0, "{}", server.stderr());
+    let (spec, got) = read_wav(&wav);
+    assert_eq!(
+        (spec.sample_rate, spec.channels),
+        (info.sample_rate, info.channels)
+    );
+    assert_eq!(first_difference(&got, &expected), None, "{}", l.stderr());
+}
+
+#[test]
+fn discover_lists_two_servers_and_name_of_server_picks_one() {
+    if !require_netns() {
+        return;
+    }
+    let mut lan = Lan::new();
+    let (a_ns, a_addr) = lan.member();
+    let (b_ns, b_addr) = lan.member();
+    let (cli_ns, _) = lan.member();
+    let _a = server_in(&a_ns, &a_addr, 5001, &fixture("stereo44.wav"));
+    let _b = server_in(&b_ns, &b_addr, 5002, &fixture("mono22.wav"));
+    // --discover lists both (waiting the whole --timeout).
+    let mut d = spawn_in(&cli_ns, &bin("listen"), &["--discover", "--timeout", "4s"]);
+    assert_eq!(d.exit_code(SLOW), 0, "{}", d.stderr());
+    let out = d.stdout();
+    assert!(out.contains(&format!("{a_addr}:5001")), "{out}");
+    assert!(out.contains(&format!("{b_addr}:5002")), "{out}");
+    // Two servers and no name: the listener says to choose.
+    let mut two = spawn_in(
+        &cli_ns,
+        &bin("listen"),
+        &["--output", "/dev/null", "--timeout", "4s", "--quiet"],
+    );
+    assert_eq!(two.exit_code(SLOW), 2, "{}", two.stderr());
+    assert!(
+        two.stderr().contains("--name-of-server"),
+        "{}",
+        two.stderr()
+    );
+    // By name: the instance names carry the port.
+    let dir = tempdir();
+    let wav = dir.path().join("b.wav");
+    let mut l = spawn_in(
+        &cli_ns,
+        &bin("listen"),
+        &[
+            "--name-of-server",
+            &instance_with_port(&out, 5002),
+            "--output",
+            &wav.display().to_string(),
+            "--timeout",
+            "10s",
+            "--quiet",
+        ],
+    );
+    assert_eq!(l.exit_code(SLOW), 0, "{}", l.stderr());
+    assert!(
+        l.stderr().contains(&format!("at {b_addr}:5002 by mDNS")),
+        "{}",
+        l.stderr()
+    );
+    let (spec, _) = read_wav(&wav);
+    assert_eq!(spec.channels, 1, "joined the mono server");
+}
+
+/// The quoted instance name on the `--discover` line of the server on `port`.
+fn instance_with_port(listing: &str, port: u16) -> String {
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&format!(":{port} ")))
+        .unwrap_or_else(|| panic!("no server on port {port} in {listing}"));
+    line.split('"').nth(1).unwrap().to_owned()
+}
+
+#[test]
+fn no_server_exits_4_after_the_timeout() {
+    if !require_netns() {
+        return;
+    }
+    let mut lan = Lan::new();
+    let (cli_ns, _) = lan.member();
+    let mut l = spawn_in(
+        &cli_ns,
+        &bin("listen"),
+        &["--output", "/dev/null", "--timeout", "2s", "--quiet"],
+    );
+    assert_eq!(l.exit_code(SLOW), 4, "{}", l.stderr());
+    assert!(
+        l.stderr().contains("no earshot server found"),
+        "{}",
+        l.stderr()
+    );
+    let mut d = spawn_in(&cli_ns, &bin("listen"), &["--discover", "--timeout", "2s"]);
+    assert_eq!(d.exit_code(SLOW), 4, "{}", d.stderr());
+}
