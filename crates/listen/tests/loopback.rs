@@ -412,10 +412,14 @@ async fn interrupt_ends_with_exit_0_and_leave() {
     let srv = Streamd::start(Script::clean(TOTAL * 5)).await;
     let mut c = config(srv.addr, tmp.path("interrupt.wav"));
     c.stats_json = Some(tmp.path("interrupt.json"));
-    // The user's Ctrl-C, half a second in.
-    let o = listen::run(c.clone(), tokio::time::sleep(Duration::from_millis(500)))
-        .await
-        .unwrap();
+    // The user's Ctrl-C, once the server has a Report saying audio arrived (mid-stream: the
+    // stream lasts 6 s, the first Report comes after 1 s).
+    let heard = srv.wait(WAIT, |l| l.reports.iter().any(|r| r.received > 0));
+    let o = listen::run(c.clone(), async {
+        assert!(heard.await, "no Report with audio before the interrupt");
+    })
+    .await
+    .unwrap();
     assert_eq!(o.end_reason, ExitReason::Interrupted);
     assert_eq!(o.exit_code(), 0);
     assert!(o.stats.received > 0);

@@ -770,7 +770,9 @@ mod tests {
                 reason: RejectReason::UnsupportedVersion { supported: 1 }
             })
         );
-        assert!(h.reply.unwrap().len() <= c.len());
+        let reply = h.reply.unwrap();
+        assert!(reply.len() <= c.len());
+        assert_eq!(reply[2], 1, "the Reject carries a version-1 header");
         // A bare 12-byte header of another version: the Reject would not fit.
         let h = s.handle(now, addr(1), &c[..12], &info(), LivePosition::default());
         assert_eq!(h.reply, None);
@@ -778,6 +780,21 @@ mod tests {
         c[3] = 7;
         let h = s.handle(now, addr(1), &c, &info(), LivePosition::default());
         assert_eq!(h.reply, None);
+    }
+
+    #[test]
+    fn a_v1_connect_is_challenged_whatever_its_max_version() {
+        let now = Instant::now();
+        let mut s = table(now, 4);
+        for max_version in [0, 1, 2, 255] {
+            let c = enc(Message::Connect(Connect {
+                max_version,
+                padding: Bytes::from(vec![0u8; MIN_CONNECT_LEN]),
+            }));
+            let h = s.handle(now, addr(1), &c, &info(), LivePosition::default());
+            assert_eq!(h.event, Event::Challenged, "max_version {max_version}");
+            assert!(matches!(decode(&h.reply), Message::Challenge(_)));
+        }
     }
 
     #[test]

@@ -228,8 +228,8 @@ async fn sigterm_sends_end_and_exits_0() {
 fn log_file_gets_the_same_lines() {
     let log = std::env::temp_dir().join(format!("streamd-cli-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
+    // spawn_server returns once the `listening on` line is out: the signal handlers exist.
     let (mut child, _addr, _err) = spawn_server(&["--log-file", log.to_str().unwrap()]);
-    std::thread::sleep(Duration::from_millis(200));
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();

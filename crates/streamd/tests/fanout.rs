@@ -95,12 +95,21 @@ async fn deliver_all_ticks(path: SendPath, n: usize, dead_every: usize) {
     let mut f = Fanout::with_path(path);
     let ticks = ticks();
     let mut got: Vec<Vec<Vec<u8>>> = vec![Vec::new(); socks.len()];
+    let mut due = 0;
     for tick in &ticks {
         f.send(&tx, tick, &dests);
-        // Give the loopback softirq a moment on a loaded machine, then read everything.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        for (g, s) in got.iter_mut().zip(&socks) {
-            g.extend(drain(s));
+        // Read until every listener holds everything sent so far, or the deadline passes (then
+        // the count assertion below says who is short).
+        due += tick.len();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            for (g, s) in got.iter_mut().zip(&socks) {
+                g.extend(drain(s));
+            }
+            if got.iter().all(|g| g.len() >= due) || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
     }
     if cfg!(target_os = "linux") {
@@ -192,9 +201,10 @@ async fn dead_listeners_do_not_stop_live_ones() {
     let datagrams = [Bytes::from_static(b"one"), Bytes::from_static(b"two")];
     let dests = [dead, a1, dead, a2, dead];
     let mut f = Fanout::new();
+    // Back to back: on loopback each send to the dead port is answered (ICMP port unreachable)
+    // before the send returns, so every later send meets whatever error that left pending.
     for _ in 0..3 {
         f.send(&tx, &datagrams, &dests);
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut buf = [0u8; 16];
     for r in [&r1, &r2] {
