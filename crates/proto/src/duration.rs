@@ -35,3 +35,33 @@ fn is_bare_seconds(t: &str) -> bool {
         && t.bytes().all(|b| b.is_ascii_digit() || b == b'.')
         && t.bytes().filter(|&b| b == b'.').count() <= 1
 }
+
+/// The lower end of a duration range: whether the bound itself is allowed (`[5ms, …`) or not
+/// (`(0s, …`: "longer than zero").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lower {
+    /// The bound itself is allowed.
+    Inclusive(Duration),
+    /// Only durations longer than the bound are allowed.
+    Exclusive(Duration),
+}
+
+/// Parses `s` with [`parse_duration`] and checks it lies between `min` and `max` (inclusive).
+/// The one range error of every command line names the option and the value and shows the
+/// range in interval notation: `--interval 1ms is outside [5ms, 2s]`.
+pub fn parse_within(s: &str, option: &str, min: Lower, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    let (ok_low, open, low) = match min {
+        Lower::Inclusive(m) => (d >= m, '[', m),
+        Lower::Exclusive(m) => (d > m, '(', m),
+    };
+    if ok_low && d <= max {
+        return Ok(d);
+    }
+    Err(format!(
+        "{option} {} is outside {open}{}, {}]",
+        humantime::format_duration(d),
+        humantime::format_duration(low),
+        humantime::format_duration(max)
+    ))
+}

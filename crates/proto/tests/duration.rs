@@ -91,3 +91,28 @@ fn one_error_wording_names_the_value_and_gives_examples() {
         )
     );
 }
+
+#[test]
+fn range_errors_have_one_wording_with_interval_notation() {
+    use proto::duration::{Lower, parse_within};
+    let ms = Duration::from_millis;
+    let interval = |s| parse_within(s, "--interval", Lower::Inclusive(ms(5)), ms(2000));
+    assert_eq!(interval("5ms"), Ok(ms(5)));
+    assert_eq!(interval("2s"), Ok(ms(2000)));
+    assert_eq!(
+        interval("1ms"),
+        Err("--interval 1ms is outside [5ms, 2s]".to_string())
+    );
+    assert_eq!(
+        interval("3s"),
+        Err("--interval 3s is outside [5ms, 2s]".to_string())
+    );
+    let timeout = |s| parse_within(s, "--timeout", Lower::Exclusive(ms(0)), ms(86_400_000));
+    assert_eq!(timeout("1ns"), Ok(Duration::from_nanos(1)));
+    assert_eq!(
+        timeout("0"),
+        Err("--timeout 0s is outside (0s, 1day]".to_string())
+    );
+    // A value that is not a duration keeps the parser's own message.
+    assert_eq!(timeout("soon"), Err(proto::duration::error_message("soon")));
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use proto::duration::parse_duration;
+use proto::duration::{Lower, parse_within};
 
 use crate::server::{MAX_INTERVAL, MIN_INTERVAL};
 
@@ -14,29 +14,22 @@ pub const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// `--interval`: a duration within [`MIN_INTERVAL`]..=[`MAX_INTERVAL`].
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&d) {
-        return Err(format!(
-            "interval {} is outside {}..{}",
-            humantime::format_duration(d),
-            humantime::format_duration(MIN_INTERVAL),
-            humantime::format_duration(MAX_INTERVAL)
-        ));
-    }
-    Ok(d)
+    parse_within(
+        s,
+        "--interval",
+        Lower::Inclusive(MIN_INTERVAL),
+        MAX_INTERVAL,
+    )
 }
 
 /// `--client-timeout`: more than zero, at most [`MAX_CLIENT_TIMEOUT`].
 pub fn parse_client_timeout(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() || d > MAX_CLIENT_TIMEOUT {
-        return Err(format!(
-            "client timeout {} is outside (0s, {}]",
-            humantime::format_duration(d),
-            humantime::format_duration(MAX_CLIENT_TIMEOUT)
-        ));
-    }
-    Ok(d)
+    parse_within(
+        s,
+        "--client-timeout",
+        Lower::Exclusive(Duration::ZERO),
+        MAX_CLIENT_TIMEOUT,
+    )
 }
 
 #[cfg(test)]

@@ -88,12 +88,37 @@ fn parse_repeat(args: &[String]) -> Option<u32> {
     }
 }
 
-/// The real-time tests (`cargo test` arguments): the root end-to-end tests and the loopback
-/// tests of listen and streamd, repeated by `test --repeat N`.
-const REAL_TIME_TESTS: [&[&str]; 3] = [
-    &["-p", "earshot", "--test", "e2e_*"],
-    &["-p", "listen", "--test", "loopback"],
-    &["-p", "streamd", "--test", "loopback"],
+/// The real-time tests (`cargo test` arguments): every test binary that runs over real sockets
+/// on the wall clock (the root end-to-end and tool tests, listen's and streamd's loopback and
+/// command-line tests, the fan-out and the load tool's stand-in), repeated by `test --repeat N`.
+/// Everything else runs on simulated time.
+const REAL_TIME_TESTS: [&[&str]; 4] = [
+    &[
+        "-p",
+        "earshot",
+        "--test",
+        "e2e_*",
+        "--test",
+        "impair",
+        "--test",
+        "load_tool",
+        "--test",
+        "pulse",
+    ],
+    &["-p", "listen", "--test", "loopback", "--test", "cli"],
+    &[
+        "-p",
+        "streamd",
+        "--test",
+        "loopback",
+        "--test",
+        "cli",
+        "--test",
+        "fanout",
+        "--test",
+        "log_budget",
+    ],
+    &["-p", "testkit", "--test", "fake_server"],
 ];
 
 fn test(repeat: u32) -> Result<ExitCode> {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use proto::duration::{Lower, parse_within};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
@@ -67,19 +68,22 @@ const MAX_LATENCY: Duration = Duration::from_secs(60);
 
 /// `--timeout`: longer than zero, at most [`MAX_TIMEOUT`].
 fn parse_timeout(s: &str) -> Result<Duration, String> {
-    match listen::parse_duration(s)? {
-        d if d.is_zero() => Err("the timeout must be longer than 0".into()),
-        d if d > MAX_TIMEOUT => Err(format!("the timeout must be at most {MAX_TIMEOUT:?}")),
-        d => Ok(d),
-    }
+    parse_within(
+        s,
+        "--timeout",
+        Lower::Exclusive(Duration::ZERO),
+        MAX_TIMEOUT,
+    )
 }
 
 /// `--latency`: at most [`MAX_LATENCY`].
 fn parse_latency(s: &str) -> Result<Duration, String> {
-    match listen::parse_duration(s)? {
-        d if d > MAX_LATENCY => Err(format!("the latency must be at most {MAX_LATENCY:?}")),
-        d => Ok(d),
-    }
+    parse_within(
+        s,
+        "--latency",
+        Lower::Inclusive(Duration::ZERO),
+        MAX_LATENCY,
+    )
 }
 
 /// stderr for the log, clearing the live status line first when one may be on screen, so a
