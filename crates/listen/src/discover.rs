@@ -473,7 +473,7 @@ mod tests {
         );
         let far = at([10, 0, 0, 8], 5000, "Jazz on d port 5000", "Jazz");
         assert_eq!(chosen.rematch(&[elsewhere.clone(), far.clone()]), None);
-        assert_eq!(chosen.rematch(&[other.clone()]), None);
+        assert_eq!(chosen.rematch(std::slice::from_ref(&other)), None);
         assert_eq!(chosen.rematch(&[]), None);
         // An untitled server is not matched by its (empty) title.
         let untitled = Chosen {
