@@ -799,24 +799,36 @@ async fn run_staying(
                 stay.interrupt(Instant::now(), None);
                 break;
             };
-            let moved = found.as_ref().is_some_and(|f| f.addr != server);
+            let mut moved = false;
             match found {
-                Some(f) if moved => {
+                Some(f) if f.addr != server => {
                     tracing::info!(
                         "found {:?} ({:?}) again by mDNS, now at {}; joining it there",
                         f.instance,
                         f.title,
                         f.addr
                     );
-                    if f.addr.is_ipv4() != server.is_ipv4() {
-                        sock = bind_socket(f.addr)?;
+                    // A socket of the new address's family, when it changed.
+                    let rebound = if f.addr.is_ipv4() == server.is_ipv4() {
+                        Ok(None)
+                    } else {
+                        bind_socket(f.addr).map(Some)
+                    };
+                    match rebound {
+                        Ok(new_sock) => {
+                            if let Some(s) = new_sock {
+                                sock = s;
+                            }
+                            moved = true;
+                            server = f.addr;
+                            config.server = f.addr.to_string();
+                            config.discovered = Some(Chosen {
+                                found: f,
+                                name: chosen.name,
+                            });
+                        }
+                        Err(e) => tracing::warn!("cannot follow it to {}: {e}", f.addr),
                     }
-                    server = f.addr;
-                    config.server = f.addr.to_string();
-                    config.discovered = Some(Chosen {
-                        found: f,
-                        name: chosen.name,
-                    });
                 }
                 Some(_) => tracing::debug!("mDNS: {server} is still where it was"),
                 None => tracing::debug!("mDNS: {:?} not found", chosen.found.instance),
