@@ -9,6 +9,10 @@
 //!
 //! The protocol itself (handshake and retransmission, `Welcome` checks, reports, `End`, the
 //! silence timeout, eviction) lives in [`crate::session`].
+//!
+//! With `--stay` the shell runs sessions one after another as [`crate::stay`] says; for a
+//! server found by mDNS it also browses again when told ([`Stay::poll_rediscover`]), on a
+//! thread of its own that the interrupt cancels, and moves to the address found.
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -21,6 +25,7 @@ use proto::{RejectReason, StreamInfo};
 use tokio::net::UdpSocket;
 use tokio::time::MissedTickBehavior;
 
+use crate::discover::{Chosen, REBROWSE_WINDOW};
 use crate::jitter::duration_of;
 use crate::session::{Event, Session, SessionConfig};
 use crate::sink::{CpalSink, DEVICE_LEAD, Sink, SinkError, VIRTUAL_LEAD, WavSink};
@@ -63,6 +68,9 @@ pub struct Config {
     pub quiet: bool,
     /// Rejoin after every end but the interrupt (`--stay`, [`crate::stay`]).
     pub stay: bool,
+    /// The server was found by mDNS (no `--server`): with `stay`, it is looked for again when
+    /// it may have moved.
+    pub discovered: Option<Chosen>,
 }
 
 impl Config {
@@ -80,6 +88,7 @@ impl Config {
             log_file: None,
             quiet: false,
             stay: false,
+            discovered: None,
         }
     }
 }
@@ -673,7 +682,7 @@ pub async fn run(
     let sock = bind_socket(server)?;
     tracing::info!("connecting to {} ({server})", config.server);
     if config.stay {
-        return run_staying(&config, server, &sock, &mut interrupt).await;
+        return run_staying(&config, server, sock, &mut interrupt).await;
     }
     let mut session = new_session(&config, server, Instant::now());
     let mut sink: Option<OpenSink> = None;
@@ -727,11 +736,17 @@ pub async fn run(
 /// audio that was received, and the statistics say how long the outages were.
 async fn run_staying(
     config: &Config,
-    server: SocketAddr,
-    sock: &UdpSocket,
+    mut server: SocketAddr,
+    mut sock: UdpSocket,
     interrupt: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Outcome, ListenError> {
+    // The server joined can move (rediscovery): the logs name the address in use.
+    let mut config = config.clone();
+    let config = &mut config;
     let mut stay = Stay::new(Instant::now());
+    if config.discovered.is_some() {
+        stay = stay.with_rediscovery();
+    }
     let mut sink: Option<OpenSink> = None;
     let mut failure: Option<SinkError> = None;
     let mut interrupted = false;
@@ -742,7 +757,7 @@ async fn run_staying(
         let res = drive_session(
             config,
             &mut session,
-            sock,
+            &sock,
             &mut sink,
             interrupt,
             &mut interrupted,
@@ -777,6 +792,49 @@ async fn run_staying(
         if let Some(t) = stay.ended(now, end) {
             log_transition(config, &t);
         }
+        if stay.poll_rediscover(now)
+            && let Some(chosen) = config.discovered.clone()
+        {
+            let Some(found) = browse_again(&chosen, interrupt).await else {
+                stay.interrupt(Instant::now(), None);
+                break;
+            };
+            let mut moved = false;
+            match found {
+                Some(f) if f.addr != server => {
+                    tracing::info!(
+                        "found {:?} ({:?}) again by mDNS, now at {}; joining it there",
+                        f.instance,
+                        f.title,
+                        f.addr
+                    );
+                    // A socket of the new address's family, when it changed.
+                    let rebound = if f.addr.is_ipv4() == server.is_ipv4() {
+                        Ok(None)
+                    } else {
+                        bind_socket(f.addr).map(Some)
+                    };
+                    match rebound {
+                        Ok(new_sock) => {
+                            if let Some(s) = new_sock {
+                                sock = s;
+                            }
+                            moved = true;
+                            server = f.addr;
+                            config.server = f.addr.to_string();
+                            config.discovered = Some(Chosen {
+                                found: f,
+                                name: chosen.name,
+                            });
+                        }
+                        Err(e) => tracing::warn!("cannot follow it to {}: {e}", f.addr),
+                    }
+                }
+                Some(_) => tracing::debug!("mDNS: {server} is still where it was"),
+                None => tracing::debug!("mDNS: {:?} not found", chosen.found.instance),
+            }
+            stay.rediscovered(Instant::now(), moved);
+        }
         // Wait for the rejoin, or the interrupt.
         let Some(at) = stay.rejoin_at() else { break };
         tokio::select! {
@@ -790,6 +848,7 @@ async fn run_staying(
         }
     }
     let all = stay.stats();
+    let config = &*config;
     if let Some(mut s) = sink {
         if let Err(e) = s.sink.finish(Instant::now()) {
             failure = failure.or(Some(e));
@@ -814,4 +873,46 @@ async fn run_staying(
         info,
         stay: Some(all),
     })
+}
+
+/// Browses for the server `chosen` (at most [`REBROWSE_WINDOW`], less once it shows) on a
+/// thread of its own: `Some(found)` with what matched, if anything; `None` when interrupted
+/// (the browse is cancelled).
+async fn browse_again(
+    chosen: &Chosen,
+    interrupt: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<Option<crate::discover::Found>> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (c, flag) = (chosen.clone(), cancel.clone());
+    let started = std::thread::Builder::new()
+        .name("browse".into())
+        .spawn(move || {
+            let r = crate::discover::browse_until(
+                REBROWSE_WINDOW,
+                |f| c.rematch(std::slice::from_ref(f)).is_some(),
+                &flag,
+            );
+            let _ = tx.send(r);
+        });
+    if let Err(e) = started {
+        tracing::warn!("cannot browse for the server again: {e}");
+        return Some(None);
+    }
+    tokio::select! {
+        () = interrupt.as_mut() => {
+            cancel.store(true, Ordering::Relaxed);
+            None
+        }
+        r = rx => Some(match r {
+            Ok(Ok(b)) => chosen.rematch(&b.found).cloned(),
+            Ok(Err(e)) => {
+                tracing::warn!("cannot browse for the server again: {e}");
+                None
+            }
+            Err(_) => None,
+        }),
+    }
 }

@@ -4,7 +4,9 @@
 //! What a record says is checked here, sans-IO, before anything trusts it ([`parse`]): a record
 //! of another service type, a TXT record too long or not in `key=value` form, a missing port or
 //! no address is ignored and counted ([`Ignored`]), never a panic. [`select`] picks the server
-//! to join; [`browse`] is the thin shell over the mDNS daemon.
+//! to join; [`Chosen::rematch`] finds the same server again after it moved (a new port or
+//! address: `listen --stay` browses again when rejoining fails); [`browse`] is the thin shell
+//! over the mDNS daemon.
 //!
 //! The TXT keys: `title` (the stream's title), `codec` (`pcm`), `port` (the UDP port, the same
 //! as the SRV record's), `listeners` and `capacity` (`--max-clients`), `proto` (the protocol
@@ -12,10 +14,18 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The DNS-SD service type earshot servers announce.
 pub const SERVICE_TYPE: &str = "_earshot._udp.local.";
+
+/// How long a staying listener browses for its server again: a responder answers a query
+/// within ~120 ms, so this is many answers' worth; the browse ends as soon as the server shows.
+pub const REBROWSE_WINDOW: Duration = Duration::from_secs(3);
+
+/// How often a browse looks at its cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
 
 /// Longest TXT value accepted: a DNS character-string holds at most 255 bytes, so anything
 /// longer is not from a well-formed record.
@@ -184,6 +194,53 @@ pub fn select<'a>(found: &'a [Found], name: Option<&str>) -> Result<&'a Found, S
     }
 }
 
+/// The server a listener found by discovery and how it chose it, so that it can find the same
+/// server again when it moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    /// The record joined (last seen).
+    pub found: Found,
+    /// `--name-of-server`, if given.
+    pub name: Option<String>,
+}
+
+impl Chosen {
+    /// The server among `found` that is the one chosen before: the same instance name; else
+    /// the `--name-of-server` choice; else the same title (the instance name carries the port,
+    /// so a server back on a new port has a new one), the one at the same address when several
+    /// share it. `None` when none matches or the match is ambiguous.
+    pub fn rematch<'a>(&self, found: &'a [Found]) -> Option<&'a Found> {
+        if let Some(f) = found
+            .iter()
+            .find(|f| f.instance.eq_ignore_ascii_case(&self.found.instance))
+        {
+            return Some(f);
+        }
+        if let Some(n) = &self.name
+            && let Ok(f) = select(found, Some(n))
+        {
+            return Some(f);
+        }
+        let titled: Vec<&Found> = found
+            .iter()
+            .filter(|f| !f.title.is_empty() && f.title.eq_ignore_ascii_case(&self.found.title))
+            .collect();
+        match titled.as_slice() {
+            [one] => Some(one),
+            many => {
+                let here: Vec<&&Found> = many
+                    .iter()
+                    .filter(|f| f.addr.ip() == self.found.addr.ip())
+                    .collect();
+                match here.as_slice() {
+                    [one] => Some(one),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
 /// What a browse saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Browse {
@@ -205,6 +262,21 @@ fn instance_of(fullname: &str, ty: &str) -> String {
 /// Browses for `window`, or until a server named `stop_at` shows up, and returns what it saw.
 /// Blocking (the mDNS daemon runs on its own thread): call it off the async runtime.
 pub fn browse(window: Duration, stop_at: Option<&str>) -> Result<Browse, String> {
+    let hit = |f: &Found| {
+        stop_at
+            .is_some_and(|n| f.instance.eq_ignore_ascii_case(n) || f.title.eq_ignore_ascii_case(n))
+    };
+    browse_until(window, hit, &AtomicBool::new(false))
+}
+
+/// Browses for `window`, or until a server for which `stop` is true shows up, or until
+/// `cancel` is set (looked at every 100 ms), and returns what it saw. Blocking, like
+/// [`browse`].
+pub fn browse_until(
+    window: Duration,
+    stop: impl Fn(&Found) -> bool,
+    cancel: &AtomicBool,
+) -> Result<Browse, String> {
     let daemon = mdns_sd::ServiceDaemon::new().map_err(|e| format!("mDNS: {e}"))?;
     let rx = daemon
         .browse(SERVICE_TYPE)
@@ -212,8 +284,13 @@ pub fn browse(window: Duration, stop_at: Option<&str>) -> Result<Browse, String>
     let deadline = Instant::now() + window;
     let mut out = Browse::default();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let Ok(event) = rx.recv_timeout(left) else {
+        if cancel.load(Ordering::Relaxed) {
             break;
+        }
+        let event = match rx.recv_timeout(left.min(CANCEL_POLL)) {
+            Ok(e) => e,
+            Err(mdns_sd::RecvTimeoutError::Timeout) => continue,
+            Err(_) => break,
         };
         let mdns_sd::ServiceEvent::ServiceResolved(r) = event else {
             continue;
@@ -227,9 +304,7 @@ pub fn browse(window: Duration, stop_at: Option<&str>) -> Result<Browse, String>
         let instance = instance_of(&r.fullname, &r.ty_domain);
         match parse(&r.ty_domain, &instance, r.port, &addrs, &txt) {
             Ok(f) => {
-                let hit = stop_at.is_some_and(|n| {
-                    f.instance.eq_ignore_ascii_case(n) || f.title.eq_ignore_ascii_case(n)
-                });
+                let hit = stop(&f);
                 if let Some(old) = out.found.iter_mut().find(|o| o.instance == f.instance) {
                     *old = f;
                 } else {
@@ -360,5 +435,63 @@ mod tests {
             "My.Box"
         );
         assert_eq!(instance_of("weird", SERVICE_TYPE), "weird");
+    }
+
+    #[test]
+    fn a_moved_server_is_found_again_by_instance_name_or_title() {
+        let at = |ip: [u8; 4], port: u16, instance: &str, title: &str| Found {
+            instance: instance.into(),
+            addr: SocketAddr::from((ip, port)),
+            title: title.into(),
+            listeners: None,
+            capacity: None,
+            version: None,
+        };
+        let before = at([10, 0, 0, 1], 5000, "Jazz on a port 5000", "Jazz");
+        let chosen = Chosen {
+            found: before.clone(),
+            name: None,
+        };
+        // Same instance on a new address.
+        let moved = at([10, 0, 0, 9], 5000, "JAZZ on a port 5000", "Jazz");
+        let other = at([10, 0, 0, 2], 6000, "Rock on b port 6000", "Rock");
+        assert_eq!(
+            chosen.rematch(&[other.clone(), moved.clone()]),
+            Some(&moved)
+        );
+        // A new port: a new instance name, the same title.
+        let new_port = at([10, 0, 0, 1], 5003, "Jazz on a port 5003", "Jazz");
+        assert_eq!(
+            chosen.rematch(&[other.clone(), new_port.clone()]),
+            Some(&new_port)
+        );
+        // Two of that title: the one at the same address, else none.
+        let elsewhere = at([10, 0, 0, 7], 5000, "Jazz on c port 5000", "Jazz");
+        assert_eq!(
+            chosen.rematch(&[elsewhere.clone(), new_port.clone()]),
+            Some(&new_port)
+        );
+        let far = at([10, 0, 0, 8], 5000, "Jazz on d port 5000", "Jazz");
+        assert_eq!(chosen.rematch(&[elsewhere.clone(), far.clone()]), None);
+        assert_eq!(chosen.rematch(std::slice::from_ref(&other)), None);
+        assert_eq!(chosen.rematch(&[]), None);
+        // An untitled server is not matched by its (empty) title.
+        let untitled = Chosen {
+            found: at([10, 0, 0, 1], 5000, "x on a port 5000", ""),
+            name: None,
+        };
+        assert_eq!(
+            untitled.rematch(&[at([10, 0, 0, 1], 5001, "y on a port 5001", "")]),
+            None
+        );
+        // The --name-of-server choice comes before the title.
+        let named = Chosen {
+            found: before,
+            name: Some("rock".into()),
+        };
+        assert_eq!(
+            named.rematch(&[new_port.clone(), other.clone()]),
+            Some(&other)
+        );
     }
 }

@@ -11,6 +11,13 @@
 //! The backoff is measured from the last datagram the listener sent (a session's own handshake
 //! retries count), so however a session ended the server is asked again at least every
 //! [`REJOIN_MAX`]: a server that comes back is found within that time plus one round trip.
+//!
+//! A listener that found its server by mDNS ([`Stay::with_rediscovery`]) also looks for it
+//! again when it may have moved (a new port or address): after [`REDISCOVER_AFTER`] failed
+//! rejoins in a row [`Stay::poll_rediscover`] tells the shell to browse, then at growing gaps
+//! ([`REDISCOVER_GAP_FIRST`] doubling to [`REDISCOVER_GAP_MAX`]) while rejoining keeps
+//! failing; [`Stay::rediscovered`] says what the browse gave. Rejoin attempts at the last known
+//! address go on in between.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +33,20 @@ pub const REJOIN_FIRST: Duration = Duration::from_millis(250);
 /// its return is noticed within 2 s (the same cap as the handshake's own retries), and a server
 /// that refuses us is asked no more than once per 2 s.
 pub const REJOIN_MAX: Duration = Duration::from_secs(2);
+
+/// Failed rejoins in a row after which a discovered server is looked for again: one, because a
+/// failed handshake already means `--timeout` (3 s by default) without an answer after the
+/// stream was lost, which a server that merely restarted in place does not cause.
+pub const REDISCOVER_AFTER: u32 = 1;
+
+/// Least time between the first two browses of an outage: a server starting up announces
+/// itself at once, so a second look soon after the first catches one that was slow to start.
+pub const REDISCOVER_GAP_FIRST: Duration = Duration::from_secs(5);
+
+/// Cap on the time between browses while the server stays away: each browse multicasts a
+/// query to every host on the link, so a long outage costs one query a minute, and a server
+/// back at a new address is found within a minute.
+pub const REDISCOVER_GAP_MAX: Duration = Duration::from_secs(60);
 
 /// How a session that [`Stay`] is told about ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +135,14 @@ pub struct Stay {
     outage_total: Duration,
     outages: u64,
     sessions: Vec<Stats>,
+    /// Whether the server was found by mDNS and may be looked for again.
+    rediscover: bool,
+    /// Failed handshakes since the last join (or the start).
+    failures: u32,
+    /// No browse before this (none yet this outage: `None`).
+    next_browse: Option<Instant>,
+    /// The gap after the next browse.
+    browse_gap: Duration,
 }
 
 impl Stay {
@@ -130,6 +159,42 @@ impl Stay {
             outage_total: Duration::ZERO,
             outages: 0,
             sessions: Vec::new(),
+            rediscover: false,
+            failures: 0,
+            next_browse: None,
+            browse_gap: REDISCOVER_GAP_FIRST,
+        }
+    }
+
+    /// The server was found by mDNS: look for it again when rejoining fails
+    /// ([`Self::poll_rediscover`]).
+    pub fn with_rediscovery(mut self) -> Self {
+        self.rediscover = true;
+        self
+    }
+
+    /// Whether the shell should browse for the server now, while waiting to rejoin; if so the
+    /// browse counts as started at `now` (the next one is due a gap later, after another
+    /// failure).
+    pub fn poll_rediscover(&mut self, now: Instant) -> bool {
+        let due = self.rediscover
+            && self.state == State::Waiting
+            && self.failures >= REDISCOVER_AFTER
+            && self.next_browse.is_none_or(|t| now >= t);
+        if due {
+            self.next_browse = Some(now + self.browse_gap);
+            self.browse_gap = (self.browse_gap * 2).min(REDISCOVER_GAP_MAX);
+        }
+        due
+    }
+
+    /// The browse ended at `now`; `moved` when it found the server at another address, which
+    /// the next session joins at once.
+    pub fn rediscovered(&mut self, now: Instant, moved: bool) {
+        if moved && self.state == State::Waiting {
+            self.rejoin_at = Some(now);
+            self.backoff = REJOIN_FIRST;
+            self.failures = 0;
         }
     }
 
@@ -142,6 +207,9 @@ impl Stay {
     pub fn joined(&mut self, now: Instant) -> Option<Transition> {
         self.backoff = REJOIN_FIRST;
         self.last_failure = None;
+        self.failures = 0;
+        self.next_browse = None;
+        self.browse_gap = REDISCOVER_GAP_FIRST;
         let since = self.lost_since.take();
         let was_lost = std::mem::replace(&mut self.ever_joined, true);
         match since {
@@ -175,6 +243,7 @@ impl Stay {
                 Some(Transition::Lost { reason })
             }
             SessionEnd::Handshake(reason) => {
+                self.failures = self.failures.saturating_add(1);
                 if self.last_failure.as_deref() == Some(reason.as_str()) {
                     None
                 } else {
@@ -468,5 +537,116 @@ mod tests {
         assert_eq!(v["end_reason"], "interrupted");
         assert_eq!(v["sessions"][0]["end_reason"], "finished");
         assert_eq!(v["sessions"].as_array().unwrap().len(), 1);
+    }
+
+    /// A handshake attempt from `now` that got no answer for 3 s; returns when it ended.
+    fn fail(s: &mut Stay, now: Instant) -> Instant {
+        s.sent(now);
+        let end = now + 3000 * MS;
+        s.ended(end, SessionEnd::Handshake("no answer".into()));
+        end
+    }
+
+    #[test]
+    fn a_discovered_server_is_looked_for_after_a_failed_rejoin_then_at_growing_gaps() {
+        let t0 = Instant::now();
+        let mut s = Stay::new(t0).with_rediscovery();
+        s.joined(t0);
+        let lost = t0 + 10_000 * MS;
+        s.sent(lost);
+        s.ended(
+            lost,
+            SessionEnd::Stream(stats(10, 0.0, ExitReason::Timeout)),
+        );
+        assert!(
+            !s.poll_rediscover(lost),
+            "losing the stream is no failed rejoin"
+        );
+        assert!(s.poll_rejoin(s.rejoin_at().unwrap()));
+        assert!(
+            !s.poll_rediscover(lost + 300 * MS),
+            "not while a session runs"
+        );
+        let mut now = fail(&mut s, lost + 250 * MS);
+        let mut browses = Vec::new();
+        for _ in 0..1000 {
+            if browses.len() == 7 {
+                break;
+            }
+            if s.poll_rediscover(now) {
+                browses.push(now);
+                // Nothing found: the rejoin at the old address goes on.
+                s.rediscovered(now + 3000 * MS, false);
+                now += 3000 * MS;
+            }
+            let at = s.rejoin_at().unwrap().max(now);
+            assert!(s.poll_rejoin(at));
+            now = fail(&mut s, at);
+        }
+        assert_eq!(
+            browses[0],
+            lost + 3250 * MS,
+            "right after the first failed rejoin"
+        );
+        let gaps: Vec<u64> = browses
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs())
+            .collect();
+        // Each gap is at least the policy's (5, 10, 20, 40, 60, 60 s) and no more than one
+        // failed attempt (3 s) and its backoff (2 s) later.
+        let want = [5, 10, 20, 40, 60, 60];
+        assert!(gaps.len() >= want.len(), "{gaps:?}");
+        for (got, min) in gaps.iter().zip(want) {
+            assert!((min..=min + 8).contains(got), "{gaps:?}");
+        }
+        // A join starts the policy over.
+        s.poll_rejoin(s.rejoin_at().unwrap());
+        s.joined(now);
+        s.sent(now);
+        s.ended(now, SessionEnd::Stream(stats(1, 0.0, ExitReason::Timeout)));
+        assert!(s.poll_rejoin(s.rejoin_at().unwrap()));
+        let end = fail(&mut s, now + 250 * MS);
+        assert!(s.poll_rediscover(end), "the gap started over");
+    }
+
+    #[test]
+    fn a_server_found_elsewhere_is_joined_at_once() {
+        let t0 = Instant::now();
+        let mut s = Stay::new(t0).with_rediscovery();
+        s.joined(t0);
+        s.sent(t0);
+        s.ended(t0, SessionEnd::Stream(stats(1, 0.0, ExitReason::Timeout)));
+        assert!(s.poll_rejoin(s.rejoin_at().unwrap()));
+        // Failures push the backoff up.
+        let mut now = fail(&mut s, t0 + 250 * MS);
+        for _ in 0..3 {
+            s.poll_rediscover(now);
+            let at = s.rejoin_at().unwrap().max(now);
+            assert!(s.poll_rejoin(at));
+            // Right after the send, so the backoff shows.
+            s.sent(at);
+            s.ended(at, SessionEnd::Handshake("no answer".into()));
+            now = at;
+        }
+        assert!(s.rejoin_at().unwrap() > now + 1000 * MS);
+        // A browse says the server moved: rejoin now, with the backoff reset.
+        s.rediscovered(now + 100 * MS, true);
+        assert_eq!(s.rejoin_at(), Some(now + 100 * MS));
+        assert!(s.poll_rejoin(now + 100 * MS));
+        s.sent(now + 100 * MS);
+        s.ended(now + 100 * MS, SessionEnd::Handshake("server full".into()));
+        assert_eq!(s.rejoin_at(), Some(now + 350 * MS));
+    }
+
+    #[test]
+    fn a_listener_given_its_server_never_browses() {
+        let t0 = Instant::now();
+        let mut s = Stay::new(t0);
+        let mut now = t0;
+        for _ in 0..10 {
+            now = fail(&mut s, now);
+            assert!(!s.poll_rediscover(now));
+            assert!(s.poll_rejoin(s.rejoin_at().unwrap().max(now)));
+        }
     }
 }

@@ -456,6 +456,8 @@ impl Shell {
         while let Some(e) = self.endpoint.poll_event() {
             self.log_event(e);
         }
+        // The mDNS announcement's live count (a no-op when not announced).
+        crate::announce::set_listeners(self.local_addr, self.endpoint.sessions().len());
     }
 
     fn log_handshake(&mut self, line: std::fmt::Arguments<'_>) {

@@ -263,8 +263,8 @@ fn discover(cli: &Cli) -> ExitCode {
 }
 
 /// No `--server`: the server mDNS finds within `--timeout` (the only one, or the one
-/// `--name-of-server` names), as `IP:PORT`; the chosen one is said on stderr.
-fn find_server(cli: &Cli) -> Result<String, ExitCode> {
+/// `--name-of-server` names), as `IP:PORT`, and how it was chosen; the chosen one is said on stderr.
+fn find_server(cli: &Cli) -> Result<(String, listen::discover::Chosen), ExitCode> {
     let b = listen::discover::browse(cli.timeout, cli.name_of_server.as_deref()).map_err(|e| {
         eprintln!("listen: {e}");
         ExitCode::from(1)
@@ -275,7 +275,11 @@ fn find_server(cli: &Cli) -> Result<String, ExitCode> {
                 "listen: found {:?} ({:?}) at {} by mDNS; joining it",
                 f.instance, f.title, f.addr
             );
-            Ok(f.addr.to_string())
+            let chosen = listen::discover::Chosen {
+                found: f.clone(),
+                name: cli.name_of_server.clone(),
+            };
+            Ok((f.addr.to_string(), chosen))
         }
         Err(e) => {
             eprintln!("listen: {e}");
@@ -317,10 +321,10 @@ fn main() -> ExitCode {
     if cli.discover {
         return discover(&cli);
     }
-    let server = match cli.server.clone() {
-        Some(s) => s,
+    let (server, discovered) = match cli.server.clone() {
+        Some(s) => (s, None),
         None => match find_server(&cli) {
-            Ok(s) => s,
+            Ok((s, chosen)) => (s, Some(chosen)),
             Err(code) => return code,
         },
     };
@@ -335,6 +339,7 @@ fn main() -> ExitCode {
         log_file: cli.log_file.clone(),
         quiet: cli.quiet,
         stay: cli.stay,
+        discovered,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
