@@ -10,14 +10,12 @@
 //! The protocol itself (handshake and retransmission, `Welcome` checks, reports, `End`, the
 //! silence timeout, eviction) lives in [`crate::session`].
 //!
-//! With `--stay` the shell runs sessions one after another as [`crate::stay`] says; for a
-//! server found by mDNS it also browses again when told ([`Stay::poll_rediscover`]), on a
-//! thread of its own that the interrupt cancels, and moves to the address found.
+//! With `--stay`, `crate::staying` runs this loop for one session after another; the typed
+//! options, outcome and errors are in [`crate::config`].
 
 use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use proto::limits::MAX_DATAGRAM;
@@ -25,14 +23,16 @@ use proto::{RejectReason, StreamInfo};
 use tokio::net::UdpSocket;
 use tokio::time::MissedTickBehavior;
 
-use crate::discover::{Chosen, REBROWSE_WINDOW};
+use crate::config::fmt_secs;
 use crate::jitter::duration_of;
 use crate::session::{Event, Session, SessionConfig};
 use crate::sink::{CpalSink, DEVICE_LEAD, Sink, SinkError, VIRTUAL_LEAD, WavSink};
 use crate::stats::{ExitReason, Stats, render_table};
 use crate::status::{STATUS_INTERVAL, StatusLine, fmt_position};
-use crate::stay::{REJOIN_MAX, SessionEnd, Stay, StayStats, Transition};
+use crate::stay::Stay;
+use crate::staying::log_transition;
 
+pub use crate::config::{Config, ListenError, Outcome, parse_duration};
 pub use crate::session::{DEFAULT_LATENCY, DEFAULT_TIMEOUT};
 
 /// Most datagrams read in one go after a wake-up before timers get a turn: a 2 s burst of
@@ -44,178 +44,6 @@ pub const RECV_BATCH: usize = 256;
 /// is busy. The default (~208 KiB) lost 61% of a 2 s-interval stream on loopback. Linux caps
 /// the request at `net.core.rmem_max`.
 pub const RECV_BUFFER: usize = 8 << 20;
-
-/// Every option of the `listen` command, typed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    /// The server as the user wrote it, `HOST:PORT`; HOST may be a name.
-    pub server: String,
-    /// Write the played stream to this WAV file instead of an audio device.
-    pub output: Option<PathBuf>,
-    /// Play through the output device of this name instead of the default one.
-    pub device: Option<String>,
-    /// List the output devices and exit (handled by the binary, ignored by [`run`]).
-    pub list_devices: bool,
-    /// Jitter-buffer target; grows when the server's interval needs more.
-    pub latency: Duration,
-    /// Server silence (handshake or mid-stream) after which the client gives up.
-    pub timeout: Duration,
-    /// Write the statistics as JSON to this file at exit.
-    pub stats_json: Option<PathBuf>,
-    /// Also write the log to this file (set up by the binary, ignored by [`run`]).
-    pub log_file: Option<PathBuf>,
-    /// No live status line.
-    pub quiet: bool,
-    /// Rejoin after every end but the interrupt (`--stay`, [`crate::stay`]).
-    pub stay: bool,
-    /// The server was found by mDNS (no `--server`): with `stay`, it is looked for again when
-    /// it may have moved.
-    pub discovered: Option<Chosen>,
-}
-
-impl Config {
-    /// The defaults of the command line for `server`, playing to the default device; tests set
-    /// `output` to a WAV file.
-    pub fn new(server: impl Into<String>) -> Self {
-        Self {
-            server: server.into(),
-            output: None,
-            device: None,
-            list_devices: false,
-            latency: DEFAULT_LATENCY,
-            timeout: DEFAULT_TIMEOUT,
-            stats_json: None,
-            log_file: None,
-            quiet: false,
-            stay: false,
-            discovered: None,
-        }
-    }
-}
-
-/// How a run that reached the server ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    /// The final statistics (zeros when interrupted before the `Welcome`).
-    pub stats: Stats,
-    /// Why the stream ended.
-    pub end_reason: ExitReason,
-    /// The stream as the server described it (`None` when interrupted during the handshake);
-    /// with `--stay` the last one joined.
-    pub info: Option<StreamInfo>,
-    /// With `--stay`: the totals (also in `stats`), each session and the outages.
-    pub stay: Option<StayStats>,
-}
-
-impl Outcome {
-    /// The process exit code: 0 finished, shutdown or interrupted; 4 timeout or evicted.
-    pub fn exit_code(&self) -> u8 {
-        match self.end_reason {
-            ExitReason::Finished | ExitReason::Shutdown | ExitReason::Interrupted => 0,
-            ExitReason::Timeout | ExitReason::Evicted => 4,
-        }
-    }
-}
-
-/// Why `listen` could not stream. Each message is one line for the user.
-#[derive(Debug, thiserror::Error)]
-pub enum ListenError {
-    /// `--server` is not `HOST:PORT` or does not resolve.
-    #[error("cannot resolve server {server}: {detail}")]
-    Resolve {
-        /// As given.
-        server: String,
-        /// What failed.
-        detail: String,
-    },
-    /// The local UDP socket failed.
-    #[error("UDP socket: {0}")]
-    Socket(#[from] std::io::Error),
-    /// The handshake got no answer within `--timeout`.
-    #[error("no answer from {server} after {}", fmt_secs(*.after))]
-    NoAnswer {
-        /// As given.
-        server: String,
-        /// The timeout.
-        after: Duration,
-    },
-    /// The server is full.
-    #[error("server {server} is full ({max_clients} listeners)")]
-    Full {
-        /// As given.
-        server: String,
-        /// The server's capacity.
-        max_clients: u32,
-    },
-    /// The server speaks another protocol version.
-    #[error(
-        "server {server} speaks protocol version {supported}, this listen speaks {}",
-        proto::VERSION
-    )]
-    Version {
-        /// As given.
-        server: String,
-        /// The server's version.
-        supported: u8,
-    },
-    /// The server is shutting down.
-    #[error("server {server} is shutting down and takes no new listeners")]
-    ShuttingDown {
-        /// As given.
-        server: String,
-    },
-    /// The `Welcome` described a stream this client cannot play.
-    #[error("server {server} sent an unusable stream description: {detail}")]
-    BadStream {
-        /// As given.
-        server: String,
-        /// What is wrong with it.
-        detail: String,
-    },
-    /// An option value is unusable.
-    #[error("{0}")]
-    BadOption(String),
-    /// The audio device or WAV file failed.
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    /// `--stats-json` could not be written.
-    #[error("cannot write statistics to {path}: {source}")]
-    StatsJson {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-}
-
-impl ListenError {
-    /// The process exit code: 3 rejected, 4 no answer, 1 anything else.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            ListenError::Full { .. }
-            | ListenError::Version { .. }
-            | ListenError::ShuttingDown { .. } => 3,
-            ListenError::NoAnswer { .. } => 4,
-            _ => 1,
-        }
-    }
-}
-
-/// `5` → "5 s", `2.5` → "2.5 s".
-fn fmt_secs(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if d.subsec_nanos() == 0 {
-        format!("{} s", d.as_secs())
-    } else {
-        format!("{s:.1} s")
-    }
-}
-
-/// Parses a duration as humantime (`100ms`, `2s`, `1m 30s`) or a bare number of seconds
-/// (`5`, `0.25`): the syntax every earshot program shares ([`proto::duration`]).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    proto::duration::parse_duration(s)
-}
 
 async fn resolve(server: &str) -> Result<SocketAddr, ListenError> {
     let err = |detail: String| ListenError::Resolve {
@@ -254,7 +82,7 @@ fn open_sink(config: &Config, info: &StreamInfo) -> Result<Box<dyn Sink>, SinkEr
 /// A UDP socket for talking to `server`, bound to an ephemeral port of its family, with a
 /// receive buffer of [`RECV_BUFFER`] (or what the kernel allows: the shell warns when that is
 /// too small for the server's bursts).
-fn bind_socket(server: SocketAddr) -> Result<UdpSocket, ListenError> {
+pub(crate) fn bind_socket(server: SocketAddr) -> Result<UdpSocket, ListenError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let (domain, bind) = if server.is_ipv4() {
         (Domain::IPV4, SocketAddr::from(([0, 0, 0, 0], 0)))
@@ -381,8 +209,9 @@ fn handshake_error(config: &Config, event: Event) -> Option<ListenError> {
 
 /// The sink of a run and the stream format it was opened for: with `--stay` it outlives the
 /// sessions, so the WAV file keeps growing and the device stays open.
-struct OpenSink {
-    sink: Box<dyn Sink>,
+pub(crate) struct OpenSink {
+    /// The sink itself.
+    pub(crate) sink: Box<dyn Sink>,
     /// Sample rate and channels it was opened with.
     format: (u32, u16),
 }
@@ -427,7 +256,7 @@ fn sink_for(
 /// a sink that fails while playing leaves the session (`failure`). With `stay`, the sends are
 /// reported to it.
 #[allow(clippy::too_many_arguments)]
-async fn drive_session(
+pub(crate) async fn drive_session(
     config: &Config,
     session: &mut Session,
     sock: &UdpSocket,
@@ -591,24 +420,6 @@ async fn drive_session(
     }
 }
 
-/// Logs a change of a staying listener's state (once per change, never per retry).
-fn log_transition(config: &Config, t: &Transition) {
-    let server = &config.server;
-    match t {
-        Transition::Lost { reason } => tracing::warn!(
-            "lost the stream from {server} ({}); rejoining (--stay)",
-            reason.as_str()
-        ),
-        Transition::Failing { reason } => {
-            tracing::warn!("{reason}; still trying every {}", fmt_secs(REJOIN_MAX));
-        }
-        Transition::Rejoined { after } => tracing::info!(
-            "rejoined {server} after an outage of {:.1} s",
-            after.as_secs_f64()
-        ),
-    }
-}
-
 /// The sink lead of the sink [`open_sink`] opens for `config`: the session sizes its jitter
 /// buffer with it when the Welcome comes.
 fn sink_lead(config: &Config) -> Duration {
@@ -619,7 +430,7 @@ fn sink_lead(config: &Config) -> Duration {
     }
 }
 
-fn new_session(config: &Config, server: SocketAddr, now: Instant) -> Session {
+pub(crate) fn new_session(config: &Config, server: SocketAddr, now: Instant) -> Session {
     Session::new(
         SessionConfig {
             server,
@@ -633,7 +444,7 @@ fn new_session(config: &Config, server: SocketAddr, now: Instant) -> Session {
 }
 
 /// Prints the table, logs the statistics and writes `--stats-json`.
-fn report(config: &Config, stats: &Stats, json: String) -> Result<(), ListenError> {
+pub(crate) fn report(config: &Config, stats: &Stats, json: String) -> Result<(), ListenError> {
     let table = render_table(stats);
     eprint!("{table}");
     tracing::info!(
@@ -682,7 +493,7 @@ pub async fn run(
     let sock = bind_socket(server)?;
     tracing::info!("connecting to {} ({server})", config.server);
     if config.stay {
-        return run_staying(&config, server, sock, &mut interrupt).await;
+        return crate::staying::run_staying(&config, server, sock, &mut interrupt).await;
     }
     let mut session = new_session(&config, server, Instant::now());
     let mut sink: Option<OpenSink> = None;
@@ -729,190 +540,4 @@ pub async fn run(
         info: session.info().cloned(),
         stay: None,
     })
-}
-
-/// `--stay`: sessions one after another into the same sink until the interrupt; see
-/// [`crate::stay`]. No silence is written for an outage: the WAV file (or the device) gets the
-/// audio that was received, and the statistics say how long the outages were.
-async fn run_staying(
-    config: &Config,
-    mut server: SocketAddr,
-    mut sock: UdpSocket,
-    interrupt: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Result<Outcome, ListenError> {
-    // The server joined can move (rediscovery): the logs name the address in use.
-    let mut config = config.clone();
-    let config = &mut config;
-    let mut stay = Stay::new(Instant::now());
-    if config.discovered.is_some() {
-        stay = stay.with_rediscovery();
-    }
-    let mut sink: Option<OpenSink> = None;
-    let mut failure: Option<SinkError> = None;
-    let mut interrupted = false;
-    let mut info = None;
-    let mut fatal = None;
-    while !interrupted {
-        let mut session = new_session(config, server, Instant::now());
-        let res = drive_session(
-            config,
-            &mut session,
-            &sock,
-            &mut sink,
-            interrupt,
-            &mut interrupted,
-            &mut failure,
-            Some(&mut stay),
-        )
-        .await;
-        let now = Instant::now();
-        if session.info().is_some() {
-            info = session.info().cloned();
-        }
-        let stats = session.stats().filter(|_| session.info().is_some());
-        if interrupted || failure.is_some() {
-            stay.interrupt(now, stats);
-            break;
-        }
-        let end = match res {
-            // A sink that cannot be opened for this stream stops the listener.
-            Err(e @ (ListenError::Sink(_) | ListenError::BadStream { .. }))
-                if session.info().is_some() =>
-            {
-                stay.interrupt(now, None);
-                fatal = Some(e);
-                break;
-            }
-            Err(e) => SessionEnd::Handshake(e.to_string()),
-            Ok(()) => match stats {
-                Some(s) => SessionEnd::Stream(s),
-                None => SessionEnd::Handshake("the handshake ended".into()),
-            },
-        };
-        if let Some(t) = stay.ended(now, end) {
-            log_transition(config, &t);
-        }
-        if stay.poll_rediscover(now)
-            && let Some(chosen) = config.discovered.clone()
-        {
-            let Some(found) = browse_again(&chosen, interrupt).await else {
-                stay.interrupt(Instant::now(), None);
-                break;
-            };
-            let mut moved = false;
-            match found {
-                Some(f) if f.addr != server => {
-                    tracing::info!(
-                        "found {:?} ({:?}) again by mDNS, now at {}; joining it there",
-                        f.instance,
-                        f.title,
-                        f.addr
-                    );
-                    // A socket of the new address's family, when it changed.
-                    let rebound = if f.addr.is_ipv4() == server.is_ipv4() {
-                        Ok(None)
-                    } else {
-                        bind_socket(f.addr).map(Some)
-                    };
-                    match rebound {
-                        Ok(new_sock) => {
-                            if let Some(s) = new_sock {
-                                sock = s;
-                            }
-                            moved = true;
-                            server = f.addr;
-                            config.server = f.addr.to_string();
-                            config.discovered = Some(Chosen {
-                                found: f,
-                                name: chosen.name,
-                            });
-                        }
-                        Err(e) => tracing::warn!("cannot follow it to {}: {e}", f.addr),
-                    }
-                }
-                Some(_) => tracing::debug!("mDNS: {server} is still where it was"),
-                None => tracing::debug!("mDNS: {:?} not found", chosen.found.instance),
-            }
-            stay.rediscovered(Instant::now(), moved);
-        }
-        // Wait for the rejoin, or the interrupt.
-        let Some(at) = stay.rejoin_at() else { break };
-        tokio::select! {
-            () = interrupt.as_mut() => {
-                interrupted = true;
-                stay.interrupt(Instant::now(), None);
-            }
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
-                stay.poll_rejoin(Instant::now().max(at));
-            }
-        }
-    }
-    let all = stay.stats();
-    let config = &*config;
-    if let Some(mut s) = sink {
-        if let Err(e) = s.sink.finish(Instant::now()) {
-            failure = failure.or(Some(e));
-        }
-    }
-    tracing::info!(
-        "{} sessions, {} outages ({:.1} s without a stream)",
-        all.session_count,
-        all.outages,
-        all.outage_ms as f64 / 1000.0
-    );
-    report(config, &all.total, all.to_json())?;
-    if let Some(e) = fatal {
-        return Err(e);
-    }
-    if let Some(e) = failure {
-        return Err(e.into());
-    }
-    Ok(Outcome {
-        stats: all.total.clone(),
-        end_reason: all.total.end_reason,
-        info,
-        stay: Some(all),
-    })
-}
-
-/// Browses for the server `chosen` (at most [`REBROWSE_WINDOW`], less once it shows) on a
-/// thread of its own: `Some(found)` with what matched, if anything; `None` when interrupted
-/// (the browse is cancelled).
-async fn browse_again(
-    chosen: &Chosen,
-    interrupt: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Option<Option<crate::discover::Found>> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let cancel = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let (c, flag) = (chosen.clone(), cancel.clone());
-    let started = std::thread::Builder::new()
-        .name("browse".into())
-        .spawn(move || {
-            let r = crate::discover::browse_until(
-                REBROWSE_WINDOW,
-                |f| c.rematch(std::slice::from_ref(f)).is_some(),
-                &flag,
-            );
-            let _ = tx.send(r);
-        });
-    if let Err(e) = started {
-        tracing::warn!("cannot browse for the server again: {e}");
-        return Some(None);
-    }
-    tokio::select! {
-        () = interrupt.as_mut() => {
-            cancel.store(true, Ordering::Relaxed);
-            None
-        }
-        r = rx => Some(match r {
-            Ok(Ok(b)) => chosen.rematch(&b.found).cloned(),
-            Ok(Err(e)) => {
-                tracing::warn!("cannot browse for the server again: {e}");
-                None
-            }
-            Err(_) => None,
-        }),
-    }
 }

@@ -5,12 +5,14 @@
 //! end of the stream, every timeout) composes [`jitter`] (reorder, conceal, rebuffer) and
 //! [`stats`] (counters, RFC 3550 jitter). [`sink`] holds the outputs behind one trait (the
 //! virtual ones run on the caller's clock), [`status`] renders the live status line, and
-//! [`stay`] is the rejoin policy of `--stay`, and
-//! [`client`] is the thin tokio shell that drives them; the `listen` binary parses flags and
-//! calls [`client::run`].
+//! [`stay`] is the rejoin policy of `--stay` and [`discover`] finds servers by mDNS.
+//! [`client`] is the thin tokio shell that drives one session (`staying` runs sessions one
+//! after another for `--stay`); [`config`] holds the command's typed options, outcome and
+//! errors. The `listen` binary parses flags and calls [`client::run`].
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod config;
 pub mod discover;
 pub mod jitter;
 pub mod session;
@@ -18,7 +20,9 @@ pub mod sink;
 pub mod stats;
 pub mod status;
 pub mod stay;
+mod staying;
 
-pub use client::{Config, ListenError, Outcome, parse_duration, run};
+pub use client::run;
+pub use config::{Config, ListenError, Outcome, parse_duration};
 pub use session::{Event, Session, SessionConfig, Transmit};
 pub use stats::{ExitReason, Stats};

@@ -1,0 +1,186 @@
+//! The `listen` command as a library call: its typed options ([`Config`]), how a run ended
+//! ([`Outcome`]) and why it could not stream ([`ListenError`]), each error one line for the
+//! user with its exit code.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use proto::StreamInfo;
+
+use crate::discover::Chosen;
+use crate::session::{DEFAULT_LATENCY, DEFAULT_TIMEOUT};
+use crate::sink::SinkError;
+use crate::stats::{ExitReason, Stats};
+use crate::stay::StayStats;
+
+/// Every option of the `listen` command, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The server as the user wrote it, `HOST:PORT`; HOST may be a name.
+    pub server: String,
+    /// Write the played stream to this WAV file instead of an audio device.
+    pub output: Option<PathBuf>,
+    /// Play through the output device of this name instead of the default one.
+    pub device: Option<String>,
+    /// List the output devices and exit (handled by the binary, ignored by [`crate::client::run`]).
+    pub list_devices: bool,
+    /// Jitter-buffer target; grows when the server's interval needs more.
+    pub latency: Duration,
+    /// Server silence (handshake or mid-stream) after which the client gives up.
+    pub timeout: Duration,
+    /// Write the statistics as JSON to this file at exit.
+    pub stats_json: Option<PathBuf>,
+    /// Also write the log to this file (set up by the binary, ignored by [`crate::client::run`]).
+    pub log_file: Option<PathBuf>,
+    /// No live status line.
+    pub quiet: bool,
+    /// Rejoin after every end but the interrupt (`--stay`, [`crate::stay`]).
+    pub stay: bool,
+    /// The server was found by mDNS (no `--server`): with `stay`, it is looked for again when
+    /// it may have moved.
+    pub discovered: Option<Chosen>,
+}
+
+impl Config {
+    /// The defaults of the command line for `server`, playing to the default device; tests set
+    /// `output` to a WAV file.
+    pub fn new(server: impl Into<String>) -> Self {
+        Self {
+            server: server.into(),
+            output: None,
+            device: None,
+            list_devices: false,
+            latency: DEFAULT_LATENCY,
+            timeout: DEFAULT_TIMEOUT,
+            stats_json: None,
+            log_file: None,
+            quiet: false,
+            stay: false,
+            discovered: None,
+        }
+    }
+}
+
+/// How a run that reached the server ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The final statistics (zeros when interrupted before the `Welcome`).
+    pub stats: Stats,
+    /// Why the stream ended.
+    pub end_reason: ExitReason,
+    /// The stream as the server described it (`None` when interrupted during the handshake);
+    /// with `--stay` the last one joined.
+    pub info: Option<StreamInfo>,
+    /// With `--stay`: the totals (also in `stats`), each session and the outages.
+    pub stay: Option<StayStats>,
+}
+
+impl Outcome {
+    /// The process exit code: 0 finished, shutdown or interrupted; 4 timeout or evicted.
+    pub fn exit_code(&self) -> u8 {
+        match self.end_reason {
+            ExitReason::Finished | ExitReason::Shutdown | ExitReason::Interrupted => 0,
+            ExitReason::Timeout | ExitReason::Evicted => 4,
+        }
+    }
+}
+
+/// Why `listen` could not stream. Each message is one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// `--server` is not `HOST:PORT` or does not resolve.
+    #[error("cannot resolve server {server}: {detail}")]
+    Resolve {
+        /// As given.
+        server: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The local UDP socket failed.
+    #[error("UDP socket: {0}")]
+    Socket(#[from] std::io::Error),
+    /// The handshake got no answer within `--timeout`.
+    #[error("no answer from {server} after {}", fmt_secs(*.after))]
+    NoAnswer {
+        /// As given.
+        server: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The server is full.
+    #[error("server {server} is full ({max_clients} listeners)")]
+    Full {
+        /// As given.
+        server: String,
+        /// The server's capacity.
+        max_clients: u32,
+    },
+    /// The server speaks another protocol version.
+    #[error(
+        "server {server} speaks protocol version {supported}, this listen speaks {}",
+        proto::VERSION
+    )]
+    Version {
+        /// As given.
+        server: String,
+        /// The server's version.
+        supported: u8,
+    },
+    /// The server is shutting down.
+    #[error("server {server} is shutting down and takes no new listeners")]
+    ShuttingDown {
+        /// As given.
+        server: String,
+    },
+    /// The `Welcome` described a stream this client cannot play.
+    #[error("server {server} sent an unusable stream description: {detail}")]
+    BadStream {
+        /// As given.
+        server: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// An option value is unusable.
+    #[error("{0}")]
+    BadOption(String),
+    /// The audio device or WAV file failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// `--stats-json` could not be written.
+    #[error("cannot write statistics to {path}: {source}")]
+    StatsJson {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl ListenError {
+    /// The process exit code: 3 rejected, 4 no answer, 1 anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ListenError::Full { .. }
+            | ListenError::Version { .. }
+            | ListenError::ShuttingDown { .. } => 3,
+            ListenError::NoAnswer { .. } => 4,
+            _ => 1,
+        }
+    }
+}
+
+/// `5` → "5 s", `2.5` → "2.5 s".
+pub(crate) fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if d.subsec_nanos() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// Parses a duration as humantime (`100ms`, `2s`, `1m 30s`) or a bare number of seconds
+/// (`5`, `0.25`): the syntax every earshot program shares ([`proto::duration`]).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    proto::duration::parse_duration(s)
+}
