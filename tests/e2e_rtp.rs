@@ -18,9 +18,10 @@ use std::process::Command;
 
 use common::*;
 
-fn have(program: &str) -> bool {
+/// True when `program version_flag` runs and succeeds.
+fn have(program: &str, version_flag: &str) -> bool {
     Command::new(program)
-        .arg("--version")
+        .arg(version_flag)
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
@@ -29,9 +30,10 @@ fn have(program: &str) -> bool {
 /// True when both players are installed; otherwise skips loudly (or fails under
 /// `EARSHOT_REQUIRE_PLAYERS`).
 fn players(test: &str) -> bool {
-    let missing: Vec<&str> = ["ffmpeg", "gst-launch-1.0"]
+    let missing: Vec<&str> = [("ffmpeg", "-version"), ("gst-launch-1.0", "--version")]
         .into_iter()
-        .filter(|p| !have(p))
+        .filter(|(p, flag)| !have(p, flag))
+        .map(|(p, _)| p)
         .collect();
     if missing.is_empty() {
         return true;
@@ -86,6 +88,12 @@ fn align(name: &str, got: &[i16], want: &[i16], channels: usize) -> usize {
     assert!(
         got.len() * 10 >= want.len() * 9,
         "{name}: captured {} of {} samples (< 90%)",
+        got.len(),
+        want.len()
+    );
+    assert!(
+        got.len() <= want.len(),
+        "{name}: captured {} samples, more than the source's {}",
         got.len(),
         want.len()
     );
