@@ -238,8 +238,7 @@ fn rtp_to_players(fixture_name: &str) {
         .proc
         .stderr()
         .lines()
-        .filter(|l| l.contains("rtp: sent "))
-        .last()
+        .rfind(|l| l.contains("rtp: sent "))
         .map(str::to_string)
         .unwrap_or_else(|| panic!("no rtp line:\n{}", server.proc.stderr()));
     let refused: u64 = last

@@ -382,7 +382,7 @@ mod tests {
             &mut out,
         );
         assert_eq!(out.len(), 2);
-        assert_eq!(&out[0][4..8], &(0xffff_fff0u32 + 0).to_be_bytes());
+        assert_eq!(&out[0][4..8], &0xffff_fff0u32.to_be_bytes());
         assert_eq!(&out[0][12..], &[0, 1, 0, 2]);
         assert_eq!(&out[1][4..8], &(0xffff_fff0u32 + 5).to_be_bytes());
     }
