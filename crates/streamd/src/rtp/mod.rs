@@ -416,6 +416,68 @@ mod tests {
         assert_eq!(p.rtcp_timeout(), None);
     }
 
+    /// With `set_emit_always`, the endpoint hands out its ticks with nobody joined (RTP's
+    /// feed); without it, nothing.
+    #[test]
+    fn endpoint_feeds_rtp_without_listeners() {
+        use crate::endpoint::{AudioSource, Endpoint, EndpointConfig, StartMode, Transmit};
+        use crate::source::SourceInfo;
+        struct Ramp(SourceInfo, u64);
+        impl AudioSource for Ramp {
+            fn info(&self) -> &SourceInfo {
+                &self.0
+            }
+            fn read_frames(&mut self, max: usize, out: &mut Vec<i16>) -> usize {
+                let n = (max as u64).min(self.1) as usize;
+                out.extend((0..n).map(|i| i as i16));
+                self.1 -= n as u64;
+                n
+            }
+            fn is_finished(&self) -> bool {
+                self.1 == 0
+            }
+            fn rewind(&mut self) -> Result<(), String> {
+                Err("no".into())
+            }
+        }
+        for emit in [false, true] {
+            let t0 = Instant::now();
+            let info = SourceInfo {
+                sample_rate: 8_000,
+                channels: 1,
+                total_frames: Some(800),
+                codec: "pcm".into(),
+                title: "t".into(),
+            };
+            let config = EndpointConfig {
+                interval: Duration::from_millis(20),
+                max_clients: 4,
+                client_timeout: Duration::from_secs(5),
+                start: StartMode::Now,
+                looping: false,
+                mtu: 1400,
+                cookie_key: (1, 2),
+            };
+            let mut ep = Endpoint::new(t0, config, Ramp(info, 800));
+            ep.set_emit_always(emit);
+            let mut p = Packetizer::new(params(8_000, 1, 1400));
+            let mut out = Vec::new();
+            let mut now = t0;
+            while !ep.is_closed() && now < t0 + Duration::from_secs(2) {
+                ep.handle_timeout(now);
+                while let Some(t) = ep.poll_transmit(now) {
+                    if let Transmit::Fanout { datagrams, dests } = t {
+                        assert!(dests.is_empty());
+                        p.tick(now, datagrams, &mut out);
+                    }
+                }
+                now += Duration::from_millis(10);
+            }
+            let frames: usize = out.iter().map(|b| (b.len() - RTP_HEADER) / 2).sum();
+            assert_eq!(frames, if emit { 800 } else { 0 }, "emit_always {emit}");
+        }
+    }
+
     proptest! {
         /// Any tick, cut into native datagrams however the endpoint cut it, becomes RTP packets
         /// of whole frames within the MTU whose payloads concatenate to the tick's PCM
