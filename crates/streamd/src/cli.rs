@@ -2,6 +2,7 @@
 //! the syntax every earshot program shares ([`proto::duration::parse_duration`]: `20ms`,
 //! `0.5s`, or a plain number of seconds such as `0.02`); these add streamd's ranges.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use proto::duration::{Lower, parse_within};
@@ -32,6 +33,16 @@ pub fn parse_client_timeout(s: &str) -> Result<Duration, String> {
     )
 }
 
+/// `--rtp DEST:PORT`: an IP address (IPv6 in brackets) and an even port a datagram can be
+/// sent to ([`crate::rtp::output::check_dest`]).
+pub fn parse_rtp_dest(s: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = s.parse().map_err(|_| {
+        format!("{s:?} is not DEST:PORT (an IP address and a port, e.g. 127.0.0.1:5004 or [ff15::1]:5004)")
+    })?;
+    crate::rtp::output::check_dest(a)?;
+    Ok(a)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -53,5 +64,25 @@ mod tests {
         assert_eq!(parse_client_timeout("5s"), Ok(Duration::from_secs(5)));
         assert!(parse_client_timeout("0").is_err());
         assert!(parse_client_timeout("2days").is_err());
+    }
+
+    #[test]
+    fn rtp_dest() {
+        assert_eq!(
+            parse_rtp_dest("127.0.0.1:5004"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 5004)))
+        );
+        assert!(parse_rtp_dest("[ff15::1]:5004").is_ok());
+        assert!(parse_rtp_dest("239.1.2.3:5006").is_ok());
+        for bad in [
+            "localhost:5004",
+            "127.0.0.1",
+            "127.0.0.1:5005",
+            "0.0.0.0:5004",
+            "1.2.3:4",
+        ] {
+            let e = parse_rtp_dest(bad).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
     }
 }

@@ -271,6 +271,8 @@ pub struct Endpoint<S> {
     corrupt_seen: u64,
     corrupt_reported: u64,
     loops: u64,
+    /// Hand out every tick's Audio even with no listener ([`Endpoint::set_emit_always`]).
+    emit_always: bool,
 }
 
 impl<S: AudioSource> Endpoint<S> {
@@ -334,12 +336,20 @@ impl<S: AudioSource> Endpoint<S> {
             corrupt_seen: 0,
             corrupt_reported: 0,
             loops: 0,
+            emit_always: false,
             config,
         };
         if ep.config.start == StartMode::Now {
             ep.start(now);
         }
         ep
+    }
+
+    /// With `on`, every tick's Audio datagrams are handed out as a `Transmit::Fanout` even when
+    /// no listener is joined (its `dests` then empty): for an output beside the listeners (RTP)
+    /// that the shell feeds from the same datagrams.
+    pub fn set_emit_always(&mut self, on: bool) {
+        self.emit_always = on;
     }
 
     /// Handles one datagram from `from` that arrived at `now`: replies are queued for
@@ -578,7 +588,7 @@ impl<S: AudioSource> Endpoint<S> {
             }
         }
         self.clock.sent(produced);
-        if !datagrams.is_empty() && !self.sessions.is_empty() {
+        if !datagrams.is_empty() && (self.emit_always || !self.sessions.is_empty()) {
             dests.extend_from_slice(self.sessions.addrs());
             self.queue.push_back(Queued::Many(datagrams, dests));
         } else {

@@ -10,6 +10,8 @@
 //! - [`endpoint`]: the whole server as one sans-IO state machine over the three above (ticks,
 //!   Audio datagrams, End ×3, start, loop, evictions, replies); `handle` / `poll_transmit` /
 //!   `poll_timeout` / `handle_timeout` / `shutdown`.
+//! - [`rtp`]: the stream as RTP (L16) beside the listeners, with RTCP sender reports, the SDP a
+//!   player opens and SAP announcements; sans-IO builders plus the shell's socket piece.
 //! - [`server`]: the tokio shell that moves bytes between the socket, one timer, the endpoint
 //!   and the fan-out, and logs.
 #![forbid(unsafe_code)]
@@ -20,6 +22,7 @@ pub mod cli;
 pub mod endpoint;
 pub mod fanout;
 pub mod pacing;
+pub mod rtp;
 pub mod server;
 pub mod sessions;
 pub mod source;

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::{Stream, StreamExt};
 use proto::EndReason;
@@ -18,6 +18,7 @@ use tokio::net::UdpSocket;
 use crate::endpoint::{Endpoint, EndpointConfig, Event, Transmit};
 pub use crate::endpoint::{HOUSEKEEPING, MAX_PENDING_ENDS, StartMode};
 use crate::fanout::{Fanout, FanoutStats};
+use crate::rtp::output::{Output as RtpOutput, RtpConfig};
 use crate::sessions::{self, Ignored, Sessions};
 use crate::source::{Source, SourceError, SourceInfo};
 
@@ -68,6 +69,9 @@ pub struct Config {
     pub mtu: usize,
     /// `--log-file`: also write the log here (used by the binary, not the library).
     pub log_file: Option<PathBuf>,
+    /// `--rtp`, `--ttl`, `--sdp`, `--sap`: the RTP output beside the listeners (off when no
+    /// destination is given).
+    pub rtp: RtpConfig,
 }
 
 /// Default `--interval`: 50 ticks a second, small bursts, cheap timers.
@@ -88,6 +92,7 @@ impl Config {
             looping: false,
             mtu: proto::limits::DEFAULT_MTU,
             log_file: None,
+            rtp: RtpConfig::default(),
         }
     }
 
@@ -114,6 +119,7 @@ impl Config {
         if self.client_timeout.is_zero() {
             return Err("--client-timeout must be more than zero".into());
         }
+        self.rtp.validate()?;
         Ok(())
     }
 
@@ -148,6 +154,9 @@ pub enum StartError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The RTP output cannot be set up (a socket, the `--sdp` file).
+    #[error("cannot start the RTP output: {0}")]
+    Rtp(String),
 }
 
 fn bind_reason(e: &std::io::Error) -> String {
@@ -207,6 +216,8 @@ pub struct Server {
     local_addr: SocketAddr,
     /// The open file.
     source: Source,
+    /// The RTP output, when `--rtp` was given.
+    rtp: Option<RtpOutput>,
 }
 
 impl Server {
@@ -223,11 +234,13 @@ impl Server {
             addr: config.bind,
             source,
         })?;
+        let rtp = open_rtp(&config, source.info()).map_err(StartError::Rtp)?;
         Ok(Server {
             config,
             socket,
             local_addr,
             source,
+            rtp,
         })
     }
 
@@ -246,6 +259,11 @@ impl Server {
         &self.config
     }
 
+    /// The RTP output's description (what `--sdp` writes), when `--rtp` was given.
+    pub fn rtp_sdp(&self) -> Option<&str> {
+        self.rtp.as_ref().map(RtpOutput::sdp)
+    }
+
     /// Streams until the end of the file (unless `--loop`) or until `shutdown` completes, then
     /// sends `End` to every listener ([`proto::limits::END_REPEAT`] times,
     /// [`proto::limits::END_SPACING`] apart), answering `Reject{ShuttingDown}` meanwhile, and
@@ -262,7 +280,9 @@ impl Server {
         let now = Instant::now();
         let mut fanout = Fanout::new();
         fanout.detect(&self.socket);
-        let endpoint = Endpoint::new(now, self.config.endpoint(), self.source);
+        let mut endpoint = Endpoint::new(now, self.config.endpoint(), self.source);
+        // RTP is fed from the tick's Audio datagrams, with or without native listeners.
+        endpoint.set_emit_always(self.rtp.is_some());
         let mut shell = Shell {
             config: self.config,
             socket: self.socket,
@@ -273,9 +293,12 @@ impl Server {
             ignored_period: IgnoredCounts::default(),
             handshake_logged: 0,
             handshake_unlogged: 0,
+            rtp: self.rtp,
         };
         shell.log_start();
+        shell.log_rtp_start();
         let aborted = shell.main_loop(stop).await;
+        shell.finish_rtp();
         shell.log_summary();
         Ok(shell.summary(aborted))
     }
@@ -339,6 +362,8 @@ struct Shell {
     /// ones only counted.
     handshake_logged: u64,
     handshake_unlogged: u64,
+    /// The RTP output (see the RTP section at the end of this file).
+    rtp: Option<RtpOutput>,
 }
 
 impl Shell {
@@ -449,10 +474,16 @@ impl Shell {
                     self.fanout.send_one(&self.socket, &datagram, dest);
                 }
                 Transmit::Fanout { datagrams, dests } => {
-                    self.fanout.send(&self.socket, datagrams, dests);
+                    if !dests.is_empty() {
+                        self.fanout.send(&self.socket, datagrams, dests);
+                    }
+                    if let Some(rtp) = &mut self.rtp {
+                        rtp.tick(now, datagrams);
+                    }
                 }
             }
         }
+        self.poll_rtp(now);
         while let Some(e) = self.endpoint.poll_event() {
             self.log_event(e);
         }
@@ -560,6 +591,7 @@ impl Shell {
             ig.not_joined,
             self.handshake_unlogged,
         );
+        self.log_rtp("rtp");
         self.ignored_period = IgnoredCounts::default();
         self.handshake_logged = 0;
         self.handshake_unlogged = 0;
@@ -582,6 +614,90 @@ impl Shell {
             corrupt_packets: st.corrupt_packets,
             slipped: st.slipped,
             aborted,
+        }
+    }
+}
+
+// ---- RTP output (`--rtp`, `--sdp`, `--sap`): fed from the endpoint's tick datagrams in
+// `Shell::flush`; the protocol work is in `crate::rtp`, the sockets in `crate::rtp::output`.
+
+/// Opens the RTP output `config` asks for (none without `--rtp`).
+fn open_rtp(config: &Config, info: &SourceInfo) -> Result<Option<RtpOutput>, String> {
+    if !config.rtp.is_enabled() {
+        return Ok(None);
+    }
+    RtpOutput::open(
+        &config.rtp,
+        &info.title,
+        info.sample_rate,
+        info.channels,
+        config.mtu,
+        Instant::now(),
+    )
+    .map(Some)
+}
+
+impl Shell {
+    /// Sends what the RTP output has due besides audio (RTCP reports, SAP announcements); the
+    /// shell wakes at least every [`HOUSEKEEPING`] while streaming, often enough for both.
+    fn poll_rtp(&mut self, now: Instant) {
+        if let Some(rtp) = &mut self.rtp {
+            rtp.poll(now, SystemTime::now());
+        }
+    }
+
+    /// The end of the RTP stream: the RTCP BYE and the SAP deletions, then the final counts.
+    fn finish_rtp(&mut self) {
+        if let Some(rtp) = &mut self.rtp {
+            rtp.finish(Instant::now(), SystemTime::now());
+            let p = *rtp.params();
+            tracing::info!(
+                "rtp: BYE sent (SSRC {:#010x}, payload type {})",
+                p.ssrc,
+                p.payload_type
+            );
+        }
+    }
+
+    fn log_rtp_start(&self) {
+        if let Some(rtp) = &self.rtp {
+            let p = rtp.params();
+            let dests: Vec<String> = rtp.dests().map(|d| d.to_string()).collect();
+            tracing::info!(
+                "rtp: sending L16/{}/{} (payload type {}, SSRC {:#010x}, <= {} frames a packet) to {}{}{}",
+                p.sample_rate,
+                p.channels,
+                p.payload_type,
+                p.ssrc,
+                p.frames_per_packet,
+                dests.join(", "),
+                self.config
+                    .rtp
+                    .sdp
+                    .as_ref()
+                    .map(|s| format!("; SDP written to {}", s.display()))
+                    .unwrap_or_default(),
+                if self.config.rtp.sap {
+                    "; announced by SAP"
+                } else {
+                    ""
+                },
+            );
+        }
+    }
+
+    fn log_rtp(&self, what: &str) {
+        if let Some(rtp) = &self.rtp {
+            let st = rtp.stats();
+            tracing::info!(
+                "{what}: sent {} packets / {} bytes, {} refused, {} failed, {} RTCP, {} SAP",
+                st.packets,
+                st.bytes,
+                st.refused,
+                st.failed,
+                st.rtcp,
+                st.sap
+            );
         }
     }
 }

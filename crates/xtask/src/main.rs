@@ -21,6 +21,14 @@ const AUDIO_TEST_PACKAGES: &[&str] = &["pulseaudio", "pulseaudio-utils", "libaso
 /// dist/systemd/, and `ip` for the network namespaces of the mDNS test.
 const SERVICE_TEST_PACKAGES: &[&str] = &["systemd", "iproute2"];
 
+/// The players the RTP test opens the stream with (tests/e2e_rtp.rs).
+const PLAYER_TEST_PACKAGES: &[&str] = &[
+    "ffmpeg",
+    "gstreamer1.0-tools",
+    "gstreamer1.0-plugins-good",
+    "gstreamer1.0-plugins-base",
+];
+
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
@@ -126,6 +134,7 @@ fn test(repeat: u32) -> Result<ExitCode> {
         .iter()
         .chain(AUDIO_TEST_PACKAGES)
         .chain(SERVICE_TEST_PACKAGES)
+        .chain(PLAYER_TEST_PACKAGES)
         .copied()
         .collect();
     install::ensure_packages(&all)?;
@@ -157,7 +166,8 @@ fn test(repeat: u32) -> Result<ExitCode> {
         let mut cmd = cargo();
         cmd.args(args)
             .env("EARSHOT_REQUIRE_PULSE", "1")
-            .env("EARSHOT_REQUIRE_SYSTEMD", "1");
+            .env("EARSHOT_REQUIRE_SYSTEMD", "1")
+            .env("EARSHOT_REQUIRE_PLAYERS", "1");
         if is_root() {
             cmd.env("EARSHOT_REQUIRE_NETNS", "1");
         }

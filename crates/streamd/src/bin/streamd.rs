@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use futures::Stream;
-use streamd::cli::{parse_client_timeout, parse_interval};
+use streamd::cli::{parse_client_timeout, parse_interval, parse_rtp_dest};
 use streamd::server::{Config, Server, StartError, StartMode};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -55,9 +55,9 @@ struct Cli {
     /// Evict a listener silent this long.
     #[arg(long, default_value = "5s", value_parser = parse_client_timeout, value_name = "DURATION")]
     client_timeout: Duration,
-    /// When streaming starts.
-    #[arg(long, value_enum, default_value_t = Start::FirstClient)]
-    start: Start,
+    /// When streaming starts [default: first-client; now with --rtp].
+    #[arg(long, value_enum)]
+    start: Option<Start>,
     /// Repeat the file forever.
     #[arg(long = "loop")]
     looping: bool,
@@ -70,6 +70,19 @@ struct Cli {
     /// Do not announce the server on the local network by mDNS (DNS-SD `_earshot._udp`).
     #[arg(long)]
     no_announce: bool,
+    /// Also send the stream as RTP (L16) to DEST:PORT (even port; RTCP goes to PORT+1);
+    /// unicast or multicast, may be given more than once.
+    #[arg(long, value_name = "DEST:PORT", value_parser = parse_rtp_dest)]
+    rtp: Vec<SocketAddr>,
+    /// Multicast TTL of the RTP (and SAP) packets, 1..=255 [default: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=255))]
+    ttl: Option<u8>,
+    /// Write the SDP a player opens (ffmpeg, VLC, GStreamer) for the first --rtp destination.
+    #[arg(long, value_name = "PATH")]
+    sdp: Option<PathBuf>,
+    /// Announce the RTP session by SAP (RFC 2974) to 224.2.127.254:9875.
+    #[arg(long)]
+    sap: bool,
 }
 
 impl Cli {
@@ -78,13 +91,25 @@ impl Cli {
         c.interval = self.interval;
         c.max_clients = self.max_clients as usize;
         c.client_timeout = self.client_timeout;
-        c.start = match self.start {
+        // RTP players do not join: with --rtp the stream starts at once unless told otherwise.
+        let start = self.start.unwrap_or(if self.rtp.is_empty() {
+            Start::FirstClient
+        } else {
+            Start::Now
+        });
+        c.start = match start {
             Start::FirstClient => StartMode::FirstClient,
             Start::Now => StartMode::Now,
         };
         c.looping = self.looping;
         c.mtu = usize::from(self.mtu);
         c.log_file = self.log_file.clone();
+        c.rtp = streamd::rtp::output::RtpConfig {
+            dests: self.rtp.clone(),
+            ttl: self.ttl,
+            sdp: self.sdp.clone(),
+            sap: self.sap,
+        };
         c
     }
 }
