@@ -30,7 +30,8 @@ fn listener_beyond_capacity_is_rejected_and_admitted_after_a_leave() {
         "rejection message: {msg}"
     );
 
-    // A leaves (Ctrl-C sends Leave): its slot frees at once.
+    // A leaves (Ctrl-C sends Leave) once it plays: its slot frees at once.
+    wait_for_audio(&a);
     a.proc.signal("INT");
     assert_eq!(a.proc.exit_code(SLOW), 0, "{}", a.proc.stderr());
     assert_eq!(a.stats()["end_reason"], "interrupted");
