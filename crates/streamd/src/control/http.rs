@@ -23,7 +23,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::Stream;
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Command, ShellLink, Snapshot, metrics};
@@ -290,11 +289,18 @@ async fn kick(
     Ok(axum::Json(serde_json::json!({ "kicked": parsed.to_string() })).into_response())
 }
 
-/// The body of `POST /api/max-clients`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MaxClients {
-    max_clients: u64,
+/// The capacity asked for by a `POST /api/max-clients` body: exactly `{"max_clients": N}` (an
+/// object with that one key and a non-negative integer).
+fn parse_max_clients(body: &[u8]) -> Result<u64, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let obj = v.as_object().ok_or("not a JSON object")?;
+    if let Some(k) = obj.keys().find(|k| *k != "max_clients") {
+        return Err(format!("unknown field {k:?}"));
+    }
+    obj.get("max_clients")
+        .ok_or("missing field \"max_clients\"")?
+        .as_u64()
+        .ok_or_else(|| "max_clients is not a non-negative integer".into())
 }
 
 async fn max_clients(
@@ -303,22 +309,19 @@ async fn max_clients(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     s.check_write(&h)?;
-    let m: MaxClients = serde_json::from_slice(&body).map_err(|e| {
+    let asked = parse_max_clients(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
             format!("expected {{\"max_clients\": N}}: {e}"),
         )
     })?;
-    let n = usize::try_from(m.max_clients)
+    let n = usize::try_from(asked)
         .ok()
         .filter(|n| (1..=MAX_CLIENTS_LIMIT).contains(n))
         .ok_or_else(|| {
             ApiError(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!(
-                    "max_clients {} is outside 1..={MAX_CLIENTS_LIMIT}",
-                    m.max_clients
-                ),
+                format!("max_clients {asked} is outside 1..={MAX_CLIENTS_LIMIT}"),
             )
         })?;
     s.command(|reply| Command::SetMaxClients {
@@ -359,4 +362,47 @@ async fn method_not_allowed() -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this route".into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_clients_body_is_exactly_one_field() {
+        assert_eq!(parse_max_clients(br#"{"max_clients": 3}"#), Ok(3));
+        assert_eq!(parse_max_clients(br#"{"max_clients": 0}"#), Ok(0));
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[1]",
+            b"1",
+            br#"{}"#,
+            br#"{"max_clients": "2"}"#,
+            br#"{"max_clients": -1}"#,
+            br#"{"max_clients": 1.5}"#,
+            br#"{"max_clients": 2, "x": 1}"#,
+        ] {
+            assert!(parse_max_clients(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(same("abcdefgh", "abcdefgh"));
+        assert!(!same("abcdefgh", "abcdefgx"));
+        assert!(!same("abc", "abcd"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer tok"),
+        );
+        assert_eq!(bearer(&h), Some("tok"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic tok"));
+        assert_eq!(bearer(&h), None);
+        let uri: Uri = "/api/status?x=1&token=abc".parse().unwrap_or_default();
+        assert_eq!(query_token(&uri), Some("abc"));
+        assert_eq!(random_token().len(), 32);
+        assert_ne!(random_token(), random_token());
+    }
 }
