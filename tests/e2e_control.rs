@@ -3,7 +3,8 @@
 //! `/metrics` read by a strict text-format parser, the event stream, a kick (the listener gets
 //! `End{Evicted}` and the count drops), a live capacity of 1 (the next listener gets
 //! `Reject{Full}`), 401 without the token, 404 for an unknown listener, 4xx for malformed
-//! requests (and garbage bytes), the token off loopback, and `--http` on a port in use.
+//! requests (and garbage bytes), the token off loopback, usage errors of `--http-token`, and
+//! `--http` on a port in use.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -262,16 +263,12 @@ fn the_control_plane_shows_kicks_and_limits_two_real_listeners() {
         let (code, body) = api.post("/api/max-clients", Some(TOKEN), bad);
         assert_error(code, &body, 422);
     }
-    // Garbage bytes instead of HTTP: a 4xx answer or a closed connection, and the server
-    // serves on.
+    // Garbage bytes instead of HTTP: 400, and the server serves on.
     let answer = raw_exchange(
         api.base.trim_start_matches("http://"),
         b"\x16\x03\x01garbage\r\n\r\n",
     );
-    assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
-        "{answer:?}"
-    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
     assert_eq!(api.json("/api/status")["capacity"], 32, "no change yet");
 
     // Kick a: it gets End{Evicted}; the count drops to 1.
@@ -334,6 +331,25 @@ fn off_loopback_reads_need_the_token_and_a_generated_one_is_logged() {
     let (code, body) = api.get("/", None);
     assert_eq!(code, 200);
     assert!(body.contains("EventSource"), "{body}");
+}
+
+#[test]
+fn a_bad_token_or_a_token_without_http_is_a_usage_error() {
+    let clip = demo_clip().display().to_string();
+    for extra in [
+        &["--http", "127.0.0.1:0", "--http-token", "short"][..],
+        &["--http", "127.0.0.1:0", "--http-token", "has space in it"],
+        &["--http-token", "long-enough-token"],
+    ] {
+        let mut args: Vec<String> = ["--bind", "127.0.0.1", "--port", "0", "--file", &clip]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut p = Proc::spawn(&bin("streamd"), &args, &[]);
+        assert_eq!(p.exit_code(SLOW), 2, "{extra:?}: {}", p.stderr());
+        assert!(p.stderr().contains("--http"), "{}", p.stderr());
+    }
 }
 
 #[test]
