@@ -410,3 +410,128 @@ pub fn channel(
         cmd_tx,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::net::SocketAddr;
+
+    use proto::{Join, Message, Packet};
+
+    use super::*;
+    use crate::endpoint::{EndpointConfig, StartMode};
+    use crate::source::SourceInfo;
+
+    /// Silence forever, 8 kHz mono.
+    struct Silence(SourceInfo);
+
+    impl AudioSource for Silence {
+        fn info(&self) -> &SourceInfo {
+            &self.0
+        }
+        fn read_frames(&mut self, max_frames: usize, out: &mut Vec<i16>) -> usize {
+            out.resize(out.len() + max_frames, 0);
+            max_frames
+        }
+        fn is_finished(&self) -> bool {
+            false
+        }
+        fn rewind(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn endpoint(now: Instant) -> Endpoint<Silence> {
+        let info = SourceInfo {
+            sample_rate: 8000,
+            channels: 1,
+            total_frames: None,
+            codec: "silence".into(),
+            title: "quiet".into(),
+        };
+        let config = EndpointConfig {
+            interval: Duration::from_millis(20),
+            max_clients: 4,
+            client_timeout: Duration::from_secs(5),
+            start: StartMode::Now,
+            looping: false,
+            mtu: 1400,
+            cookie_key: (1, 2),
+        };
+        Endpoint::new(now, config, Silence(info))
+    }
+
+    fn join(ep: &mut Endpoint<Silence>, now: Instant, from: SocketAddr) {
+        let cookie = ep.sessions().cookie(now, &from);
+        let d = proto::encode_to_bytes(&Packet::new(0, Message::Join(Join { cookie }))).unwrap();
+        ep.handle(now, from, &d);
+        assert!(ep.sessions().contains(&from));
+    }
+
+    #[test]
+    fn publishes_once_a_second_and_at_once_on_churn_or_a_command() {
+        let t0 = Instant::now();
+        let mut ep = endpoint(t0);
+        let (mut link, mut rx, _tx) = channel("quiet.wav".into(), t0);
+        let sent = FanoutStats::default();
+        let ms = |n| t0 + Duration::from_millis(n);
+
+        link.maybe_publish(t0, &ep, sent);
+        assert!(rx.has_changed().unwrap(), "the first call publishes");
+        assert_eq!(rx.borrow_and_update().status.source, "quiet.wav");
+        link.maybe_publish(ms(500), &ep, sent);
+        assert!(!rx.has_changed().unwrap(), "nothing new within the second");
+        link.maybe_publish(ms(1000), &ep, sent);
+        assert!(rx.has_changed().unwrap(), "a second later");
+        assert_eq!(rx.borrow_and_update().status.uptime_s, 1.0);
+
+        // A join publishes at once.
+        let a = SocketAddr::from(([127, 0, 0, 1], 7000));
+        join(&mut ep, ms(1100), a);
+        link.maybe_publish(ms(1100), &ep, sent);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().listeners[0].address, a.to_string());
+
+        // A kick: answered, applied, published at once.
+        let (reply, answer) = oneshot::channel();
+        link.apply(ms(1200), &mut ep, Command::Kick { addr: a, reply });
+        assert!(answer.blocking_recv().unwrap());
+        link.maybe_publish(ms(1200), &ep, sent);
+        assert!(rx.has_changed().unwrap());
+        assert!(rx.borrow_and_update().listeners.is_empty());
+        let (reply, answer) = oneshot::channel();
+        link.apply(ms(1300), &mut ep, Command::Kick { addr: a, reply });
+        assert!(!answer.blocking_recv().unwrap(), "gone already");
+
+        let (reply, answer) = oneshot::channel();
+        link.apply(
+            ms(1400),
+            &mut ep,
+            Command::SetMaxClients {
+                max_clients: 1,
+                reply,
+            },
+        );
+        answer.blocking_recv().unwrap();
+        link.maybe_publish(ms(1400), &ep, sent);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().status.capacity, 1);
+    }
+
+    #[test]
+    fn tick_lateness_lands_in_cumulative_buckets() {
+        let t0 = Instant::now();
+        let (mut link, _rx, _tx) = channel(String::new(), t0);
+        link.observe_tick(t0, t0 + Duration::from_micros(300));
+        link.observe_tick(t0, t0 + Duration::from_millis(30));
+        link.observe_tick(t0 + Duration::from_secs(1), t0);
+        let h = &link.lateness;
+        assert_eq!(h.count, 3);
+        // An early serve counts as on time (0 s).
+        assert_eq!(h.counts[0], 1);
+        assert_eq!(h.counts[1], 2);
+        assert_eq!(h.counts[6], 2, "<= 20 ms");
+        assert_eq!(h.counts[7], 3, "<= 50 ms");
+        assert!((h.sum - 0.0303).abs() < 1e-9);
+    }
+}
