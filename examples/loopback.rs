@@ -1,7 +1,8 @@
 //! The loopback demo (`cargo xtask demo`): `streamd` and `listen` in one process on 127.0.0.1,
 //! streaming a clip built into this binary. The first listener plays to the default sound
 //! device; with none (a headless machine) it writes `loopback.wav` in the current folder and
-//! says so. Each listener prints its statistics table at the end.
+//! says so. Each listener prints its statistics table at the end. The server's dashboard
+//! (`streamd --http`) runs on a free loopback port; its URL is printed first.
 //!
 //! ```text
 //! cargo run --release --example loopback -- [--file F] [--interval D] [--listeners N]
@@ -101,8 +102,17 @@ async fn run(args: Args) -> Result<()> {
     config.interval = args.interval;
     config.max_clients = config.max_clients.max(usize::from(args.listeners));
     config.validate().map_err(|e| anyhow!(e))?;
-    let server = streamd::server::Server::bind(config).await?;
+    let mut server = streamd::server::Server::bind(config).await?;
     let server_addr = server.local_addr();
+    // The control plane's dashboard on a free loopback port, for as long as the demo runs.
+    let plane =
+        streamd::control::http::ControlPlane::bind(SocketAddr::from(([127, 0, 0, 1], 0)), None)?;
+    println!(
+        "dashboard: http://{}/ (token for the actions: {})",
+        plane.local_addr(),
+        plane.token()
+    );
+    server.set_control(plane.start(file.display().to_string()));
     let server_task = tokio::spawn(server.run(async {
         // Ctrl-C ends the stream the proper way: End to every listener, then the server returns.
         if tokio::signal::ctrl_c().await.is_err() {

@@ -43,6 +43,24 @@ pub fn parse_rtp_dest(s: &str) -> Result<SocketAddr, String> {
     Ok(a)
 }
 
+/// `--http-token`: 8 to 256 visible ASCII characters (it travels in an HTTP header and a URL
+/// query), so a typo such as an empty value is a usage error rather than an open door.
+pub fn parse_http_token(s: &str) -> Result<String, String> {
+    if !(8..=256).contains(&s.len()) {
+        return Err(format!(
+            "--http-token must be 8 to 256 characters, not {}",
+            s.len()
+        ));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    {
+        return Err("--http-token may hold only letters, digits and - . _ ~".into());
+    }
+    Ok(s.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -57,6 +75,16 @@ mod tests {
         assert!(e.contains("outside"), "{e}");
         assert!(parse_interval("3s").is_err());
         assert!(parse_interval("0").is_err());
+    }
+
+    #[test]
+    fn http_token() {
+        assert_eq!(parse_http_token("s3cret-token"), Ok("s3cret-token".into()));
+        assert!(parse_http_token("").is_err());
+        assert!(parse_http_token("short").is_err());
+        assert!(parse_http_token("has space in it").is_err());
+        assert!(parse_http_token("percent%20token").is_err());
+        assert!(parse_http_token(&"x".repeat(257)).is_err());
     }
 
     #[test]

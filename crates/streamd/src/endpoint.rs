@@ -640,14 +640,46 @@ impl<S: AudioSource> Endpoint<S> {
         }
     }
 
+    /// Evicts `addr` at an operator's request (the control plane's kick), at `now`: it gets
+    /// `End{Evicted}` like a silent listener, and its slot is free at once. False if `addr`
+    /// is not joined or the stream is already ending.
+    pub fn kick(&mut self, now: Instant, addr: SocketAddr) -> bool {
+        if self.phase != Phase::Running {
+            return false;
+        }
+        let Some(start_seq) = self.sessions.kick(&addr) else {
+            return false;
+        };
+        let mut evicted = std::mem::take(&mut self.evicted);
+        evicted.clear();
+        evicted.push((addr, start_seq));
+        self.send_evictions(now, evicted, false);
+        true
+    }
+
+    /// Changes the capacity live: joins beyond `max_clients` get `Reject{Full}`; listeners
+    /// already joined stay.
+    pub fn set_max_clients(&mut self, max_clients: usize) {
+        self.config.max_clients = max_clients;
+        self.sessions.set_max_clients(max_clients);
+    }
+
     /// Evicts listeners silent past the client timeout, each with `End{Evicted}` ×3.
     fn evict(&mut self, now: Instant) {
         let mut evicted = std::mem::take(&mut self.evicted);
         evicted.clear();
         self.sessions.evict_expired(now, &mut evicted);
+        self.send_evictions(now, evicted, true);
+    }
+
+    /// `End{Evicted}` ×3 to each of `evicted` (removed from the table already); `silent`:
+    /// an [`Event::Evicted`] each (a kick is logged by whoever asked for it).
+    fn send_evictions(&mut self, now: Instant, evicted: Vec<(SocketAddr, u64)>, silent: bool) {
         let cap = MAX_PENDING_ENDS * (END_REPEAT as usize).saturating_sub(1);
         for &(addr, start_seq) in &evicted {
-            self.events.push_back(Event::Evicted { addr });
+            if silent {
+                self.events.push_back(Event::Evicted { addr });
+            }
             let end = sessions::end_after(start_seq, EndReason::Evicted, self.last_audio());
             let Some(bytes) = self.encode_end(end) else {
                 continue;

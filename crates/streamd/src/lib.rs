@@ -14,11 +14,14 @@
 //!   player opens and SAP announcements; sans-IO builders plus the shell's socket piece.
 //! - [`server`]: the tokio shell that moves bytes between the socket, one timer, the endpoint
 //!   and the fan-out, and logs.
+//! - [`control`]: the control plane (`--http`): JSON API, Prometheus metrics, server-sent
+//!   events and a dashboard, fed by snapshots the shell publishes.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod announce;
 pub mod cli;
+pub mod control;
 pub mod endpoint;
 pub mod fanout;
 pub mod pacing;

@@ -218,6 +218,8 @@ pub struct Server {
     source: Source,
     /// The RTP output, when `--rtp` was given.
     rtp: Option<RtpOutput>,
+    /// The control plane's end, when `--http` is on.
+    control: Option<crate::control::ShellLink>,
 }
 
 impl Server {
@@ -241,7 +243,14 @@ impl Server {
             local_addr,
             source,
             rtp,
+            control: None,
         })
+    }
+
+    /// Attaches the control plane (`--http`): the run publishes snapshots to it and applies
+    /// its commands ([`crate::control`]).
+    pub fn set_control(&mut self, link: crate::control::ShellLink) {
+        self.control = Some(link);
     }
 
     /// Where the server listens (with the real port when `--port 0` was asked).
@@ -294,6 +303,7 @@ impl Server {
             handshake_logged: 0,
             handshake_unlogged: 0,
             rtp: self.rtp,
+            control: self.control,
         };
         shell.log_start();
         shell.log_rtp_start();
@@ -317,6 +327,16 @@ fn bind_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     UdpSocket::from_std(s.into())
+}
+
+/// The next control-plane command; pending forever without `--http`.
+async fn control_command(
+    control: &mut Option<crate::control::ShellLink>,
+) -> crate::control::Command {
+    match control {
+        Some(c) => c.next_command().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Counters of ignored datagrams by kind, for the periodic line.
@@ -364,6 +384,8 @@ struct Shell {
     handshake_unlogged: u64,
     /// The RTP output (see the RTP section at the end of this file).
     rtp: Option<RtpOutput>,
+    /// The control plane (`--http`), if on.
+    control: Option<crate::control::ShellLink>,
 }
 
 impl Shell {
@@ -442,8 +464,18 @@ impl Shell {
                     self.endpoint.shutdown(Instant::now());
                 }
                 () = &mut timer, if armed.is_some() => {
+                    let now = Instant::now();
+                    if let (Some(c), Some(due)) = (self.control.as_mut(), armed) {
+                        c.observe_tick(due, now);
+                    }
                     armed = None;
-                    self.endpoint.handle_timeout(Instant::now());
+                    self.endpoint.handle_timeout(now);
+                }
+                // The control plane's commands (kick, capacity), applied between two sends.
+                cmd = control_command(&mut self.control) => {
+                    if let Some(c) = self.control.as_mut() {
+                        c.apply(Instant::now(), &mut self.endpoint, cmd);
+                    }
                 }
                 () = &mut summary => {
                     summary.as_mut().reset(tokio::time::Instant::now() + SUMMARY_PERIOD);
@@ -489,6 +521,9 @@ impl Shell {
         }
         // The mDNS announcement's live count (a no-op when not announced).
         crate::announce::set_listeners(self.local_addr, self.endpoint.sessions().len());
+        if let Some(c) = self.control.as_mut() {
+            c.maybe_publish(now, &self.endpoint, self.fanout.stats());
+        }
     }
 
     fn log_handshake(&mut self, line: std::fmt::Arguments<'_>) {

@@ -97,6 +97,8 @@ struct Session {
     start_seq: u64,
     /// Latest receiver report, for the log.
     last_report: Option<Report>,
+    /// When it joined, for the control plane.
+    joined: Instant,
 }
 
 /// Counters over the life of the table.
@@ -204,6 +206,32 @@ impl Sessions {
     /// Latest receiver report from `addr`.
     pub fn last_report(&self, addr: &SocketAddr) -> Option<Report> {
         self.table.get(addr).and_then(|s| s.last_report)
+    }
+
+    /// When `addr` joined, if it is joined.
+    pub fn joined_at(&self, addr: &SocketAddr) -> Option<Instant> {
+        self.table.get(addr).map(|s| s.joined)
+    }
+
+    /// The capacity: joins beyond it get `Reject{Full}`.
+    pub fn max_clients(&self) -> usize {
+        self.max_clients
+    }
+
+    /// Changes the capacity live (the control plane). Listeners already joined beyond a lower
+    /// capacity stay; only new joins are refused.
+    pub fn set_max_clients(&mut self, max_clients: usize) {
+        self.max_clients = max_clients;
+    }
+
+    /// Removes `addr` at an operator's request (counted as evicted) and returns its start seq,
+    /// or `None` if it is not joined.
+    pub fn kick(&mut self, addr: &SocketAddr) -> Option<u64> {
+        let start = self.start_seq(addr)?;
+        if self.remove(addr) {
+            self.stats.evicted += 1;
+        }
+        Some(start)
     }
 
     /// Stop accepting: later joins get `Reject{ShuttingDown}`.
@@ -423,6 +451,7 @@ impl Sessions {
                 last_heard: now,
                 start_seq: live.seq,
                 last_report: None,
+                joined: now,
             },
         );
         self.addrs.push(from);

@@ -628,3 +628,151 @@ fn garbage_is_counted_and_unanswered() {
     assert_eq!(s.ep.stats().sessions.ignored, 3);
     assert_eq!(s.ms(), 0);
 }
+
+#[test]
+fn a_kick_sends_end_evicted_three_times_and_frees_the_slot() {
+    let mut cfg = config();
+    cfg.max_clients = 2;
+    let mut s = Sim::new(cfg, Synth::new(10_000_000, None));
+    s.welcome(addr(1));
+    s.welcome(addr(2));
+    s.run_to(500);
+    assert!(!s.ep.kick(s.now, addr(9)), "not joined: nothing to kick");
+    let at = s.now;
+    assert!(s.ep.kick(at, addr(1)));
+    s.drain();
+    assert!(!s.ep.kick(at, addr(1)), "already gone");
+    assert_eq!(s.ep.sessions().addrs(), &[addr(2)]);
+    assert_eq!(s.ep.stats().sessions.evicted, 1);
+    // Not an eviction for silence: no Evicted event.
+    assert!(!s.events.contains(&Event::Evicted { addr: addr(1) }));
+    s.run_to(1000);
+    let got = s.to(addr(1), 0);
+    let last = got
+        .iter()
+        .filter(|x| x.at <= at && matches!(x.packet.msg, Message::Audio(_)))
+        .map(|x| x.packet.seq)
+        .max()
+        .unwrap();
+    assert_end_copies(
+        &ends(&got),
+        at,
+        End {
+            reason: EndReason::Evicted,
+            last_seq: Some(last),
+        },
+    );
+    assert!(
+        got.iter()
+            .all(|x| x.at <= at || !matches!(x.packet.msg, Message::Audio(_))),
+        "no audio after the kick"
+    );
+    // The slot is free: a third listener joins a table of capacity 2.
+    assert!(matches!(s.join(addr(3)), Message::Welcome(_)));
+    // While ending, a kick does nothing.
+    s.ep.shutdown(s.now);
+    assert!(!s.ep.kick(s.now, addr(2)));
+}
+
+#[test]
+fn capacity_changes_live_and_keeps_who_is_joined() {
+    let mut s = Sim::new(config(), Synth::new(10_000_000, None));
+    s.welcome(addr(1));
+    s.welcome(addr(2));
+    s.ep.set_max_clients(1);
+    assert_eq!(s.ep.sessions().max_clients(), 1);
+    assert_eq!(
+        s.join(addr(3)),
+        Message::Reject(Reject {
+            reason: RejectReason::Full { max_clients: 1 }
+        })
+    );
+    assert_eq!(s.ep.sessions().len(), 2, "joined listeners stay");
+    s.ep.set_max_clients(3);
+    assert!(matches!(s.join(addr(3)), Message::Welcome(_)));
+}
+
+#[test]
+fn the_control_snapshot_shows_the_stream_and_every_listener() {
+    use streamd::control::{Histogram, ShellView, build_snapshot};
+    use streamd::fanout::FanoutStats;
+    let mut s = Sim::new(config(), Synth::new(10_000_000, Some(10_000_000)));
+    s.welcome(addr(2));
+    s.run_to(1000);
+    s.welcome(addr(1));
+    s.run_to(1500);
+    let report = Report {
+        received: 40,
+        lost: 3,
+        late: 1,
+        duplicates: 2,
+        out_of_order: 1,
+        highest_seq: 42,
+        jitter_us: 1500,
+        buffered_ms: 120,
+    };
+    s.send(addr(2), Message::Report(report));
+    let wall = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let mut lateness = Histogram::default();
+    lateness.observe(Duration::from_millis(1));
+    let sent = FanoutStats {
+        datagrams: 77,
+        bytes: 7700,
+        dropped_full: 1,
+        dropped_unreachable: 2,
+        dropped_other: 3,
+        syscalls: 9,
+    };
+    let snap = build_snapshot(
+        &s.ep,
+        ShellView {
+            now: s.now,
+            wall,
+            started: s.t0,
+            source: "synth.wav",
+            sent,
+            lateness: &lateness,
+        },
+    );
+    let st = &snap.status;
+    assert_eq!(st.source, "synth.wav");
+    assert_eq!(st.title, "synth");
+    assert_eq!((st.sample_rate, st.channels), (RATE, 1));
+    assert_eq!(st.interval_ms, 20.0);
+    assert!(st.started);
+    assert_eq!(st.position_s, s.ep.stats().frames as f64 / f64::from(RATE));
+    assert!((1.4..=1.5).contains(&st.position_s), "{}", st.position_s);
+    assert_eq!(st.duration_s, Some(10_000_000.0 / f64::from(RATE)));
+    assert_eq!(st.uptime_s, 1.5);
+    assert_eq!((st.listeners, st.capacity), (2, 4));
+    assert_eq!(st.ending, None);
+    let c = &st.counters;
+    assert_eq!((c.datagrams_sent, c.bytes_sent), (77, 7700));
+    assert_eq!(
+        (c.drops.buffer_full, c.drops.unreachable, c.drops.other),
+        (1, 2, 3)
+    );
+    assert_eq!((c.handshakes.challenged, c.handshakes.accepted), (2, 2));
+    assert_eq!(c.audio_datagrams, s.ep.stats().audio_datagrams);
+    assert_eq!(snap.lateness, lateness);
+    // Sorted by address; join times from the simulated clock mapped onto the wall clock.
+    let l = &snap.listeners;
+    assert_eq!(l.len(), 2);
+    assert_eq!(l[0].address, "127.0.0.1:1");
+    assert_eq!(l[0].connected_ms, 500);
+    assert_eq!(l[0].joined_at_ms, 1_000_000_000 - 500);
+    assert_eq!(l[0].report, None);
+    assert_eq!(l[1].address, "127.0.0.1:2");
+    assert_eq!(l[1].connected_ms, 1500);
+    let r = l[1].report.unwrap();
+    assert_eq!(
+        (r.received, r.lost, r.late, r.duplicates, r.out_of_order),
+        (40, 3, 1, 2, 1)
+    );
+    assert_eq!((r.highest_seq, r.jitter_us, r.buffered_ms), (42, 1500, 120));
+    // The JSON has the documented field names.
+    let json = serde_json::to_value(&snap).unwrap();
+    assert_eq!(json["status"]["counters"]["drops"]["unreachable"], 2);
+    assert_eq!(json["listeners"][1]["report"]["jitter_us"], 1500);
+    assert!(json.get("lateness").is_none());
+}

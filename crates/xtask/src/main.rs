@@ -29,6 +29,9 @@ const PLAYER_TEST_PACKAGES: &[&str] = &[
     "gstreamer1.0-plugins-base",
 ];
 
+/// What the dashboard test adds: headless chromium and its WebDriver server.
+const BROWSER_TEST_PACKAGES: &[&str] = &["chromium", "chromium-driver"];
+
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
@@ -135,6 +138,7 @@ fn test(repeat: u32) -> Result<ExitCode> {
         .chain(AUDIO_TEST_PACKAGES)
         .chain(SERVICE_TEST_PACKAGES)
         .chain(PLAYER_TEST_PACKAGES)
+        .chain(BROWSER_TEST_PACKAGES)
         .copied()
         .collect();
     install::ensure_packages(&all)?;
@@ -162,14 +166,16 @@ fn test(repeat: u32) -> Result<ExitCode> {
     for (name, args) in steps {
         eprintln!("xtask: == {name}: cargo {}", args.join(" "));
         // PulseAudio is installed by now, so the real-audio tests must run, not skip.
-        // So are the unit-file check and, as root, the network-namespace test.
+        // So are the unit-file check and, as root, the network-namespace test and the
+        // dashboard in chromium.
         let mut cmd = cargo();
         cmd.args(args)
             .env("EARSHOT_REQUIRE_PULSE", "1")
             .env("EARSHOT_REQUIRE_SYSTEMD", "1")
             .env("EARSHOT_REQUIRE_PLAYERS", "1");
         if is_root() {
-            cmd.env("EARSHOT_REQUIRE_NETNS", "1");
+            cmd.env("EARSHOT_REQUIRE_NETNS", "1")
+                .env("EARSHOT_REQUIRE_BROWSER", "1");
         }
         let st = status(&mut cmd)?;
         if !st.success() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use futures::Stream;
-use streamd::cli::{parse_client_timeout, parse_interval, parse_rtp_dest};
+use streamd::cli::{parse_client_timeout, parse_http_token, parse_interval, parse_rtp_dest};
 use streamd::server::{Config, Server, StartError, StartMode};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -83,6 +83,14 @@ struct Cli {
     /// Announce the RTP session by SAP (RFC 2974) to 224.2.127.254:9875.
     #[arg(long)]
     sap: bool,
+    /// Serve the control plane (JSON API, /metrics, live dashboard) on this TCP address,
+    /// e.g. 127.0.0.1:8080. Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    http: Option<SocketAddr>,
+    /// Token for the control plane: actions always need it (Authorization: Bearer TOKEN),
+    /// reads too off loopback. Without it a random one is generated and logged.
+    #[arg(long, value_name = "TOKEN", requires = "http", value_parser = parse_http_token)]
+    http_token: Option<String>,
 }
 
 impl Cli {
@@ -284,12 +292,17 @@ fn main() -> ExitCode {
         if let Some(f) = log_file {
             f.reopen_on_sighup();
         }
-        run(cli.config(), !cli.no_announce).await
+        let http = cli.http.map(|a| (a, cli.http_token.clone()));
+        run(cli.config(), !cli.no_announce, http).await
     })
 }
 
-async fn run(config: Config, announce: bool) -> ExitCode {
-    let server = match Server::bind(config).await {
+async fn run(
+    config: Config,
+    announce: bool,
+    http: Option<(SocketAddr, Option<String>)>,
+) -> ExitCode {
+    let mut server = match Server::bind(config).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("streamd: error: {e}");
@@ -299,6 +312,30 @@ async fn run(config: Config, announce: bool) -> ExitCode {
             });
         }
     };
+    if let Some((addr, token)) = http {
+        let plane = match streamd::control::http::ControlPlane::bind(addr, token) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("streamd: error: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        let url = format!("http://{}/", plane.local_addr());
+        if plane.token_generated() {
+            tracing::info!(
+                "control plane on {url} (generated token: {}; reads need it: {})",
+                plane.token(),
+                plane.reads_need_token()
+            );
+        } else {
+            tracing::info!(
+                "control plane on {url} (reads need the token: {})",
+                plane.reads_need_token()
+            );
+        }
+        let source = server.config().file.display().to_string();
+        server.set_control(plane.start(source));
+    }
     let stop = stop_requests();
     tracing::info!("listening on {}", server.local_addr());
     // Held until the end of the run: dropping it withdraws the record.
