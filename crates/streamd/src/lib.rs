@@ -19,6 +19,7 @@ pub mod announce;
 pub mod cli;
 pub mod endpoint;
 pub mod fanout;
+pub mod live;
 pub mod pacing;
 pub mod server;
 pub mod sessions;

@@ -15,11 +15,12 @@ use proto::EndReason;
 use proto::limits::{MAX_DATAGRAM, MIN_MTU};
 use tokio::net::UdpSocket;
 
-use crate::endpoint::{Endpoint, EndpointConfig, Event, Transmit};
+use crate::endpoint::{AudioSource, Endpoint, EndpointConfig, Event, Transmit};
 pub use crate::endpoint::{HOUSEKEEPING, MAX_PENDING_ENDS, StartMode};
 use crate::fanout::{Fanout, FanoutStats};
+use crate::live::{LiveStats, OnIdle, RawFormat};
 use crate::sessions::{self, Ignored, Sessions};
-use crate::source::{Source, SourceError, SourceInfo};
+use crate::source::{Input, InputOptions, SourceError, SourceInfo};
 
 /// Shortest `--interval`: below 5 ms the per-tick overhead dominates and timers on a loaded
 /// machine cannot keep the cadence anyway.
@@ -50,8 +51,12 @@ pub const RECV_BUFFER: usize = 1 << 20;
 /// Everything the server is told, one field per command-line option.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// `--file`: the audio file to stream.
+    /// `--file`: the audio file to stream (`-`: stdin; a FIFO is read live).
     pub file: PathBuf,
+    /// `--format`: the input is raw PCM of this layout.
+    pub format: Option<RawFormat>,
+    /// `--on-idle`: what a FIFO without a writer sends.
+    pub on_idle: OnIdle,
     /// `--bind` and `--port`: where to listen.
     pub bind: SocketAddr,
     /// `--interval`: the tick; each tick sends the audio that became due.
@@ -80,6 +85,8 @@ impl Config {
     pub fn new(file: impl Into<PathBuf>, bind: SocketAddr) -> Self {
         Self {
             file: file.into(),
+            format: None,
+            on_idle: OnIdle::Silence,
             bind,
             interval: DEFAULT_INTERVAL,
             max_clients: DEFAULT_MAX_CLIENTS,
@@ -194,6 +201,8 @@ pub struct Summary {
     pub slipped: Duration,
     /// A second stop request cut the shutdown short: not every copy of `End` went out.
     pub aborted: bool,
+    /// A live input's underrun, overrun and idle counters.
+    pub live: Option<LiveStats>,
 }
 
 /// A bound server with its file open, ready to [`Server::run`].
@@ -205,8 +214,8 @@ pub struct Server {
     socket: UdpSocket,
     /// The actual bound address (the port is real even for `--port 0`).
     local_addr: SocketAddr,
-    /// The open file.
-    source: Source,
+    /// The open file or live input.
+    source: Input,
 }
 
 impl Server {
@@ -214,7 +223,19 @@ impl Server {
     /// can fix shows here, before anything is streamed.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let source = Source::open(&config.file)?;
+        let source = Input::open(
+            &config.file,
+            InputOptions {
+                format: config.format,
+                on_idle: config.on_idle,
+            },
+        )?;
+        if config.looping && source.is_live() {
+            return Err(StartError::Config(format!(
+                "--loop needs a file; {} is a live input",
+                config.file.display()
+            )));
+        }
         let socket = bind_socket(config.bind).map_err(|source| StartError::Bind {
             addr: config.bind,
             source,
@@ -328,7 +349,7 @@ struct Shell {
     socket: UdpSocket,
     /// For the start line.
     local_addr: SocketAddr,
-    endpoint: Endpoint<Source>,
+    endpoint: Endpoint<Input>,
     /// The send path and its counters.
     fanout: Fanout,
     /// Receive errors survived, for the summary.
@@ -560,6 +581,9 @@ impl Shell {
             ig.not_joined,
             self.handshake_unlogged,
         );
+        if let Some(l) = self.endpoint.source().live_stats() {
+            tracing::info!("live input: {}", live_line(&l));
+        }
         self.ignored_period = IgnoredCounts::default();
         self.handshake_logged = 0;
         self.handshake_unlogged = 0;
@@ -582,6 +606,16 @@ impl Shell {
             corrupt_packets: st.corrupt_packets,
             slipped: st.slipped,
             aborted,
+            live: st.live,
         }
     }
+}
+
+/// A live input's counters in words, for the summary lines.
+pub fn live_line(l: &LiveStats) -> String {
+    format!(
+        "{} underrun(s) filled with {} frames of silence, {} frames dropped on overrun, \
+         {} idle period(s) ({} frames of silence)",
+        l.underruns, l.underrun_frames, l.overrun_frames, l.idle_periods, l.idle_frames
+    )
 }

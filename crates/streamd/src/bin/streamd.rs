@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use futures::Stream;
-use streamd::cli::{parse_client_timeout, parse_interval};
+use streamd::cli::{parse_client_timeout, parse_format, parse_interval};
+use streamd::live::{OnIdle as LiveOnIdle, RawFormat};
 use streamd::server::{Config, Server, StartError, StartMode};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -33,6 +34,16 @@ enum Start {
     Now,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnIdle {
+    /// Send silence: listeners stay joined and hear nothing.
+    Silence,
+    /// Send nothing for up to a second, then silence (listeners would time out).
+    Pause,
+    /// End the stream, as at the end of a file.
+    End,
+}
+
 /// Stream an audio file over UDP to many listeners.
 #[derive(Debug, Parser)]
 #[command(name = "streamd", version, about)]
@@ -40,9 +51,16 @@ struct Cli {
     /// UDP port to listen on (0: any free port; the log says which).
     #[arg(long)]
     port: u16,
-    /// Audio file to stream (mp3, flac, wav, ogg/vorbis, m4a/aac).
+    /// Audio file to stream (mp3, flac, wav, ogg/vorbis, m4a/aac); `-` reads stdin and a named
+    /// pipe (FIFO) is read live.
     #[arg(long)]
     file: PathBuf,
+    /// Raw PCM input instead of a container: s16le:RATE:CHANNELS (e.g. s16le:44100:2).
+    #[arg(long, value_parser = parse_format, value_name = "s16le:RATE:CHANNELS")]
+    format: Option<RawFormat>,
+    /// What listeners get while a FIFO has no writer (between tracks).
+    #[arg(long, value_enum, default_value_t = OnIdle::Silence)]
+    on_idle: OnIdle,
     /// Send tick, 5ms..2s: e.g. 20ms, 0.5s or plain seconds (0.02).
     #[arg(long, default_value = "20ms", value_parser = parse_interval, value_name = "DURATION")]
     interval: Duration,
@@ -83,6 +101,12 @@ impl Cli {
             Start::Now => StartMode::Now,
         };
         c.looping = self.looping;
+        c.format = self.format;
+        c.on_idle = match self.on_idle {
+            OnIdle::Silence => LiveOnIdle::Silence,
+            OnIdle::Pause => LiveOnIdle::Pause,
+            OnIdle::End => LiveOnIdle::End,
+        };
         c.mtu = usize::from(self.mtu);
         c.log_file = self.log_file.clone();
         c
@@ -319,6 +343,9 @@ async fn run(config: Config, announce: bool) -> ExitCode {
                 s.ignored,
                 s.corrupt_packets
             );
+            if let Some(l) = &s.live {
+                tracing::info!("live input: {}", streamd::server::live_line(l));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
