@@ -227,6 +227,12 @@ impl LiveFeed {
         self.shared.lock().state = FeedState::Ended;
     }
 
+    /// No writer yet (a FIFO before its first writer): a dry queue is idle time, not an
+    /// underrun.
+    pub fn waiting(&self) {
+        self.shared.lock().state = FeedState::Idle;
+    }
+
     /// Whether the source is gone.
     pub fn is_closed(&self) -> bool {
         self.shared.lock().closed
@@ -248,6 +254,8 @@ pub struct LiveSource {
     holding: bool,
     /// The last read found the queue dry while flowing (one underrun until audio returns).
     in_underrun: bool,
+    /// Some audio has arrived: idle with [`OnIdle::End`] ends only after a writer came.
+    heard: bool,
     finished: bool,
     stats: LiveStats,
 }
@@ -285,6 +293,7 @@ pub fn channel(
         idle_since: None,
         holding: false,
         in_underrun: false,
+        heard: false,
         finished: false,
         stats: LiveStats::default(),
     };
@@ -337,6 +346,7 @@ impl LiveSource {
         let mut q = self.shared.lock();
         let take = (q.samples.len() / ch).min(max_frames);
         out.extend(q.samples.drain(..take * ch));
+        self.heard |= take > 0;
         let state = q.state;
         drop(q);
         if take > 0 {
@@ -362,7 +372,11 @@ impl LiveSource {
                 silence(out);
                 max_frames
             }
-            (FeedState::Ended, _) | (FeedState::Idle, OnIdle::End) => {
+            (FeedState::Ended, _) => {
+                self.finished = true;
+                take
+            }
+            (FeedState::Idle, OnIdle::End) if self.heard => {
                 self.finished = true;
                 take
             }
@@ -576,5 +590,35 @@ pub fn is_fifo(path: &Path) -> bool {
     {
         let _ = path;
         false
+    }
+}
+
+impl crate::endpoint::AudioSource for LiveSource {
+    fn info(&self) -> &SourceInfo {
+        LiveSource::info(self)
+    }
+
+    fn read_frames(&mut self, max_frames: usize, out: &mut Vec<i16>) -> usize {
+        LiveSource::read_frames(self, max_frames, out)
+    }
+
+    fn is_finished(&self) -> bool {
+        LiveSource::is_finished(self)
+    }
+
+    fn rewind(&mut self) -> Result<(), String> {
+        Err("a live input cannot loop".into())
+    }
+
+    fn begin_tick(&mut self, now: Instant) {
+        LiveSource::begin_tick(self, now);
+    }
+
+    fn is_holding(&self) -> bool {
+        LiveSource::is_holding(self)
+    }
+
+    fn live_stats(&self) -> Option<LiveStats> {
+        Some(self.stats())
     }
 }

@@ -708,6 +708,9 @@ impl Input {
         };
         let (feed, source) =
             crate::live::channel(info, buffer_frames(opts_rate(&decode)), opts.on_idle);
+        if matches!(live, LiveInput::Fifo(_)) && matches!(decode, Decode::Raw(_)) {
+            feed.waiting();
+        }
         crate::live::spawn_reader(live, decode, feed).map_err(|e| SourceError::Unreadable {
             path: path.to_path_buf(),
             source: e,
