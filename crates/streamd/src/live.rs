@@ -346,7 +346,11 @@ impl LiveSource {
         let mut q = self.shared.lock();
         let take = (q.samples.len() / ch).min(max_frames);
         out.extend(q.samples.drain(..take * ch));
-        self.heard |= take > 0;
+        if take > 0 {
+            // Audio arrived since the last idle period (if any): the next one is a new one.
+            self.heard = true;
+            self.idle_since = None;
+        }
         let state = q.state;
         drop(q);
         if take > 0 {
@@ -354,16 +358,12 @@ impl LiveSource {
         }
         if take == max_frames {
             self.in_underrun = false;
-            if state == FeedState::Flowing {
-                self.idle_since = None;
-            }
             return take;
         }
         let missing = max_frames - take;
         let silence = |out: &mut Vec<i16>| out.resize(out.len() + missing * ch, 0);
         match (state, self.on_idle) {
             (FeedState::Flowing, _) => {
-                self.idle_since = None;
                 if !self.in_underrun {
                     self.in_underrun = true;
                     self.stats.underruns += 1;
