@@ -102,6 +102,24 @@ fn raw_pcm_on_stdin_arrives_sample_exact() {
 }
 
 #[test]
+fn a_raw_pcm_file_with_format_streams_like_a_file() {
+    let (_, samples) = streamd::source::decode_all(&fixture("mono22.wav")).unwrap();
+    let dir = tempdir();
+    let raw = dir.path().join("mono.raw");
+    std::fs::write(&raw, raw_bytes(&samples)).unwrap();
+    let mut server = Server::start(&raw, &["--format", "s16le:22050:1", "--no-announce"]);
+    let mut l = Listener::start(server.addr, dir.path(), "l", &["--latency", "200ms"]);
+    assert_eq!(l.proc.exit_code(SLOW), 0, "{}", l.proc.stderr());
+    assert_eq!(server.proc.exit_code(SLOW), 0, "{}", server.proc.stderr());
+    let (spec, got) = l.samples();
+    assert_eq!((spec.sample_rate, spec.channels), (22_050, 1));
+    assert_eq!(first_difference(&got, &samples), None);
+    assert_eq!(l.stats()["end_reason"], "finished");
+    // A file: no live counters.
+    assert!(!server.proc.stderr().contains("live input:"));
+}
+
+#[test]
 fn a_wav_on_stdin_arrives_sample_exact() {
     let (_, samples) = streamd::source::decode_all(&fixture("stereo44.wav")).unwrap();
     let dir = tempdir();

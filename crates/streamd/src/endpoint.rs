@@ -3,7 +3,8 @@
 //! one UDP socket, one timer and the fan-out.
 //!
 //! It owns the listener table ([`Sessions`]), the media clock ([`MediaClock`]) and an
-//! [`AudioSource`] (the decoded file, or synthetic PCM in a test), and decides: when a tick is
+//! [`AudioSource`] (the decoded file, a live input of [`crate::live`], or synthetic PCM in a
+//! test), and decides: when a tick is
 //! due and how its frames are cut into `Audio` datagrams (encoded once, as `Bytes`, for every
 //! listener); when streaming starts (`--start`); looping; evictions; the `End` of the stream,
 //! its three copies 50 ms apart (at end of file, at shutdown, at eviction); the replies to
