@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod announce;
+pub mod capture;
 pub mod cli;
 pub mod endpoint;
 pub mod fanout;

@@ -57,6 +57,9 @@ pub struct Config {
     pub format: Option<RawFormat>,
     /// `--on-idle`: what a FIFO without a writer sends.
     pub on_idle: OnIdle,
+    /// `--capture [DEVICE]`: record from an input device (`Some(None)`: the default one)
+    /// instead of reading `file`.
+    pub capture: Option<Option<String>>,
     /// `--bind` and `--port`: where to listen.
     pub bind: SocketAddr,
     /// `--interval`: the tick; each tick sends the audio that became due.
@@ -87,6 +90,7 @@ impl Config {
             file: file.into(),
             format: None,
             on_idle: OnIdle::Silence,
+            capture: None,
             bind,
             interval: DEFAULT_INTERVAL,
             max_clients: DEFAULT_MAX_CLIENTS,
@@ -147,6 +151,9 @@ pub enum StartError {
     /// The file cannot be streamed.
     #[error("cannot stream {0}")]
     Source(#[from] SourceError),
+    /// The capture device cannot record.
+    #[error("cannot record: {0}")]
+    Capture(#[from] crate::capture::CaptureError),
     /// The socket cannot be bound.
     #[error("cannot bind {addr}: {}", bind_reason(.source))]
     Bind {
@@ -223,13 +230,16 @@ impl Server {
     /// can fix shows here, before anything is streamed.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let source = Input::open(
-            &config.file,
-            InputOptions {
-                format: config.format,
-                on_idle: config.on_idle,
-            },
-        )?;
+        let source = match &config.capture {
+            Some(device) => Input::Live(crate::capture::open(device.as_deref(), config.on_idle)?),
+            None => Input::open(
+                &config.file,
+                InputOptions {
+                    format: config.format,
+                    on_idle: config.on_idle,
+                },
+            )?,
+        };
         if config.looping && source.is_live() {
             return Err(StartError::Config(format!(
                 "--loop needs a file; {} is a live input",

@@ -53,8 +53,11 @@ struct Cli {
     port: u16,
     /// Audio file to stream (mp3, flac, wav, ogg/vorbis, m4a/aac); `-` reads stdin and a named
     /// pipe (FIFO) is read live.
-    #[arg(long)]
-    file: PathBuf,
+    #[arg(long, required_unless_present = "capture", conflicts_with = "capture")]
+    file: Option<PathBuf>,
+    /// Record from an input device instead of a file: the default one, or DEVICE (a name or id).
+    #[arg(long, value_name = "DEVICE", num_args = 0..=1)]
+    capture: Option<Option<String>>,
     /// Raw PCM input instead of a container: s16le:RATE:CHANNELS (e.g. s16le:44100:2).
     #[arg(long, value_parser = parse_format, value_name = "s16le:RATE:CHANNELS")]
     format: Option<RawFormat>,
@@ -92,7 +95,12 @@ struct Cli {
 
 impl Cli {
     fn config(&self) -> Config {
-        let mut c = Config::new(self.file.clone(), SocketAddr::new(self.bind, self.port));
+        let file = self
+            .file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("capture"));
+        let mut c = Config::new(file, SocketAddr::new(self.bind, self.port));
+        c.capture = self.capture.clone();
         c.interval = self.interval;
         c.max_clients = self.max_clients as usize;
         c.client_timeout = self.client_timeout;
