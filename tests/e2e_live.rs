@@ -302,3 +302,101 @@ fn bad_live_inputs_are_refused_with_one_line() {
     );
     assert_eq!(error_lines(&err), 1, "{err}");
 }
+
+/// A 440 Hz tone at amplitude 9000, the same on every channel, never exactly zero.
+fn sine(rate: u32, channels: u16, frames: usize) -> Vec<i16> {
+    (0..frames)
+        .flat_map(|n| {
+            let t = n as f64 / f64::from(rate);
+            let v = (9000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()).round() as i16;
+            std::iter::repeat_n(if v == 0 { 1 } else { v }, usize::from(channels))
+        })
+        .collect()
+}
+
+#[test]
+fn a_tone_played_into_the_capture_source_reaches_a_listener() {
+    use testkit::pulse::{Pulse, SINK_NAME, pulse_available};
+    if let Err(why) = pulse_available() {
+        assert!(
+            std::env::var_os("EARSHOT_REQUIRE_PULSE").is_none(),
+            "EARSHOT_REQUIRE_PULSE is set but PulseAudio is unavailable: {why}"
+        );
+        eprintln!("\n!!!!! SKIPPED capture test: no PulseAudio here: {why} !!!!!\n");
+        return;
+    }
+    let pulse = Pulse::start(48_000, 2).unwrap();
+    // The default source of this private daemon: the monitor of its pipe sink, so what pacat
+    // plays into the sink is what streamd records.
+    let mut envs: Vec<(String, String)> = pulse
+        .env()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.display().to_string()))
+        .collect();
+    envs.push(("PULSE_SOURCE".into(), format!("{SINK_NAME}.monitor")));
+    let args: Vec<String> = [
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-announce",
+        "--start",
+        "now",
+        "--capture",
+        "pulse",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut server = Proc::spawn(&bin("streamd"), &args, &envs);
+    let addr = listening_addr(&server);
+    let line = server.wait_for_line("streaming", SLOW).unwrap();
+    let rate: u32 = line
+        .split(" Hz")
+        .next()
+        .and_then(|h| h.split_whitespace().last())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no rate in {line:?}"));
+    let dir = tempdir();
+    let l = Listener::start(addr, dir.path(), "l", &["--latency", "200ms"]);
+    wait_for_audio(&l);
+    let tone = sine(48_000, 2, 96_000);
+    let raw = pulse.dir().join("tone.raw");
+    std::fs::write(&raw, raw_bytes(&tone)).unwrap();
+    let before = std::fs::metadata(&l.wav).unwrap().len();
+    let st = pulse
+        .command("pacat")
+        .args(["--playback", "--raw", "--format=s16le", "--rate=48000"])
+        .args(["--channels=2", &format!("--device={SINK_NAME}")])
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(st.success(), "pacat: {}", pulse.log_tail());
+    // The tone and 1 s more reached the WAV (beyond the 64 KiB its sink may hold back).
+    let bytes_per_sec = u64::from(rate) * 4;
+    wait_until("the tone in the WAV", SLOW, || {
+        std::fs::metadata(&l.wav).is_ok_and(|m| m.len() > before + 65_536 + 3 * bytes_per_sec)
+    });
+    server.signal("INT");
+    assert_eq!(server.exit_code(SLOW), 0, "{}", server.stderr());
+    let mut lp = l;
+    assert_eq!(lp.proc.exit_code(SLOW), 0, "{}", lp.proc.stderr());
+    let (spec, got) = lp.samples();
+    assert_eq!(spec.sample_rate, rate);
+    let ch = usize::from(spec.channels);
+    let left: Vec<f64> = got.iter().step_by(ch).map(|&s| f64::from(s)).collect();
+    // The loudest second: the tone.
+    let win = rate as usize;
+    let energy = |i: usize| left[i..i + win].iter().map(|x| x * x).sum::<f64>();
+    let start = (0..left.len().saturating_sub(win))
+        .step_by(win / 10)
+        .max_by(|&a, &b| energy(a).total_cmp(&energy(b)))
+        .unwrap();
+    let seg = &left[start..start + win];
+    let rms = (seg.iter().map(|x| x * x).sum::<f64>() / win as f64).sqrt();
+    let crossings = seg.windows(2).filter(|w| w[0] < 0.0 && w[1] >= 0.0).count();
+    eprintln!("captured tone: {crossings} Hz, RMS {rms:.0}, at {rate} Hz");
+    // 440 Hz over one second, amplitude 9000 (RMS 6364), within what resampling may change.
+    assert!((430..=450).contains(&crossings), "frequency {crossings} Hz");
+    assert!((5700.0..7000.0).contains(&rms), "RMS {rms}");
+}

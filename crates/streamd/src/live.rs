@@ -1,5 +1,6 @@
 //! Live input: stdin and named pipes (FIFOs), raw PCM (`--format s16le:RATE:CHANNELS`) or a
-//! container symphonia reads without seeking (wav, mp3, flac, ogg).
+//! container symphonia reads without seeking (wav, mp3, flac, ogg); and the queue a sound card
+//! records into ([`crate::capture`]).
 //!
 //! A live source has no length and cannot be pulled faster than it arrives. A reader thread
 //! ([`spawn_reader`]) moves what arrives into a small bounded queue through a [`LiveFeed`]; the
