@@ -269,6 +269,15 @@ fn bad_live_inputs_are_refused_with_one_line() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--format"), "{err}");
 
+    let (code, err) = refused(&["--capture", "no-such-device"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no-such-device"), "{err}");
+    assert_eq!(error_lines(&err), 1, "{err}");
+    assert!(
+        !err.contains("ALSA lib"),
+        "alsa-lib's chatter is kept off stderr: {err}"
+    );
+
     let dir = tempdir();
     let missing = dir.path().join("no-such.fifo");
     let (code, err) = refused(&[
