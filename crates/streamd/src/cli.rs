@@ -7,7 +7,13 @@ use std::time::Duration;
 
 use proto::duration::{Lower, parse_within};
 
+use crate::live::RawFormat;
 use crate::server::{MAX_INTERVAL, MIN_INTERVAL};
+
+/// `--format`: raw PCM as `s16le:RATE:CHANNELS` ([`RawFormat::parse`]).
+pub fn parse_format(s: &str) -> Result<RawFormat, String> {
+    RawFormat::parse(s)
+}
 
 /// Longest `--client-timeout` accepted: a day is already far beyond any sensible keepalive,
 /// and bounding it keeps `Instant` arithmetic far from overflow.
@@ -85,6 +91,27 @@ mod tests {
         assert!(parse_http_token("has space in it").is_err());
         assert!(parse_http_token("percent%20token").is_err());
         assert!(parse_http_token(&"x".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn format_values() {
+        let f = parse_format("s16le:48000:2").unwrap();
+        assert_eq!((f.sample_rate, f.channels), (48_000, 2));
+        assert_eq!(parse_format("S16LE:8000:1").unwrap().channels, 1);
+        for bad in [
+            "",
+            "s16le",
+            "s16le:48000",
+            "f32le:48000:2",
+            "s16le:x:2",
+            "s16le:48000:0",
+            "s16le:48000:33",
+            "s16le:1000:2",
+            "s16le:48000:2:1",
+        ] {
+            let e = parse_format(bad).unwrap_err();
+            assert!(e.contains("--format"), "{bad}: {e}");
+        }
     }
 
     #[test]

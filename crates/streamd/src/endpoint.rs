@@ -3,7 +3,8 @@
 //! one UDP socket, one timer and the fan-out.
 //!
 //! It owns the listener table ([`Sessions`]), the media clock ([`MediaClock`]) and an
-//! [`AudioSource`] (the decoded file, or synthetic PCM in a test), and decides: when a tick is
+//! [`AudioSource`] (the decoded file, a live input of [`crate::live`], or synthetic PCM in a
+//! test), and decides: when a tick is
 //! due and how its frames are cut into `Audio` datagrams (encoded once, as `Bytes`, for every
 //! listener); when streaming starts (`--start`); looping; evictions; the `End` of the stream,
 //! its three copies 50 ms apart (at end of file, at shutdown, at eviction); the replies to
@@ -110,6 +111,17 @@ pub trait AudioSource {
     /// Damaged packets skipped in the current pass, for the log.
     fn corrupt_packets(&self) -> u64 {
         0
+    }
+    /// The time of the tick about to read: a live source decides pauses on it.
+    fn begin_tick(&mut self, _now: Instant) {}
+    /// True when the last read stopped short because a live source is paused, not finished:
+    /// the tick sends what it got and the media clock forgets the rest.
+    fn is_holding(&self) -> bool {
+        false
+    }
+    /// Underrun, overrun and idle counters of a live source, for the log.
+    fn live_stats(&self) -> Option<crate::live::LiveStats> {
+        None
     }
 }
 
@@ -503,6 +515,7 @@ impl<S: AudioSource> Endpoint<S> {
             corrupt_packets: self.corrupt_seen + self.source.corrupt_packets(),
             slipped: self.clock.slipped(),
             sessions: self.sessions.stats(),
+            live: self.source.live_stats(),
         }
     }
 
@@ -565,6 +578,8 @@ impl<S: AudioSource> Endpoint<S> {
         let (mut datagrams, mut dests) = self.spare.take().unwrap_or_default();
         let mut produced = 0u64;
         let mut eof = false;
+        let mut held = false;
+        self.source.begin_tick(now);
         for n in pacing::split(due, self.fpp) {
             self.pcm.clear();
             let got = self.read_frames(n);
@@ -583,11 +598,17 @@ impl<S: AudioSource> Endpoint<S> {
                 produced += got as u64;
             }
             if got < n {
-                eof = true;
+                // A paused live source has nothing now but is not finished.
+                held = self.source.is_holding();
+                eof = !held;
                 break;
             }
         }
         self.clock.sent(produced);
+        if held {
+            // Nothing is owed for the pause: no burst when the source comes back.
+            self.clock.hold(now);
+        }
         if !datagrams.is_empty() && (self.emit_always || !self.sessions.is_empty()) {
             dests.extend_from_slice(self.sessions.addrs());
             self.queue.push_back(Queued::Many(datagrams, dests));
@@ -766,4 +787,6 @@ pub struct EndpointStats {
     pub slipped: Duration,
     /// The listener table's counters.
     pub sessions: sessions::SessionStats,
+    /// A live source's underrun, overrun and idle counters.
+    pub live: Option<crate::live::LiveStats>,
 }

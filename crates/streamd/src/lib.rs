@@ -20,10 +20,12 @@
 #![deny(missing_docs)]
 
 pub mod announce;
+pub mod capture;
 pub mod cli;
 pub mod control;
 pub mod endpoint;
 pub mod fanout;
+pub mod live;
 pub mod pacing;
 pub mod rtp;
 pub mod server;

@@ -113,6 +113,15 @@ impl MediaClock {
         owed
     }
 
+    /// Forgets the frames owed at `now` (a paused live source): frames are due from here on,
+    /// as if the clock had started now with what was sent. Does nothing before the start.
+    pub fn hold(&mut self, now: Instant) {
+        if self.anchor.is_some() {
+            self.anchor = Some(now);
+            self.anchor_frames = self.sent;
+        }
+    }
+
     /// Records that `frames` more frames went out.
     pub fn sent(&mut self, frames: u64) {
         self.sent += frames;

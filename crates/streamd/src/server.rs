@@ -15,12 +15,13 @@ use proto::EndReason;
 use proto::limits::{MAX_DATAGRAM, MIN_MTU};
 use tokio::net::UdpSocket;
 
-use crate::endpoint::{Endpoint, EndpointConfig, Event, Transmit};
+use crate::endpoint::{AudioSource, Endpoint, EndpointConfig, Event, Transmit};
 pub use crate::endpoint::{HOUSEKEEPING, MAX_PENDING_ENDS, StartMode};
 use crate::fanout::{Fanout, FanoutStats};
+use crate::live::{LiveStats, OnIdle, RawFormat};
 use crate::rtp::output::{Output as RtpOutput, RtpConfig};
 use crate::sessions::{self, Ignored, Sessions};
-use crate::source::{Source, SourceError, SourceInfo};
+use crate::source::{Input, InputOptions, SourceError, SourceInfo};
 
 /// Shortest `--interval`: below 5 ms the per-tick overhead dominates and timers on a loaded
 /// machine cannot keep the cadence anyway.
@@ -51,8 +52,15 @@ pub const RECV_BUFFER: usize = 1 << 20;
 /// Everything the server is told, one field per command-line option.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// `--file`: the audio file to stream.
+    /// `--file`: the audio file to stream (`-`: stdin; a FIFO is read live).
     pub file: PathBuf,
+    /// `--format`: the input is raw PCM of this layout.
+    pub format: Option<RawFormat>,
+    /// `--on-idle`: what a FIFO without a writer sends.
+    pub on_idle: OnIdle,
+    /// `--capture [DEVICE]`: record from an input device (`Some(None)`: the default one)
+    /// instead of reading `file`.
+    pub capture: Option<Option<String>>,
     /// `--bind` and `--port`: where to listen.
     pub bind: SocketAddr,
     /// `--interval`: the tick; each tick sends the audio that became due.
@@ -84,6 +92,9 @@ impl Config {
     pub fn new(file: impl Into<PathBuf>, bind: SocketAddr) -> Self {
         Self {
             file: file.into(),
+            format: None,
+            on_idle: OnIdle::Silence,
+            capture: None,
             bind,
             interval: DEFAULT_INTERVAL,
             max_clients: DEFAULT_MAX_CLIENTS,
@@ -146,6 +157,9 @@ pub enum StartError {
     /// The file cannot be streamed.
     #[error("cannot stream {0}")]
     Source(#[from] SourceError),
+    /// The capture device cannot record.
+    #[error("cannot record: {0}")]
+    Capture(#[from] crate::capture::CaptureError),
     /// The socket cannot be bound.
     #[error("cannot bind {addr}: {}", bind_reason(.source))]
     Bind {
@@ -203,6 +217,8 @@ pub struct Summary {
     pub slipped: Duration,
     /// A second stop request cut the shutdown short: not every copy of `End` went out.
     pub aborted: bool,
+    /// A live input's underrun, overrun and idle counters.
+    pub live: Option<LiveStats>,
 }
 
 /// A bound server with its file open, ready to [`Server::run`].
@@ -214,8 +230,8 @@ pub struct Server {
     socket: UdpSocket,
     /// The actual bound address (the port is real even for `--port 0`).
     local_addr: SocketAddr,
-    /// The open file.
-    source: Source,
+    /// The open file or live input.
+    source: Input,
     /// The RTP output, when `--rtp` was given.
     rtp: Option<RtpOutput>,
     /// The control plane's end, when `--http` is on.
@@ -227,7 +243,22 @@ impl Server {
     /// can fix shows here, before anything is streamed.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let source = Source::open(&config.file)?;
+        let source = match &config.capture {
+            Some(device) => Input::Live(crate::capture::open(device.as_deref(), config.on_idle)?),
+            None => Input::open(
+                &config.file,
+                InputOptions {
+                    format: config.format,
+                    on_idle: config.on_idle,
+                },
+            )?,
+        };
+        if config.looping && source.is_live() {
+            return Err(StartError::Config(format!(
+                "--loop needs a file; {} is a live input",
+                config.file.display()
+            )));
+        }
         let socket = bind_socket(config.bind).map_err(|source| StartError::Bind {
             addr: config.bind,
             source,
@@ -371,7 +402,7 @@ struct Shell {
     socket: UdpSocket,
     /// For the start line.
     local_addr: SocketAddr,
-    endpoint: Endpoint<Source>,
+    endpoint: Endpoint<Input>,
     /// The send path and its counters.
     fanout: Fanout,
     /// Receive errors survived, for the summary.
@@ -627,6 +658,9 @@ impl Shell {
             self.handshake_unlogged,
         );
         self.log_rtp("rtp");
+        if let Some(l) = self.endpoint.source().live_stats() {
+            tracing::info!("live input: {}", live_line(&l));
+        }
         self.ignored_period = IgnoredCounts::default();
         self.handshake_logged = 0;
         self.handshake_unlogged = 0;
@@ -649,8 +683,18 @@ impl Shell {
             corrupt_packets: st.corrupt_packets,
             slipped: st.slipped,
             aborted,
+            live: st.live,
         }
     }
+}
+
+/// A live input's counters in words, for the summary lines.
+pub fn live_line(l: &LiveStats) -> String {
+    format!(
+        "{} underrun(s) filled with {} frames of silence, {} frames dropped on overrun, \
+         {} idle period(s) ({} frames of silence)",
+        l.underruns, l.underrun_frames, l.overrun_frames, l.idle_periods, l.idle_frames
+    )
 }
 
 // ---- RTP output (`--rtp`, `--sdp`, `--sap`): fed from the endpoint's tick datagrams in

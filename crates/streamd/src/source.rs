@@ -1,4 +1,6 @@
-//! The audio source: symphonia 0.6 decoding of one file into interleaved s16 PCM.
+//! The audio source: symphonia 0.6 decoding of one file into interleaved s16 PCM, and
+//! [`Input`], what `--file` opens: such a file, a raw PCM file ([`RawFile`]) or a live input
+//! ([`crate::live`]).
 //!
 //! Sans-IO in the sense that matters here: no sockets, no clock, no tasks. The server pulls
 //! exactly the frames its media clock says are due with [`Source::read_frames`]; tests pull
@@ -33,6 +35,9 @@ use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::{MetadataOptions, StandardTag};
+
+use crate::endpoint::AudioSource;
+use crate::live::{Decode, LiveInput, LiveSource, LiveStats, OnIdle, RawFormat, buffer_frames};
 
 /// Demuxer errors in a row after which the file is treated as ended: a reader that cannot get
 /// past damage would otherwise spin forever on it. 64 covers any plausible run of bad frames in
@@ -208,23 +213,42 @@ impl Source {
             let ro = symphonia::core::io::ReadOnlySource::new(file);
             res = probe(MediaSourceStream::new(Box::new(ro), Default::default()));
         }
-        let mut format = res.map_err(|e| match e {
-            SymError::IoError(ref io) if io.kind() != ErrorKind::UnexpectedEof => {
-                SourceError::Unreadable {
-                    path: pb.clone(),
-                    source: std::io::Error::new(io.kind(), io.to_string()),
-                }
-            }
-            SymError::Unsupported(_) => SourceError::NotAudio {
-                path: pb.clone(),
-                detail: "no known audio container or stream found".into(),
-            },
-            other => SourceError::NotAudio {
-                path: pb.clone(),
-                detail: other.to_string(),
-            },
-        })?;
+        let format = res.map_err(|e| probe_error(&pb, e))?;
+        Source::from_format(pb, format, path)
+    }
 
+    /// Probes and opens a stream that cannot seek (stdin, a FIFO): the same checks as
+    /// [`Source::open`]; `name` stands for the stream in titles, log lines and errors.
+    pub fn open_stream(
+        name: &Path,
+        reader: Box<dyn std::io::Read + Send + Sync>,
+    ) -> Result<Source, SourceError> {
+        let pb = name.to_path_buf();
+        let ro = symphonia::core::io::ReadOnlySource::new(reader);
+        let mss = MediaSourceStream::new(Box::new(ro), Default::default());
+        let format = symphonia::default::get_probe()
+            .probe(
+                &Hint::new(),
+                mss,
+                FormatOptions::default(),
+                MetadataOptions::default(),
+            )
+            .map_err(|e| match e {
+                SymError::IoError(ref io) if io.kind() == ErrorKind::UnexpectedEof => {
+                    SourceError::Empty { path: pb.clone() }
+                }
+                e => probe_error(&pb, e),
+            })?;
+        Source::from_format(pb, format, name)
+    }
+
+    /// The rest of opening, once the container is probed: the track, the decoder, the title,
+    /// and the first audio.
+    fn from_format(
+        pb: PathBuf,
+        mut format: Box<dyn FormatReader>,
+        path: &Path,
+    ) -> Result<Source, SourceError> {
         let track =
             format
                 .default_track(TrackType::Audio)
@@ -450,6 +474,27 @@ impl Source {
     }
 }
 
+/// A failed probe as the error a user sees.
+fn probe_error(pb: &Path, e: SymError) -> SourceError {
+    let pb = pb.to_path_buf();
+    match e {
+        SymError::IoError(ref io) if io.kind() != ErrorKind::UnexpectedEof => {
+            SourceError::Unreadable {
+                path: pb,
+                source: std::io::Error::new(io.kind(), io.to_string()),
+            }
+        }
+        SymError::Unsupported(_) => SourceError::NotAudio {
+            path: pb,
+            detail: "no known audio container or stream found".into(),
+        },
+        other => SourceError::NotAudio {
+            path: pb,
+            detail: other.to_string(),
+        },
+    }
+}
+
 impl Source {
     /// The file as an iterator of chunks of `frames` frames each (the last may be shorter):
     /// the same samples the server cuts into datagrams, for tools and tests that want owned
@@ -497,4 +542,259 @@ pub fn decode_all(path: &Path) -> Result<(SourceInfo, Vec<i16>), SourceError> {
     // Any chunk size gives the same samples; a big one keeps this quick.
     while src.read_frames(1 << 16, &mut out) > 0 {}
     Ok((src.info.clone(), out))
+}
+
+/// A raw PCM file (`--format s16le:RATE:CHANNELS` with a regular file): read on demand like a
+/// decoded file, its length known from its size.
+#[derive(Debug)]
+pub struct RawFile {
+    path: PathBuf,
+    info: SourceInfo,
+    format: RawFormat,
+    reader: std::io::BufReader<File>,
+    bytes: Vec<u8>,
+    eof: bool,
+    frames_read: u64,
+}
+
+impl RawFile {
+    /// Opens `path` as raw frames of `format`; an empty file or one shorter than a frame is
+    /// refused.
+    pub fn open(path: &Path, format: RawFormat) -> Result<RawFile, SourceError> {
+        let pb = path.to_path_buf();
+        let file = File::open(path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => SourceError::Missing { path: pb.clone() },
+            _ => SourceError::Unreadable {
+                path: pb.clone(),
+                source: e,
+            },
+        })?;
+        let meta = file.metadata().map_err(|e| SourceError::Unreadable {
+            path: pb.clone(),
+            source: e,
+        })?;
+        if meta.is_dir() {
+            return Err(SourceError::Unreadable {
+                path: pb,
+                source: std::io::Error::new(ErrorKind::IsADirectory, "is a directory"),
+            });
+        }
+        let frames = meta.len() / format.bytes_per_frame() as u64;
+        if frames == 0 {
+            return Err(SourceError::Empty { path: pb });
+        }
+        let title = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(RawFile {
+            info: SourceInfo {
+                sample_rate: format.sample_rate,
+                channels: format.channels,
+                total_frames: Some(frames),
+                codec: "pcm_s16le (raw)".into(),
+                title,
+            },
+            path: pb,
+            format,
+            reader: std::io::BufReader::new(file),
+            bytes: Vec::new(),
+            eof: false,
+            frames_read: 0,
+        })
+    }
+
+    /// Appends up to `max_frames` frames to `out`; fewer only at the end of the file (a
+    /// trailing partial frame is dropped).
+    pub fn read_frames(&mut self, max_frames: usize, out: &mut Vec<i16>) -> usize {
+        use std::io::Read;
+        let total = self.info.total_frames.unwrap_or(0);
+        let want =
+            max_frames.min(usize::try_from(total - self.frames_read.min(total)).unwrap_or(0));
+        let bpf = self.format.bytes_per_frame();
+        self.bytes.resize(want * bpf, 0);
+        let mut have = 0;
+        while have < self.bytes.len() && !self.eof {
+            match self.reader.read(&mut self.bytes[have..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => have += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(file = %self.path.display(), "stopping at a read error: {e}");
+                    self.eof = true;
+                }
+            }
+        }
+        let frames = have / bpf;
+        out.extend(
+            self.bytes[..frames * bpf]
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]])),
+        );
+        if frames < want {
+            self.eof = true;
+        }
+        self.frames_read += frames as u64;
+        frames
+    }
+
+    /// True once every frame has been handed out.
+    pub fn is_finished(&self) -> bool {
+        self.eof || self.frames_read >= self.info.total_frames.unwrap_or(0)
+    }
+}
+
+/// What `--file` (with `--format` and `--on-idle`) opens: a decoded file, a raw PCM file, or a
+/// live input (stdin, a FIFO).
+#[derive(Debug)]
+pub enum Input {
+    /// A file symphonia decodes.
+    File(Source),
+    /// A raw PCM file.
+    Raw(RawFile),
+    /// Stdin or a FIFO, read by a thread into a bounded queue.
+    Live(LiveSource),
+}
+
+/// How `--file` is read besides its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InputOptions {
+    /// `--format`: raw PCM of this layout instead of a container.
+    pub format: Option<RawFormat>,
+    /// `--on-idle`: what a FIFO without a writer sends.
+    pub on_idle: OnIdle,
+}
+
+impl Input {
+    /// Opens `path` (`-` for stdin): a FIFO or stdin becomes a live input with its reader
+    /// thread started; a container on it is probed first (for a FIFO that waits for its first
+    /// writer), so a stream that is not audio fails here.
+    pub fn open(path: &Path, opts: InputOptions) -> Result<Input, SourceError> {
+        let live = if path == Path::new("-") {
+            Some(LiveInput::Stdin)
+        } else if crate::live::is_fifo(path) {
+            Some(LiveInput::Fifo(path.to_path_buf()))
+        } else {
+            None
+        };
+        let Some(live) = live else {
+            return Ok(match opts.format {
+                Some(f) => Input::Raw(RawFile::open(path, f)?),
+                None => Input::File(Source::open(path)?),
+            });
+        };
+        let (decode, info) = match opts.format {
+            Some(f) => (
+                Decode::Raw(f),
+                SourceInfo {
+                    sample_rate: f.sample_rate,
+                    channels: f.channels,
+                    total_frames: None,
+                    codec: "pcm_s16le (raw)".into(),
+                    title: match &live {
+                        LiveInput::Stdin => "stdin".into(),
+                        LiveInput::Fifo(p) => p
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    },
+                },
+            ),
+            None => {
+                let src = crate::live::probe(&live)?;
+                let info = src.info().clone();
+                (Decode::Container(Box::new(src)), info)
+            }
+        };
+        let (feed, source) =
+            crate::live::channel(info, buffer_frames(opts_rate(&decode)), opts.on_idle);
+        if matches!(live, LiveInput::Fifo(_)) && matches!(decode, Decode::Raw(_)) {
+            feed.waiting();
+        }
+        crate::live::spawn_reader(live, decode, feed).map_err(|e| SourceError::Unreadable {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Ok(Input::Live(source))
+    }
+
+    /// What the stream is.
+    pub fn info(&self) -> &SourceInfo {
+        match self {
+            Input::File(s) => s.info(),
+            Input::Raw(r) => &r.info,
+            Input::Live(l) => l.info(),
+        }
+    }
+
+    /// Whether this is a live input (no length, cannot loop).
+    pub fn is_live(&self) -> bool {
+        matches!(self, Input::Live(_))
+    }
+}
+
+fn opts_rate(d: &Decode) -> u32 {
+    match d {
+        Decode::Raw(f) => f.sample_rate,
+        Decode::Container(s) => s.info().sample_rate,
+    }
+}
+
+impl AudioSource for Input {
+    fn info(&self) -> &SourceInfo {
+        Input::info(self)
+    }
+
+    fn read_frames(&mut self, max_frames: usize, out: &mut Vec<i16>) -> usize {
+        match self {
+            Input::File(s) => s.read_frames(max_frames, out),
+            Input::Raw(r) => r.read_frames(max_frames, out),
+            Input::Live(l) => l.read_frames(max_frames, out),
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        match self {
+            Input::File(s) => s.is_finished(),
+            Input::Raw(r) => r.is_finished(),
+            Input::Live(l) => l.is_finished(),
+        }
+    }
+
+    fn rewind(&mut self) -> Result<(), String> {
+        match self {
+            Input::File(s) => AudioSource::rewind(s),
+            Input::Raw(r) => {
+                let fresh = RawFile::open(&r.path, r.format)
+                    .map_err(|e| format!("cannot reopen for --loop: {e}"))?;
+                *r = fresh;
+                Ok(())
+            }
+            Input::Live(_) => Err("a live input cannot loop".into()),
+        }
+    }
+
+    fn corrupt_packets(&self) -> u64 {
+        match self {
+            Input::File(s) => s.corrupt_packets(),
+            _ => 0,
+        }
+    }
+
+    fn begin_tick(&mut self, now: std::time::Instant) {
+        if let Input::Live(l) = self {
+            l.begin_tick(now);
+        }
+    }
+
+    fn is_holding(&self) -> bool {
+        matches!(self, Input::Live(l) if l.is_holding())
+    }
+
+    fn live_stats(&self) -> Option<LiveStats> {
+        match self {
+            Input::Live(l) => Some(l.stats()),
+            _ => None,
+        }
+    }
 }

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use futures::Stream;
-use streamd::cli::{parse_client_timeout, parse_http_token, parse_interval, parse_rtp_dest};
+use streamd::cli::{
+    parse_client_timeout, parse_format, parse_http_token, parse_interval, parse_rtp_dest,
+};
+use streamd::live::{OnIdle as LiveOnIdle, RawFormat};
 use streamd::server::{Config, Server, StartError, StartMode};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -33,6 +36,16 @@ enum Start {
     Now,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnIdle {
+    /// Send silence: listeners stay joined and hear nothing.
+    Silence,
+    /// Send nothing for up to a second, then silence (listeners would time out).
+    Pause,
+    /// End the stream, as at the end of a file.
+    End,
+}
+
 /// Stream an audio file over UDP to many listeners.
 #[derive(Debug, Parser)]
 #[command(name = "streamd", version, about)]
@@ -40,9 +53,19 @@ struct Cli {
     /// UDP port to listen on (0: any free port; the log says which).
     #[arg(long)]
     port: u16,
-    /// Audio file to stream (mp3, flac, wav, ogg/vorbis, m4a/aac).
-    #[arg(long)]
-    file: PathBuf,
+    /// Audio file to stream (mp3, flac, wav, ogg/vorbis, m4a/aac); `-` reads stdin and a named
+    /// pipe (FIFO) is read live.
+    #[arg(long, required_unless_present = "capture", conflicts_with = "capture")]
+    file: Option<PathBuf>,
+    /// Record from an input device instead of a file: the default one, or DEVICE (a name or id).
+    #[arg(long, value_name = "DEVICE", num_args = 0..=1)]
+    capture: Option<Option<String>>,
+    /// Raw PCM input instead of a container: s16le:RATE:CHANNELS (e.g. s16le:44100:2).
+    #[arg(long, value_parser = parse_format, value_name = "s16le:RATE:CHANNELS")]
+    format: Option<RawFormat>,
+    /// What listeners get while a FIFO has no writer (between tracks).
+    #[arg(long, value_enum, default_value_t = OnIdle::Silence)]
+    on_idle: OnIdle,
     /// Send tick, 5ms..2s: e.g. 20ms, 0.5s or plain seconds (0.02).
     #[arg(long, default_value = "20ms", value_parser = parse_interval, value_name = "DURATION")]
     interval: Duration,
@@ -95,7 +118,12 @@ struct Cli {
 
 impl Cli {
     fn config(&self) -> Config {
-        let mut c = Config::new(self.file.clone(), SocketAddr::new(self.bind, self.port));
+        let file = self
+            .file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("capture"));
+        let mut c = Config::new(file, SocketAddr::new(self.bind, self.port));
+        c.capture = self.capture.clone();
         c.interval = self.interval;
         c.max_clients = self.max_clients as usize;
         c.client_timeout = self.client_timeout;
@@ -110,6 +138,12 @@ impl Cli {
             Start::Now => StartMode::Now,
         };
         c.looping = self.looping;
+        c.format = self.format;
+        c.on_idle = match self.on_idle {
+            OnIdle::Silence => LiveOnIdle::Silence,
+            OnIdle::Pause => LiveOnIdle::Pause,
+            OnIdle::End => LiveOnIdle::End,
+        };
         c.mtu = usize::from(self.mtu);
         c.log_file = self.log_file.clone();
         c.rtp = streamd::rtp::output::RtpConfig {
@@ -381,6 +415,9 @@ async fn run(
                 s.ignored,
                 s.corrupt_packets
             );
+            if let Some(l) = &s.live {
+                tracing::info!("live input: {}", streamd::server::live_line(l));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
