@@ -22,6 +22,7 @@ const SOURCES: [&str; 6] = [
     "crates/proto/src",
     "crates/streamd/src",
     "crates/listen/src",
+    "crates/logfile/src",
     "crates/testkit/src",
     "src",
     "examples/loopback.rs",

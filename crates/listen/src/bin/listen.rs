@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use logfile::LogFile;
 use proto::duration::{Lower, parse_within};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
@@ -119,88 +120,6 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogStderr {
         ClearingWriter {
             pending: self.clear,
         }
-    }
-}
-
-/// The `--log-file` writer: SIGHUP reopens the path (after logrotate moved the file away, the
-/// next lines go to a new file of the same name).
-#[derive(Clone)]
-struct LogFile {
-    path: PathBuf,
-    file: std::sync::Arc<std::sync::Mutex<std::fs::File>>,
-}
-
-impl LogFile {
-    fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-    }
-
-    fn new(path: &std::path::Path) -> Result<LogFile, String> {
-        let f = Self::open(path)
-            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
-        Ok(LogFile {
-            path: path.to_owned(),
-            file: std::sync::Arc::new(std::sync::Mutex::new(f)),
-        })
-    }
-
-    /// Opens the path again and writes there from now on; on failure keeps the old file.
-    fn reopen(&self) {
-        match Self::open(&self.path) {
-            Ok(f) => {
-                if let Ok(mut g) = self.file.lock() {
-                    *g = f;
-                }
-                tracing::info!("reopened log file {}", self.path.display());
-            }
-            Err(e) => tracing::warn!("cannot reopen log file {}: {e}", self.path.display()),
-        }
-    }
-
-    /// Reopens the file on every SIGHUP, for the life of the runtime.
-    fn reopen_on_sighup(self) {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::hangup()) {
-                Ok(mut hup) => {
-                    tokio::spawn(async move {
-                        while hup.recv().await.is_some() {
-                            self.reopen();
-                        }
-                    });
-                }
-                Err(e) => tracing::warn!("no SIGHUP handler ({e}): the log file is not reopened"),
-            }
-        }
-    }
-}
-
-/// One log event's access to the current log file.
-struct LogFileWriter(std::sync::Arc<std::sync::Mutex<std::fs::File>>);
-
-impl std::io::Write for LogFileWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.0.lock() {
-            Ok(mut f) => f.write(buf),
-            Err(_) => Ok(buf.len()),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self.0.lock() {
-            Ok(mut f) => f.flush(),
-            Err(_) => Ok(()),
-        }
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogFile {
-    type Writer = LogFileWriter;
-    fn make_writer(&'a self) -> LogFileWriter {
-        LogFileWriter(self.file.clone())
     }
 }
 
