@@ -24,7 +24,6 @@ const SOURCES: [&str; 6] = [
     "crates/listen/src",
     "crates/logfile/src",
     "crates/testkit/src",
-    "src",
     "examples/loopback.rs",
 ];
 
