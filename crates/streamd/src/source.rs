@@ -166,23 +166,7 @@ impl Source {
     /// (missing, unreadable, empty, not audio, unsupported codec) shows before streaming starts.
     pub fn open(path: &Path) -> Result<Source, SourceError> {
         let pb = path.to_path_buf();
-        let file = File::open(path).map_err(|e| match e.kind() {
-            ErrorKind::NotFound => SourceError::Missing { path: pb.clone() },
-            _ => SourceError::Unreadable {
-                path: pb.clone(),
-                source: e,
-            },
-        })?;
-        let meta = file.metadata().map_err(|e| SourceError::Unreadable {
-            path: pb.clone(),
-            source: e,
-        })?;
-        if meta.is_dir() {
-            return Err(SourceError::Unreadable {
-                path: pb,
-                source: std::io::Error::new(ErrorKind::IsADirectory, "is a directory"),
-            });
-        }
+        let (file, meta) = open_regular(path)?;
         if meta.len() == 0 {
             return Err(SourceError::Empty { path: pb });
         }
@@ -562,23 +546,7 @@ impl RawFile {
     /// refused.
     pub fn open(path: &Path, format: RawFormat) -> Result<RawFile, SourceError> {
         let pb = path.to_path_buf();
-        let file = File::open(path).map_err(|e| match e.kind() {
-            ErrorKind::NotFound => SourceError::Missing { path: pb.clone() },
-            _ => SourceError::Unreadable {
-                path: pb.clone(),
-                source: e,
-            },
-        })?;
-        let meta = file.metadata().map_err(|e| SourceError::Unreadable {
-            path: pb.clone(),
-            source: e,
-        })?;
-        if meta.is_dir() {
-            return Err(SourceError::Unreadable {
-                path: pb,
-                source: std::io::Error::new(ErrorKind::IsADirectory, "is a directory"),
-            });
-        }
+        let (file, meta) = open_regular(path)?;
         let frames = meta.len() / format.bytes_per_frame() as u64;
         if frames == 0 {
             return Err(SourceError::Empty { path: pb });
@@ -797,4 +765,28 @@ impl AudioSource for Input {
             _ => None,
         }
     }
+}
+
+/// Opens `path` for reading and reads its metadata: a missing file, an unreadable one and a
+/// directory each become the error that names it.
+fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), SourceError> {
+    let pb = path.to_path_buf();
+    let file = File::open(path).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => SourceError::Missing { path: pb.clone() },
+        _ => SourceError::Unreadable {
+            path: pb.clone(),
+            source: e,
+        },
+    })?;
+    let meta = file.metadata().map_err(|e| SourceError::Unreadable {
+        path: pb.clone(),
+        source: e,
+    })?;
+    if meta.is_dir() {
+        return Err(SourceError::Unreadable {
+            path: pb,
+            source: std::io::Error::new(ErrorKind::IsADirectory, "is a directory"),
+        });
+    }
+    Ok((file, meta))
 }
