@@ -60,8 +60,12 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Repairs with the server's announced `fec` shape, and asks for resends when `retransmit`.
-    pub fn new(fec: Option<FecParams>, retransmit: bool, nack: NackConfig) -> Self {
+    /// Repairs with the server's announced `fec` shape, and asks for resends when `retransmit`
+    /// (with FEC, only for seqs their group's parity did not rebuild).
+    pub fn new(fec: Option<FecParams>, retransmit: bool, mut nack: NackConfig) -> Self {
+        if let Some(f) = fec {
+            nack.fec_group = f.k();
+        }
         Receiver {
             fec: fec.map(FecDecoder::new),
             nack: retransmit.then(|| NackPlanner::new(nack)),
@@ -236,10 +240,19 @@ mod tests {
         let mut out = Vec::new();
         r.on_audio(t0, 0, 0, &payload(0), dl, &mut out);
         r.on_audio(t0, 2, 20, &payload(2), dl, &mut out);
-        // 1 is missing and certain: asked.
-        assert_eq!(r.poll_nack(t0), Some(NackRequest { base: 1, mask: 0 }));
+        // 1 is missing, but its group's parity may still come.
+        assert_eq!(r.poll_nack(t0), None);
+        // The next group begins (this group's parity is late): 1 and 3 are asked for.
+        r.on_audio(t0, 4, 40, &payload(4), dl, &mut out);
+        assert_eq!(
+            r.poll_nack(t0),
+            Some(NackRequest {
+                base: 1,
+                mask: 0b10
+            })
+        );
         r.on_resent(t0, 1, 10, &payload(1), &mut out);
-        // 3 lost: parity rebuilds it.
+        // The parity rebuilds 3 before its Resent comes.
         let p = &parity[0];
         r.on_parity(t0, p.group_seq, p.k, p.m, p.index, &p.shard, &mut out)
             .unwrap();
@@ -251,11 +264,12 @@ mod tests {
             vec![
                 (0, Origin::Network),
                 (2, Origin::Network),
+                (4, Origin::Network),
                 (1, Origin::Retransmit),
                 (3, Origin::Fec)
             ]
         );
-        assert_eq!(out[3].payload, payload(3));
+        assert_eq!(out[4].payload, payload(3));
         assert_eq!(r.stats().recovered_fec, 1);
         assert_eq!(r.stats().recovered_retransmit, 1);
         assert_eq!(r.poll_timeout(), None);

@@ -181,15 +181,19 @@ pub struct NackConfig {
     pub min_rto: Duration,
     /// The most missing seqs tracked: a longer outage is beyond repair anyway.
     pub max_tracked: usize,
+    /// With FEC groups of this many seqs (0: none), a missing seq is asked for only once a
+    /// seq of a later group arrived: its group's parity came first, and may have rebuilt it.
+    pub fec_group: u8,
 }
 
 impl Default for NackConfig {
     fn default() -> Self {
         NackConfig {
-            max_asks: 3,
+            max_asks: 6,
             initial_rtt: Duration::from_millis(50),
             min_rto: Duration::from_millis(10),
             max_tracked: 1024,
+            fec_group: 0,
         }
     }
 }
@@ -197,6 +201,8 @@ impl Default for NackConfig {
 #[derive(Debug, Clone, Copy)]
 struct Missing {
     deadline: Instant,
+    /// Not asked for before a seq at least this high arrived.
+    ready_after: u64,
     /// When it may be asked for (next).
     due: Instant,
     asks: u8,
@@ -298,10 +304,15 @@ impl NackPlanner {
         for s in first..seq {
             let frac = (s - high) as f64 / (seq - high) as f64;
             let d = high_deadline + span.mul_f64(frac);
+            let ready_after = match u64::from(self.config.fec_group) {
+                0 => s + 1,
+                k => s - s % k + k,
+            };
             self.missing.insert(
                 s,
                 Missing {
                     deadline: d,
+                    ready_after,
                     due: now,
                     asks: 0,
                     first_ask: None,
@@ -346,8 +357,9 @@ impl NackPlanner {
         });
         self.stats.abandoned += abandoned;
         let mut request: Option<NackRequest> = None;
+        let high = self.highest.map_or(0, |(h, _)| h);
         for (&seq, m) in self.missing.iter_mut() {
-            if m.due > now {
+            if m.due > now || (high < m.ready_after && now + rtt + rto < m.deadline) {
                 continue;
             }
             match request.as_mut() {
@@ -363,9 +375,23 @@ impl NackPlanner {
         request
     }
 
-    /// When `poll_nack` next has something to do.
+    /// When `poll_nack` next has something to do. A seq waiting for its group's end waits
+    /// for an arrival, or at most until only a round trip and one retry are left before its
+    /// deadline: then it is asked for anyway.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.missing.values().map(|m| m.due).min()
+        let high = self.highest.map_or(0, |(h, _)| h);
+        let last_chance = self.rtt() + self.rto();
+        self.missing
+            .values()
+            .map(|m| {
+                if high >= m.ready_after {
+                    m.due
+                } else {
+                    m.due
+                        .max(m.deadline.checked_sub(last_chance).unwrap_or(m.due))
+                }
+            })
+            .min()
     }
 }
 
@@ -446,6 +472,7 @@ mod tests {
     fn planner() -> NackPlanner {
         NackPlanner::new(NackConfig {
             initial_rtt: ms(20),
+            max_asks: 3,
             ..NackConfig::default()
         })
     }
@@ -496,7 +523,7 @@ mod tests {
         assert_eq!(p.poll_nack(t0 + ms(39)), None);
         assert_eq!(p.poll_nack(t0 + ms(40)).unwrap().base, 1);
         assert_eq!(p.poll_nack(t0 + ms(80)).unwrap().base, 1);
-        // Three asks is the most.
+        // Three asks is the most (as configured).
         assert_eq!(p.poll_nack(t0 + ms(120)), None);
         assert_eq!(p.poll_timeout(), None);
         assert_eq!(
@@ -575,6 +602,39 @@ mod tests {
         p.on_received(t0, 1_000_000, t0 + ms(1000));
         assert_eq!(p.missing(), 100);
         assert_eq!(p.poll_nack(t0).unwrap().base, 1_000_000 - 100);
+    }
+
+    #[test]
+    fn with_fec_asks_only_after_the_group_ended() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig {
+            fec_group: 4,
+            ..NackConfig::default()
+        });
+        p.on_received(t0, 4, t0 + ms(1000));
+        p.on_received(t0, 6, t0 + ms(1000));
+        // 5 is missing, but group 4..8 has not ended: its parity may still rebuild it. Unless
+        // nothing else arrives: then it is asked for when a round trip and a retry are left
+        // (rtt 50 ms, rto 100 ms before the deadline).
+        assert_eq!(p.poll_nack(t0), None);
+        assert_eq!(p.poll_timeout(), Some(t0 + ms(850)));
+        p.on_received(t0 + ms(5), 7, t0 + ms(1000));
+        assert_eq!(p.poll_nack(t0 + ms(5)), None);
+        p.on_received(t0 + ms(10), 9, t0 + ms(1000));
+        // 8 is missing in the next group, 5's group ended: only 5 is asked for.
+        assert_eq!(p.poll_timeout(), Some(t0));
+        assert_eq!(
+            p.poll_nack(t0 + ms(10)),
+            Some(NackRequest { base: 5, mask: 0 })
+        );
+        assert_eq!(p.poll_nack(t0 + ms(10)), None);
+        // 8 at its last chance (5 came back meanwhile).
+        p.on_repaired(t0 + ms(20), 5, false);
+        assert_eq!(p.poll_nack(t0 + ms(849)), None);
+        assert_eq!(
+            p.poll_nack(t0 + ms(850)),
+            Some(NackRequest { base: 8, mask: 0 })
+        );
     }
 
     #[test]
