@@ -13,6 +13,7 @@ pub mod sender;
 
 pub use fec::{
     FecDecoder, FecEncoder, FecParams, ParamsError, ParityRejected, ParityShard, Recovered,
+    check_fits, default_fec, parse_fec,
 };
 pub use receiver::{Delivery, Origin, Receiver, ReceiverStats};
 pub use retransmit::{History, NackConfig, NackPlanner, NackRequest, NackStats, TokenBucket};
