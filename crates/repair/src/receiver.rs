@@ -59,6 +59,16 @@ pub struct Receiver {
     stats: ReceiverStats,
 }
 
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("fec", &self.fec.as_ref().map(FecDecoder::params))
+            .field("retransmit", &self.nack.is_some())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
 impl Receiver {
     /// Repairs with the server's announced `fec` shape, and asks for resends when `retransmit`
     /// (with FEC, only for seqs their group's parity did not rebuild).

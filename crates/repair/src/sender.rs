@@ -62,6 +62,16 @@ pub struct Sender<L> {
     stats: SenderStats,
 }
 
+impl<L> std::fmt::Debug for Sender<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("config", &self.config)
+            .field("listeners", &self.buckets.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
 impl<L: Eq + Hash + Clone> Sender<L> {
     /// Repair as `config` says.
     pub fn new(config: SenderConfig) -> Self {
