@@ -12,6 +12,8 @@
 //!   `poll_timeout` / `handle_timeout` / `shutdown`.
 //! - [`rtp`]: the stream as RTP (L16) beside the listeners, with RTCP sender reports, the SDP a
 //!   player opens and SAP announcements; sans-IO builders plus the shell's socket piece.
+//! - [`relay`]: `--relay-from`: joins another server with listen's session and serves its
+//!   stream again, each hop with its own handshake, capacity and statistics.
 //! - [`server`]: the tokio shell that moves bytes between the socket, one timer, the endpoint
 //!   and the fan-out, and logs.
 //! - [`control`]: the control plane (`--http`): JSON API, Prometheus metrics, server-sent
@@ -27,6 +29,7 @@ pub mod endpoint;
 pub mod fanout;
 pub mod live;
 pub mod pacing;
+pub mod relay;
 pub mod rtp;
 pub mod server;
 pub mod sessions;
