@@ -56,14 +56,13 @@ pub fn parse_relay_from(s: &str) -> Result<String, String> {
         || format!("--relay-from {s:?} is not HOST:PORT (e.g. 192.0.2.7:4242 or streamd.lan:4242)");
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() || port == 0 || host.contains(char::is_whitespace) {
-        return Err(bad());
-    }
-    if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    // An IPv6 address needs its brackets, or the port could not be told apart.
+    let ok = match bracketed {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && !host.contains([':', '[', ']']),
+    };
+    if !ok || port == 0 || host.contains(char::is_whitespace) {
         return Err(bad());
     }
     Ok(s.to_string())
