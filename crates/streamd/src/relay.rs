@@ -125,7 +125,7 @@ impl std::fmt::Display for UpstreamStats {
         write!(
             f,
             "expected {} received {} lost {} late {} duplicates {} out_of_order {}; \
-             relayed {} frames, {} of them concealed (lost upstream), {} underrun(s)",
+             relayed {} frames, concealed {} of them (lost upstream), underruns {}",
             self.expected,
             self.received,
             self.lost,
