@@ -12,6 +12,8 @@
 //!   `poll_timeout` / `handle_timeout` / `shutdown`.
 //! - [`rtp`]: the stream as RTP (L16) beside the listeners, with RTCP sender reports, the SDP a
 //!   player opens and SAP announcements; sans-IO builders plus the shell's socket piece.
+//! - [`multicast`]: `--multicast`: the group value, which listeners the group serves, and the
+//!   socket that sends each tick once to the group.
 //! - [`relay`]: `--relay-from`: joins another server with listen's session and serves its
 //!   stream again, each hop with its own handshake, capacity and statistics.
 //! - [`server`]: the tokio shell that moves bytes between the socket, one timer, the endpoint
@@ -28,6 +30,7 @@ pub mod control;
 pub mod endpoint;
 pub mod fanout;
 pub mod live;
+pub mod multicast;
 pub mod pacing;
 pub mod relay;
 pub mod rtp;
