@@ -328,3 +328,45 @@ fn relay_usage_errors_exit_2() {
         assert_eq!(p.exit_code(SLOW), 2, "{args:?}: {}", p.stderr());
     }
 }
+
+#[test]
+fn a_lost_upstream_ends_the_relayed_stream_and_the_relay_exits_1() {
+    let dir = tempdir();
+    let server = Server::start(&demo_clip(), &["--loop"]);
+    let mut relay = start_relay(server.addr, &[]);
+    let mut l = Listener::start(relay.addr, dir.path(), "l", &[]);
+    wait_for_audio(&l);
+    server.proc.signal("KILL");
+    assert_eq!(relay.proc.exit_code(SLOW), 1, "{}", relay.proc.stderr());
+    let err = relay.proc.stderr();
+    assert!(err.contains("the upstream was lost (timeout)"), "{err}");
+    assert!(
+        err.contains(&format!("upstream {} silent", server.addr)),
+        "{err}"
+    );
+    l.proc.wait_timeout(SLOW).unwrap();
+    assert_eq!(l.stats()["end_reason"], "shutdown", "{}", l.proc.stderr());
+}
+
+#[test]
+fn a_stopped_relay_leaves_its_upstream() {
+    let mut server = Server::start(&demo_clip(), &["--loop"]);
+    let mut relay = start_relay(server.addr, &[]);
+    assert!(
+        server.proc.wait_for_line("accepted", SLOW).is_some(),
+        "{}",
+        server.proc.stderr()
+    );
+    relay.proc.signal("INT");
+    assert_eq!(relay.proc.exit_code(SLOW), 0, "{}", relay.proc.stderr());
+    assert!(
+        server
+            .proc
+            .wait_for_line("left (0 listeners)", SLOW)
+            .is_some(),
+        "{}",
+        server.proc.stderr()
+    );
+    server.proc.signal("INT");
+    assert_eq!(server.proc.exit_code(SLOW), 0, "{}", server.proc.stderr());
+}
