@@ -224,11 +224,15 @@ fn the_latency_a_relay_adds_is_measured() {
             let src = d
                 .audio
                 .iter()
-                .find(|x| x.ts <= frame && frame < x.ts + (x.pcm.len() / bpf) as u64)?;
+                .find(|x| x.ts <= frame && frame < x.ts + (x.payload.len() / bpf) as u64)?;
             // The same frames, relayed.
             let off = ((frame - src.ts) as usize) * bpf;
-            let n = a.pcm.len().min(src.pcm.len() - off);
-            assert_eq!(a.pcm[..n], src.pcm[off..off + n], "relayed audio differs");
+            let n = a.payload.len().min(src.payload.len() - off);
+            assert_eq!(
+                a.payload[..n],
+                src.payload[off..off + n],
+                "relayed audio differs"
+            );
             a.at.checked_duration_since(src.at)
         })
         .collect();
@@ -362,7 +366,7 @@ fn a_stopped_relay_leaves_its_upstream() {
     assert!(
         server
             .proc
-            .wait_for_line("left (0 listeners)", SLOW)
+            .wait_for_line("\"streamd relay\" left: terminated (0 listeners)", SLOW)
             .is_some(),
         "{}",
         server.proc.stderr()

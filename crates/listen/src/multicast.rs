@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 /// about a second even where the group is not routed.
 pub const GROUP_WAIT: Duration = Duration::from_secs(1);
 
-/// The report flag that tells the server the group is not arriving (protocol v2
-/// `FLAG_UNICAST_FALLBACK`).
-pub const FLAG_UNICAST_FALLBACK: u32 = 1;
+pub use proto::FLAG_UNICAST_FALLBACK;
 
 /// How the listener receives the stream's audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,6 +38,9 @@ use crate::source::SourceInfo;
 /// the relay gives up: listen's default `--timeout`.
 pub const UPSTREAM_TIMEOUT: Duration = listen::session::DEFAULT_TIMEOUT;
 
+/// The name a relay joins its upstream with: the upstream's log and dashboard show it.
+pub const RELAY_NAME: &str = "streamd relay";
+
 /// The session shared between the upstream task (datagrams, timers) and the relay's tick
 /// (audio pulls). Both run on the server's one thread; the lock is never contended.
 pub type SharedSession = Arc<Mutex<Session>>;
@@ -59,6 +62,7 @@ pub fn session_config(upstream: SocketAddr, interval: Duration) -> SessionConfig
         timeout: UPSTREAM_TIMEOUT,
         sink_lead: interval,
         playout: true,
+        name: listen::session::ListenerName::new(RELAY_NAME),
     }
 }
 
@@ -104,7 +108,7 @@ impl UpstreamStats {
     pub fn of(session: &Session) -> Self {
         let t = session.tracker();
         let p = session.playout();
-        let r = t.report(&p, 0);
+        let r = t.report([0; 16], &p, 0);
         Self {
             expected: t.expected(),
             received: t.received(),
@@ -283,7 +287,7 @@ impl Drop for RelaySource {
         // the upstream task may never run again.
         let mut s = lock(&self.session);
         let now = Instant::now();
-        s.leave(now);
+        s.leave(now, proto::LeaveReason::Terminated);
         if let Some(sock) = &self.socket {
             while let Some(t) = s.poll_transmit(now) {
                 let _ = sock.send_to(&t.contents, t.destination);

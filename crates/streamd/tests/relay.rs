@@ -36,6 +36,7 @@ fn config(start: StartMode) -> EndpointConfig {
         looping: false,
         mtu: 1400,
         cookie_key: (1, 2),
+        ..EndpointConfig::default()
     }
 }
 
