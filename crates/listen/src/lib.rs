@@ -6,6 +6,7 @@
 //! [`stats`] (counters, RFC 3550 jitter). [`sink`] holds the outputs behind one trait (the
 //! virtual ones run on the caller's clock), [`status`] renders the live status line, and
 //! [`stay`] is the rejoin policy of `--stay` and [`discover`] finds servers by mDNS.
+//! [`multicast`] joins a server's group and decides when to ask for unicast instead.
 //! [`client`] is the thin tokio shell that drives one session (`staying` runs sessions one
 //! after another for `--stay`); [`config`] holds the command's typed options, outcome and
 //! errors. The `listen` binary parses flags and calls [`client::run`].
@@ -15,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod discover;
 pub mod jitter;
+pub mod multicast;
 pub mod session;
 pub mod sink;
 pub mod stats;

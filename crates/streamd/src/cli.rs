@@ -78,6 +78,25 @@ pub fn parse_rtp_dest(s: &str) -> Result<SocketAddr, String> {
     Ok(a)
 }
 
+/// `--relay-from HOST:PORT`: a host name or address (IPv6 in brackets) and a port other than
+/// 0; the name is resolved when the relay starts.
+pub fn parse_relay_from(s: &str) -> Result<String, String> {
+    let bad =
+        || format!("--relay-from {s:?} is not HOST:PORT (e.g. 192.0.2.7:4242 or streamd.lan:4242)");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    // An IPv6 address needs its brackets, or the port could not be told apart.
+    let ok = match bracketed {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && !host.contains([':', '[', ']']),
+    };
+    if !ok || port == 0 || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    Ok(s.to_string())
+}
+
 /// `--http-token`: 8 to 256 visible ASCII characters (it travels in an HTTP header and a URL
 /// query), so a typo such as an empty value is a usage error rather than an open door.
 pub fn parse_http_token(s: &str) -> Result<String, String> {
@@ -148,6 +167,26 @@ mod tests {
         assert_eq!(parse_client_timeout("5s"), Ok(Duration::from_secs(5)));
         assert!(parse_client_timeout("0").is_err());
         assert!(parse_client_timeout("2days").is_err());
+    }
+
+    #[test]
+    fn relay_from() {
+        for good in ["127.0.0.1:4242", "[::1]:4242", "streamd.lan:9"] {
+            assert_eq!(parse_relay_from(good), Ok(good.to_string()));
+        }
+        for bad in [
+            "",
+            "host",
+            "host:",
+            ":4242",
+            "host:0",
+            "host:70000",
+            "::1:4242",
+            "a b:1",
+        ] {
+            let e = parse_relay_from(bad).unwrap_err();
+            assert!(e.contains("--relay-from"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -165,6 +165,11 @@ pub trait AudioSource {
     fn live_stats(&self) -> Option<crate::live::LiveStats> {
         None
     }
+    /// Why the stream ends once the source is finished: a relay passes on its upstream's
+    /// reason; everything else ends at the end of its audio.
+    fn end_reason(&self) -> EndReason {
+        EndReason::Finished
+    }
 }
 
 impl AudioSource for Source {
@@ -751,7 +756,8 @@ impl<S: AudioSource> Endpoint<S> {
                     sent: self.clock.frames_sent(),
                 });
             }
-            self.begin_end(now, EndReason::Finished);
+            let reason = self.source.end_reason();
+            self.begin_end(now, reason);
         }
     }
 

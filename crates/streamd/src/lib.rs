@@ -12,6 +12,10 @@
 //!   `poll_timeout` / `handle_timeout` / `shutdown`.
 //! - [`rtp`]: the stream as RTP (L16) beside the listeners, with RTCP sender reports, the SDP a
 //!   player opens and SAP announcements; sans-IO builders plus the shell's socket piece.
+//! - [`multicast`]: `--multicast`: the group value, which listeners the group serves, and the
+//!   socket that sends each tick once to the group.
+//! - [`relay`]: `--relay-from`: joins another server with listen's session and serves its
+//!   stream again, each hop with its own handshake, capacity and statistics.
 //! - [`server`]: the tokio shell that moves bytes between the socket, one timer, the endpoint
 //!   and the fan-out, and logs.
 //! - [`control`]: the control plane (`--http`): JSON API, Prometheus metrics, server-sent
@@ -26,7 +30,9 @@ pub mod control;
 pub mod endpoint;
 pub mod fanout;
 pub mod live;
+pub mod multicast;
 pub mod pacing;
+pub mod relay;
 pub mod rtp;
 pub mod server;
 pub mod sessions;

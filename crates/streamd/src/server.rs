@@ -82,6 +82,8 @@ pub struct Config {
     /// `--rtp`, `--ttl`, `--sdp`, `--sap`: the RTP output beside the listeners (off when no
     /// destination is given).
     pub rtp: RtpConfig,
+    /// `--relay-from HOST:PORT`: relay another earshot server's stream instead of `file`.
+    pub relay_from: Option<String>,
     /// `--fec`: parity groups.
     pub fec: FecChoice,
     /// `--retransmit`: answer listeners' Nacks.
@@ -130,6 +132,7 @@ impl Config {
             fec: FecChoice::Default,
             retransmit: true,
             repair: RepairConfig::default(),
+            relay_from: None,
         }
     }
 
@@ -180,6 +183,9 @@ impl Config {
             return Err("--client-timeout must be more than zero".into());
         }
         self.rtp.validate()?;
+        if self.relay_from.is_some() && self.start == StartMode::FirstClient {
+            return Err("--relay-from streams live: --start first-client cannot be used".into());
+        }
         Ok(())
     }
 
@@ -222,6 +228,9 @@ pub enum StartError {
     /// The RTP output cannot be set up (a socket, the `--sdp` file).
     #[error("cannot start the RTP output: {0}")]
     Rtp(String),
+    /// `--relay-from`: the upstream cannot be joined.
+    #[error("cannot relay: {0}")]
+    Upstream(#[from] crate::relay::RelayError),
 }
 
 fn bind_reason(e: &std::io::Error) -> String {
@@ -270,6 +279,8 @@ pub struct Summary {
     pub aborted: bool,
     /// A live input's underrun, overrun and idle counters.
     pub live: Option<LiveStats>,
+    /// A relay's upstream hop (`--relay-from`): what it received, lost and concealed.
+    pub upstream: Option<crate::relay::UpstreamStats>,
 }
 
 /// A bound server with its file open, ready to [`Server::run`].
@@ -294,9 +305,12 @@ impl Server {
     /// can fix shows here, before anything is streamed.
     pub async fn bind(mut config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let source = match &config.capture {
-            Some(device) => Input::Live(crate::capture::open(device.as_deref(), config.on_idle)?),
-            None => Input::open(
+        let source = match (&config.relay_from, &config.capture) {
+            (Some(up), _) => Input::Relay(crate::relay::connect(up, config.interval).await?),
+            (None, Some(device)) => {
+                Input::Live(crate::capture::open(device.as_deref(), config.on_idle)?)
+            }
+            (None, None) => Input::open(
                 &config.file,
                 InputOptions {
                     format: config.format,
@@ -728,6 +742,9 @@ impl Shell {
         if let Some(l) = self.endpoint.source().live_stats() {
             tracing::info!("live input: {}", live_line(&l));
         }
+        if let Input::Relay(r) = self.endpoint.source() {
+            tracing::info!("upstream {}: {}", r.upstream(), r.stats());
+        }
         self.ignored_period = IgnoredCounts::default();
         self.handshake_logged = 0;
         self.handshake_unlogged = 0;
@@ -751,6 +768,10 @@ impl Shell {
             slipped: st.slipped,
             aborted,
             live: st.live,
+            upstream: match self.endpoint.source() {
+                Input::Relay(r) => Some(r.stats()),
+                _ => None,
+            },
         }
     }
 }

@@ -622,6 +622,8 @@ pub enum Input {
     Raw(RawFile),
     /// Stdin or a FIFO, read by a thread into a bounded queue.
     Live(LiveSource),
+    /// Another earshot server's stream (`--relay-from`).
+    Relay(crate::relay::RelaySource),
 }
 
 /// How `--file` is read besides its path.
@@ -692,12 +694,13 @@ impl Input {
             Input::File(s) => s.info(),
             Input::Raw(r) => &r.info,
             Input::Live(l) => l.info(),
+            Input::Relay(r) => AudioSource::info(r),
         }
     }
 
     /// Whether this is a live input (no length, cannot loop).
     pub fn is_live(&self) -> bool {
-        matches!(self, Input::Live(_))
+        matches!(self, Input::Live(_) | Input::Relay(_))
     }
 }
 
@@ -718,6 +721,7 @@ impl AudioSource for Input {
             Input::File(s) => s.read_frames(max_frames, out),
             Input::Raw(r) => r.read_frames(max_frames, out),
             Input::Live(l) => l.read_frames(max_frames, out),
+            Input::Relay(r) => r.read_frames(max_frames, out),
         }
     }
 
@@ -726,6 +730,7 @@ impl AudioSource for Input {
             Input::File(s) => s.is_finished(),
             Input::Raw(r) => r.is_finished(),
             Input::Live(l) => l.is_finished(),
+            Input::Relay(r) => r.is_finished(),
         }
     }
 
@@ -738,7 +743,7 @@ impl AudioSource for Input {
                 *r = fresh;
                 Ok(())
             }
-            Input::Live(_) => Err("a live input cannot loop".into()),
+            Input::Live(_) | Input::Relay(_) => Err("a live input cannot loop".into()),
         }
     }
 
@@ -750,13 +755,26 @@ impl AudioSource for Input {
     }
 
     fn begin_tick(&mut self, now: std::time::Instant) {
-        if let Input::Live(l) = self {
-            l.begin_tick(now);
+        match self {
+            Input::Live(l) => l.begin_tick(now),
+            Input::Relay(r) => r.begin_tick(now),
+            _ => {}
         }
     }
 
     fn is_holding(&self) -> bool {
-        matches!(self, Input::Live(l) if l.is_holding())
+        match self {
+            Input::Live(l) => l.is_holding(),
+            Input::Relay(r) => r.is_holding(),
+            _ => false,
+        }
+    }
+
+    fn end_reason(&self) -> proto::EndReason {
+        match self {
+            Input::Relay(r) => r.end_reason(),
+            _ => proto::EndReason::Finished,
+        }
     }
 
     fn live_stats(&self) -> Option<LiveStats> {

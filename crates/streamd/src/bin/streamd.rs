@@ -15,7 +15,7 @@ use futures::Stream;
 use logfile::LogFile;
 use streamd::cli::{
     parse_client_timeout, parse_fec, parse_format, parse_http_token, parse_interval, parse_latency,
-    parse_on_off, parse_rtp_dest,
+    parse_on_off, parse_relay_from, parse_rtp_dest,
 };
 use streamd::live::{OnIdle as LiveOnIdle, RawFormat};
 use streamd::server::{Config, FecChoice, Server, StartError, StartMode};
@@ -57,8 +57,12 @@ struct Cli {
     port: u16,
     /// Audio file to stream (mp3, flac, wav, ogg/vorbis, m4a/aac); `-` reads stdin and a named
     /// pipe (FIFO) is read live.
-    #[arg(long, required_unless_present = "capture", conflicts_with = "capture")]
+    #[arg(long, required_unless_present_any = ["capture", "relay_from"], conflicts_with_all = ["capture", "relay_from"])]
     file: Option<PathBuf>,
+    /// Relay another earshot server's stream (join it as a listener and serve what it sends)
+    /// instead of a file.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_relay_from, conflicts_with_all = ["capture", "format", "looping"])]
+    relay_from: Option<String>,
     /// Record from an input device instead of a file: the default one, or DEVICE (a name or id).
     #[arg(long, value_name = "DEVICE", num_args = 0..=1)]
     capture: Option<Option<String>>,
@@ -132,10 +136,11 @@ struct Cli {
 
 impl Cli {
     fn config(&self) -> Config {
-        let file = self
-            .file
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("capture"));
+        let file = match (&self.file, &self.relay_from) {
+            (Some(f), _) => f.clone(),
+            (None, Some(up)) => PathBuf::from(format!("upstream {up}")),
+            (None, None) => PathBuf::from("capture"),
+        };
         let mut c = Config::new(file, SocketAddr::new(self.bind, self.port));
         c.capture = self.capture.clone();
         c.interval = self.interval;
@@ -145,11 +150,14 @@ impl Cli {
         c.fec = self.fec.unwrap_or_default();
         c.retransmit = self.retransmit;
         // RTP players do not join: with --rtp the stream starts at once unless told otherwise.
-        let start = self.start.unwrap_or(if self.rtp.is_empty() {
-            Start::FirstClient
-        } else {
-            Start::Now
-        });
+        // A relay is live: its upstream is already streaming.
+        let start = self
+            .start
+            .unwrap_or(if self.rtp.is_empty() && self.relay_from.is_none() {
+                Start::FirstClient
+            } else {
+                Start::Now
+            });
         c.start = match start {
             Start::FirstClient => StartMode::FirstClient,
             Start::Now => StartMode::Now,
@@ -163,6 +171,7 @@ impl Cli {
         };
         c.mtu = usize::from(self.mtu);
         c.log_file = self.log_file.clone();
+        c.relay_from = self.relay_from.clone();
         c.rtp = streamd::rtp::output::RtpConfig {
             dests: self.rtp.clone(),
             ttl: self.ttl,
@@ -352,6 +361,15 @@ async fn run(
             );
             if let Some(l) = &s.live {
                 tracing::info!("live input: {}", streamd::server::live_line(l));
+            }
+            if let Some(u) = &s.upstream {
+                tracing::info!("upstream: {u}");
+                if let Some(r @ (listen::ExitReason::Timeout | listen::ExitReason::Evicted)) =
+                    u.exit
+                {
+                    eprintln!("streamd: error: the upstream was lost ({})", r.as_str());
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
             }
             ExitCode::SUCCESS
         }
