@@ -367,6 +367,60 @@ impl Session {
     }
 }
 
+/// Everything a joined listener of a private room holds: its session (control, both ways)
+/// and its stream keys (audio), told apart on the wire by `Sealed.key_id`
+/// ([`SESSION_KEY_ID`] for the session).
+#[derive(Debug)]
+pub struct ListenerKeys {
+    session: Session,
+    stream: Keyring,
+}
+
+impl ListenerKeys {
+    /// The keys [`Initiator::finish`] returned; `overlap` as for [`Keyring::new`].
+    pub fn new(session: Session, first: StreamKey, overlap: Duration) -> Self {
+        Self {
+            session,
+            stream: Keyring::new(first, overlap),
+        }
+    }
+
+    /// Opens a datagram from the server: under the session key when `key_id` is
+    /// [`SESSION_KEY_ID`], else under that stream key.
+    pub fn open(
+        &mut self,
+        now: Instant,
+        key_id: u32,
+        inner_type: u8,
+        seq: u64,
+        ciphertext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
+        if key_id == SESSION_KEY_ID {
+            self.session.open(inner_type, seq, ciphertext, out)
+        } else {
+            self.stream
+                .open(now, key_id, inner_type, seq, ciphertext, out)
+        }
+    }
+
+    /// Seals a control message to the server under the session key (sent with
+    /// `key_id` [`SESSION_KEY_ID`]).
+    pub fn seal(&self, inner_type: u8, seq: u64, body: &[u8], out: &mut Vec<u8>) {
+        self.session.seal(inner_type, seq, body, out);
+    }
+
+    /// Takes the key of a `Rekey` (which arrived sealed under the session key).
+    pub fn rekey(&mut self, key_id: u32, key: [u8; KEY_LEN]) {
+        self.stream.insert(StreamKey::from_bytes(key_id, key));
+    }
+
+    /// The stream key ids held, oldest first.
+    pub fn stream_key_ids(&self) -> Vec<u32> {
+        self.stream.ids()
+    }
+}
+
 /// How many stream keys a listener holds at most: the current one, the next one announced,
 /// and the previous one during the overlap.
 const KEYRING_MAX: usize = 3;

@@ -347,3 +347,39 @@ fn a_late_poll_still_announces_before_the_switch() {
     );
     assert_eq!(rot.poll_timeout(), late + Duration::from_secs(1));
 }
+
+#[test]
+fn listener_keys_tell_session_and_stream_apart_by_key_id() {
+    let stream = StreamKey::generate(0).expect("key");
+    let (client, mut server, got) = handshake(&stream);
+    let mut keys = ListenerKeys::new(client, got, Duration::from_secs(2));
+    let now = Instant::now();
+    let mut wire = Vec::new();
+    let mut plain = Vec::new();
+    server.seal(REKEY, 1, b"control", &mut wire);
+    keys.open(now, SESSION_KEY_ID, REKEY, 1, &wire, &mut plain)
+        .expect("session");
+    assert_eq!(
+        keys.open(now, 0, REKEY, 1, &wire, &mut plain),
+        Err(SealError::Forged)
+    );
+    wire.clear();
+    let next = StreamKey::generate(1).expect("key");
+    keys.rekey(next.id(), *next.bytes());
+    assert_eq!(keys.stream_key_ids(), [0, 1]);
+    next.seal(AUDIO, 5, b"audio", &mut wire);
+    keys.open(now, 1, AUDIO, 5, &wire, &mut plain)
+        .expect("new stream key");
+    assert_eq!(plain, b"audio");
+    assert_eq!(
+        keys.open(now, SESSION_KEY_ID, AUDIO, 5, &wire, &mut plain),
+        Err(SealError::Forged),
+        "audio under a stream key never passes as control"
+    );
+    wire.clear();
+    keys.seal(REPORT, 9, b"report", &mut wire);
+    server
+        .open(REPORT, 9, &wire, &mut plain)
+        .expect("server opens");
+    assert_eq!(plain, b"report");
+}
