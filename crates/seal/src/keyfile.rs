@@ -15,7 +15,7 @@ use crate::KEY_LEN;
 ///
 /// It only ever authenticates the Noise handshake (NNpsk0's psk); audio and control are sealed
 /// under keys derived from or sent inside that handshake. `Debug` never prints the bytes.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct RoomKey(pub(crate) [u8; KEY_LEN]);
 
 impl RoomKey {
