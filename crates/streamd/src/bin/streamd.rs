@@ -52,11 +52,11 @@ enum OnIdle {
 #[command(name = "streamd", version, about)]
 struct Cli {
     /// UDP port to listen on (0: any free port; the log says which).
-    #[arg(long)]
-    port: u16,
+    #[arg(long, required_unless_present = "gen_key")]
+    port: Option<u16>,
     /// Audio file to stream (mp3, flac, wav, ogg/vorbis, m4a/aac); `-` reads stdin and a named
     /// pipe (FIFO) is read live.
-    #[arg(long, required_unless_present = "capture", conflicts_with = "capture")]
+    #[arg(long, required_unless_present_any = ["capture", "gen_key"], conflicts_with = "capture")]
     file: Option<PathBuf>,
     /// Record from an input device instead of a file: the default one, or DEVICE (a name or id).
     #[arg(long, value_name = "DEVICE", num_args = 0..=1)]
@@ -115,6 +115,10 @@ struct Cli {
     /// reads too off loopback. Without it a random one is generated and logged.
     #[arg(long, value_name = "TOKEN", requires = "http", value_parser = parse_http_token)]
     http_token: Option<String>,
+    /// Write a new random room key to PATH (mode 0600; never overwrites) and exit. Listeners
+    /// and the server of a private room all use it with --key-file.
+    #[arg(long, value_name = "PATH", exclusive = true)]
+    gen_key: Option<PathBuf>,
 }
 
 impl Cli {
@@ -123,7 +127,7 @@ impl Cli {
             .file
             .clone()
             .unwrap_or_else(|| PathBuf::from("capture"));
-        let mut c = Config::new(file, SocketAddr::new(self.bind, self.port));
+        let mut c = Config::new(file, SocketAddr::new(self.bind, self.port.unwrap_or(0)));
         c.capture = self.capture.clone();
         c.interval = self.interval;
         c.max_clients = self.max_clients as usize;
@@ -224,6 +228,18 @@ fn main() -> ExitCode {
         // Help and version exit 0, usage errors exit 2, with clap's message.
         Err(e) => e.exit(),
     };
+    if let Some(path) = &cli.gen_key {
+        return match seal::gen_key(path) {
+            Ok(_) => {
+                eprintln!("streamd: wrote a new room key to {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("streamd: error: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        };
+    }
     let log_file = match init_logging(cli.log_file.as_ref()) {
         Ok(f) => f,
         Err(e) => {
