@@ -367,6 +367,60 @@ impl Session {
     }
 }
 
+/// The server's side of one joined listener: its session, and the handshake it came from, so
+/// a retransmitted `Join` (the same message 1, its `Welcome` lost) gets the same message 2 and
+/// the listener finishes with the keys the server kept.
+pub struct ServerSession {
+    session: Session,
+    msg1: Vec<u8>,
+    msg2: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSession").finish_non_exhaustive()
+    }
+}
+
+impl ServerSession {
+    /// Runs [`respond`] on `Join.noise`; fails with [`SealError::BadKey`] for a listener
+    /// without the room key.
+    pub fn accept(psk: &RoomKey, msg1: &[u8], stream: &StreamKey) -> Result<Self, SealError> {
+        let (msg2, session) = respond(psk, msg1, stream)?;
+        Ok(Self {
+            session,
+            msg1: msg1.to_vec(),
+            msg2,
+        })
+    }
+
+    /// Whether `msg1` is the handshake this session came from (a retransmitted `Join`).
+    pub fn is_same_handshake(&self, msg1: &[u8]) -> bool {
+        self.msg1 == msg1
+    }
+
+    /// Message 2, for `Welcome.noise` (again, for a retransmitted `Join`).
+    pub fn welcome_noise(&self) -> &[u8] {
+        &self.msg2
+    }
+
+    /// Seals a control message to this listener (sent with `key_id` [`SESSION_KEY_ID`]).
+    pub fn seal(&self, inner_type: u8, seq: u64, body: &[u8], out: &mut Vec<u8>) {
+        self.session.seal(inner_type, seq, body, out);
+    }
+
+    /// Opens a control message from this listener, refusing forgeries and replays.
+    pub fn open(
+        &mut self,
+        inner_type: u8,
+        seq: u64,
+        ciphertext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
+        self.session.open(inner_type, seq, ciphertext, out)
+    }
+}
+
 /// Everything a joined listener of a private room holds: its session (control, both ways)
 /// and its stream keys (audio), told apart on the wire by `Sealed.key_id`
 /// ([`SESSION_KEY_ID`] for the session).

@@ -383,3 +383,27 @@ fn listener_keys_tell_session_and_stream_apart_by_key_id() {
         .expect("server opens");
     assert_eq!(plain, b"report");
 }
+
+#[test]
+fn a_retransmitted_join_gets_the_same_welcome_and_keys() {
+    let stream = StreamKey::generate(0).expect("key");
+    let (init, msg1) = Initiator::start(&room()).expect("start");
+    let mut server = ServerSession::accept(&room(), &msg1, &stream).expect("accept");
+    assert!(server.is_same_handshake(&msg1));
+    let (_, other_msg1) = Initiator::start(&room()).expect("start");
+    assert!(!server.is_same_handshake(&other_msg1));
+    // The first Welcome was lost; the listener finishes with the repeated one.
+    let (client, _) = init.finish(server.welcome_noise()).expect("finish");
+    let mut wire = Vec::new();
+    let mut plain = Vec::new();
+    client.seal(REPORT, 1, b"hello", &mut wire);
+    server
+        .open(REPORT, 1, &wire, &mut plain)
+        .expect("same keys");
+    assert_eq!(
+        ServerSession::accept(&other_room(), &msg1, &stream)
+            .err()
+            .map(|e| e.to_string()),
+        Some("the room key did not match".into())
+    );
+}
