@@ -19,6 +19,7 @@
 
 pub mod keyfile;
 mod replay;
+pub mod wire;
 
 use std::time::{Duration, Instant};
 
