@@ -313,9 +313,13 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// `Sealed.key_id` of a message under a session key: stream key ids count up from 0 and
-/// never reach it.
-pub const SESSION_KEY_ID: u32 = u32::MAX;
+/// `Sealed.key_id` of a message a listener seals under its session key.
+pub const LISTENER_KEY_ID: u32 = 0x8000_0000;
+/// `Sealed.key_id` of a message the server seals under a listener's session key.
+pub const SERVER_KEY_ID: u32 = 0x8000_0001;
+/// Stream key ids are below this (they count up from 0 and wrap back to 0 here); ids from it
+/// up name session keys.
+pub const STREAM_KEY_IDS: u32 = 0x8000_0000;
 
 impl Session {
     fn new(transport: StatelessTransportState) -> Self {
@@ -405,7 +409,7 @@ impl ServerSession {
         &self.msg2
     }
 
-    /// Seals a control message to this listener (sent with `key_id` [`SESSION_KEY_ID`]).
+    /// Seals a control message to this listener (sent with `key_id` [`SERVER_KEY_ID`]).
     pub fn seal(&self, inner_type: u8, seq: u64, body: &[u8], out: &mut Vec<u8>) {
         self.session.seal(inner_type, seq, body, out);
     }
@@ -424,7 +428,7 @@ impl ServerSession {
 
 /// Everything a joined listener of a private room holds: its session (control, both ways)
 /// and its stream keys (audio), told apart on the wire by `Sealed.key_id`
-/// ([`SESSION_KEY_ID`] for the session).
+/// ([`SERVER_KEY_ID`] for the session, below [`STREAM_KEY_IDS`] for a stream key).
 #[derive(Debug)]
 pub struct ListenerKeys {
     session: Session,
@@ -441,7 +445,7 @@ impl ListenerKeys {
     }
 
     /// Opens a datagram from the server: under the session key when `key_id` is
-    /// [`SESSION_KEY_ID`], else under that stream key.
+    /// [`SERVER_KEY_ID`], else under that stream key.
     pub fn open(
         &mut self,
         now: Instant,
@@ -451,16 +455,18 @@ impl ListenerKeys {
         ciphertext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), SealError> {
-        if key_id == SESSION_KEY_ID {
+        if key_id == SERVER_KEY_ID {
             self.session.open(inner_type, seq, ciphertext, out)
-        } else {
+        } else if key_id < STREAM_KEY_IDS {
             self.stream
                 .open(now, key_id, inner_type, seq, ciphertext, out)
+        } else {
+            Err(SealError::UnknownKey(key_id))
         }
     }
 
     /// Seals a control message to the server under the session key (sent with
-    /// `key_id` [`SESSION_KEY_ID`]).
+    /// `key_id` [`LISTENER_KEY_ID`]).
     pub fn seal(&self, inner_type: u8, seq: u64, body: &[u8], out: &mut Vec<u8>) {
         self.session.seal(inner_type, seq, body, out);
     }
@@ -578,6 +584,11 @@ impl Keyring {
     }
 }
 
+/// The stream key id after `id`: wraps within the stream key ids.
+fn next_id(id: u32) -> u32 {
+    (id + 1) % STREAM_KEY_IDS
+}
+
 /// What the server's [`Rotation`] asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotationStep {
@@ -664,7 +675,7 @@ impl Rotation {
         }
         if self.announced == 0 || (self.announced < 3 && now < self.switch_at) {
             if self.next.is_none() {
-                self.next = Some(StreamKey::generate(self.current.id.wrapping_add(1))?);
+                self.next = Some(StreamKey::generate(next_id(self.current.id))?);
             }
             // Never switch sooner than the lead after the first announcement.
             if self.announced == 0 {
@@ -675,7 +686,7 @@ impl Rotation {
         }
         let next = match self.next.take() {
             Some(k) => k,
-            None => StreamKey::generate(self.current.id.wrapping_add(1))?,
+            None => StreamKey::generate(next_id(self.current.id))?,
         };
         self.previous = Some(std::mem::replace(&mut self.current, next));
         self.switch_at = now + self.period;

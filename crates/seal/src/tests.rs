@@ -357,7 +357,7 @@ fn listener_keys_tell_session_and_stream_apart_by_key_id() {
     let mut wire = Vec::new();
     let mut plain = Vec::new();
     server.seal(REKEY, 1, b"control", &mut wire);
-    keys.open(now, SESSION_KEY_ID, REKEY, 1, &wire, &mut plain)
+    keys.open(now, SERVER_KEY_ID, REKEY, 1, &wire, &mut plain)
         .expect("session");
     assert_eq!(
         keys.open(now, 0, REKEY, 1, &wire, &mut plain),
@@ -372,7 +372,7 @@ fn listener_keys_tell_session_and_stream_apart_by_key_id() {
         .expect("new stream key");
     assert_eq!(plain, b"audio");
     assert_eq!(
-        keys.open(now, SESSION_KEY_ID, AUDIO, 5, &wire, &mut plain),
+        keys.open(now, SERVER_KEY_ID, AUDIO, 5, &wire, &mut plain),
         Err(SealError::Forged),
         "audio under a stream key never passes as control"
     );
@@ -405,5 +405,31 @@ fn a_retransmitted_join_gets_the_same_welcome_and_keys() {
             .err()
             .map(|e| e.to_string()),
         Some("the room key did not match".into())
+    );
+}
+
+#[test]
+fn session_and_stream_key_ids_never_meet() {
+    const { assert!(LISTENER_KEY_ID >= STREAM_KEY_IDS && SERVER_KEY_ID >= STREAM_KEY_IDS) };
+    assert_eq!(
+        next_id(STREAM_KEY_IDS - 1),
+        0,
+        "stream key ids wrap below the session ids"
+    );
+    let stream = StreamKey::generate(0).expect("key");
+    let (client, _, got) = handshake(&stream);
+    let mut keys = ListenerKeys::new(client, got, Duration::from_secs(2));
+    let mut plain = Vec::new();
+    assert_eq!(
+        keys.open(
+            Instant::now(),
+            LISTENER_KEY_ID,
+            REPORT,
+            1,
+            &[0; 40],
+            &mut plain
+        ),
+        Err(SealError::UnknownKey(LISTENER_KEY_ID)),
+        "a listener never opens what is sealed for the server"
     );
 }

@@ -73,7 +73,7 @@ mod tests {
     use proto::{Leave, LeaveReason};
 
     use super::*;
-    use crate::{Initiator, ListenerKeys, RoomKey, SESSION_KEY_ID, ServerSession, StreamKey};
+    use crate::{Initiator, LISTENER_KEY_ID, ListenerKeys, RoomKey, ServerSession, StreamKey};
 
     fn decode_sealed(d: &[u8]) -> (u64, Sealed) {
         match proto::decode(d).expect("decodes") {
@@ -125,7 +125,7 @@ mod tests {
             }),
         );
         let plain = proto::encode_to_bytes(&leave).expect("encode");
-        let wire = seal_datagram(&plain, SESSION_KEY_ID, |t, s, b, o| keys.seal(t, s, b, o))
+        let wire = seal_datagram(&plain, LISTENER_KEY_ID, |t, s, b, o| keys.seal(t, s, b, o))
             .expect("sealed");
         let (seq, sealed) = decode_sealed(&wire);
         let p = open_datagram(seq, &sealed, |_, t, s, c, o| server.open(t, s, c, o))
