@@ -18,8 +18,9 @@ pub const SLOW: Duration = Duration::from_secs(30);
 
 /// Source trees the binaries under test are built from (those that exist): a file here newer
 /// than a binary means the binary is stale.
-const SOURCES: [&str; 6] = [
+const SOURCES: [&str; 7] = [
     "crates/proto/src",
+    "crates/repair/src",
     "crates/streamd/src",
     "crates/listen/src",
     "crates/logfile/src",

@@ -111,7 +111,7 @@ pub struct SessionConfig {
 pub const SUPPORTED_CODECS: u32 = 1 << 0;
 
 /// What this listener can do besides playing, as `Join.features` bits.
-pub const SUPPORTED_FEATURES: u32 = 0;
+pub const SUPPORTED_FEATURES: u32 = proto::FEATURE_FEC | proto::FEATURE_RETRANSMIT;
 
 /// A listener's name, at most [`proto::limits::MAX_NAME`] bytes, held inline so that a
 /// [`SessionConfig`] stays `Copy` (a staying listener makes a session per rejoin).
@@ -284,6 +284,29 @@ struct Stream {
     playing: bool,
     /// Underruns already reported as events.
     underruns: u64,
+    /// Loss repair: parity, Nacks, each seq to the jitter buffer once.
+    repair: repair::Receiver,
+    /// Reused for what one datagram delivers.
+    deliveries: Vec<repair::Delivery>,
+}
+
+impl Stream {
+    /// When the frame `ts` must be in the jitter buffer: the sink takes it once the playout
+    /// position reaches it.
+    fn deadline(&self, now: Instant, ts: u64) -> Instant {
+        now + duration_of(ts.saturating_sub(self.jb.position()), self.info.sample_rate)
+    }
+
+    /// Hands what repair delivered to the jitter buffer (a rebuilt or resent payload that is
+    /// not whole frames is malformed for this stream and dropped by the buffer).
+    fn deliver(&mut self, out: &mut Vec<repair::Delivery>) {
+        let bpf = self.info.bytes_per_frame().max(1);
+        for d in out.drain(..) {
+            let frames = (d.payload.len() / bpf) as u64;
+            self.received_end = self.received_end.max(d.ts.saturating_add(frames));
+            self.jb.push(d.ts, Bytes::from(d.payload));
+        }
+    }
 }
 
 /// One listener's connection to a server, sans-IO. See the module docs.
@@ -553,6 +576,16 @@ impl Session {
             end: None,
             playing: false,
             underruns: 0,
+            // Repair only feeds a playout: a session that only counts asks for nothing.
+            repair: repair::Receiver::new(
+                info.repair
+                    .fec
+                    .filter(|_| self.config.playout)
+                    .and_then(|f| repair::FecParams::new(f.k, f.m).ok()),
+                self.config.playout && info.repair.retransmit_ms > 0,
+                repair::NackConfig::default(),
+            ),
+            deliveries: Vec::new(),
         }));
         self.phase = Phase::Streaming;
         self.events.push_back(Event::Joined(info));
@@ -612,10 +645,41 @@ impl Session {
                     let frames = (a.payload.len() / s.info.bytes_per_frame().max(1)) as u64;
                     s.received_end = s.received_end.max(a.ts.saturating_add(frames));
                     if self.config.playout {
-                        s.jb.push(a.ts, a.payload);
+                        let deadline = s.deadline(now, a.ts);
+                        let mut out = std::mem::take(&mut s.deliveries);
+                        s.repair
+                            .on_audio(now, p.seq, a.ts, &a.payload, deadline, &mut out);
+                        s.deliver(&mut out);
+                        s.deliveries = out;
                     }
                 }
             }
+            // A resent Audio: played if still missing, never counted as received.
+            Message::Resent(a)
+                if self.config.playout
+                    && !a.payload.is_empty()
+                    && a.payload.len() % s.info.bytes_per_frame().max(1) == 0 =>
+            {
+                let mut out = std::mem::take(&mut s.deliveries);
+                s.repair.on_resent(now, p.seq, a.ts, &a.payload, &mut out);
+                s.deliver(&mut out);
+                s.deliveries = out;
+            }
+            Message::Parity(par) if self.config.playout => {
+                let mut out = std::mem::take(&mut s.deliveries);
+                let _ = s.repair.on_parity(
+                    now,
+                    par.group_seq,
+                    par.k,
+                    par.m,
+                    par.index,
+                    &par.shard,
+                    &mut out,
+                );
+                s.deliver(&mut out);
+                s.deliveries = out;
+            }
+            Message::Resent(_) | Message::Parity(_) => {}
             Message::End(e) if s.end.is_none() => {
                 // Trailing loss of a finished stream is concealed to the end, but never past
                 // what the missing datagrams could have held: a truncated file (whose header
@@ -663,21 +727,52 @@ impl Session {
             Message::Error(e) => self.events.push_back(Event::ServerError(e)),
             _ => self.tracker.on_garbage(),
         }
+        self.repair_step(now);
+    }
+
+    /// Queues the Nacks due at `now` and brings the repair counters up to date.
+    fn repair_step(&mut self, now: Instant) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let Some(s) = self.stream.as_deref_mut() else {
+            return;
+        };
+        while let Some(n) = s.repair.poll_nack(now) {
+            self.transmits.push_back(Message::Nack(proto::Nack {
+                token: s.token,
+                base: n.base,
+                mask: n.mask,
+            }));
+        }
+        let r = s.repair.stats();
+        self.tracker
+            .set_recovered(r.recovered_fec, r.recovered_retransmit);
     }
 
     /// When [`Self::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match (self.phase, self.stream.as_deref()) {
             (Phase::Handshake, _) => Some(self.handshake.retry_at),
-            (Phase::Streaming, Some(s)) => Some((s.last_heard + s.silence).min(s.next_report)),
-            (Phase::PlayingOut, Some(s)) => s.end.map(|(_, at)| at),
+            (Phase::Streaming, Some(s)) => {
+                let t = (s.last_heard + s.silence).min(s.next_report);
+                Some(s.repair.poll_timeout().map_or(t, |r| r.min(t)))
+            }
+            (Phase::PlayingOut, Some(s)) => {
+                let t = s.end.map(|(_, at)| at);
+                match (t, s.repair.poll_timeout()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
             _ => None,
         }
     }
 
-    /// Runs the timers due at `now` (retransmission, reports, silence, the end's deadline).
-    /// Calling it early does nothing.
+    /// Runs the timers due at `now` (retransmission, reports, silence, the end's deadline,
+    /// Nacks). Calling it early does nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.repair_step(now);
         match self.phase {
             Phase::Handshake => {
                 let h = &mut self.handshake;

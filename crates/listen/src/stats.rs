@@ -91,6 +91,10 @@ pub struct Tracker {
     garbage: u64,
     /// Datagrams from addresses other than the server's.
     foreign: u64,
+    /// Datagrams played from parity (never counted as received).
+    recovered_fec: u64,
+    /// Datagrams played from a `Resent` (never counted as received).
+    recovered_retransmit: u64,
 }
 
 impl Tracker {
@@ -109,7 +113,15 @@ impl Tracker {
             last_transit: None,
             garbage: 0,
             foreign: 0,
+            recovered_fec: 0,
+            recovered_retransmit: 0,
         }
+    }
+
+    /// Records what loss repair delivered so far (the network counters stay untouched).
+    pub fn set_recovered(&mut self, fec: u64, retransmit: u64) {
+        self.recovered_fec = fec;
+        self.recovered_retransmit = retransmit;
     }
 
     fn bit(seq: u64) -> (usize, u64) {
@@ -248,6 +260,8 @@ impl Tracker {
             buffered_ms,
             concealed_ms: playout.concealed_frames.saturating_mul(1000)
                 / u64::from(self.rate.max(1)),
+            recovered_fec: self.recovered_fec,
+            recovered_retransmit: self.recovered_retransmit,
             ..proto::Report::default()
         }
     }
@@ -272,7 +286,11 @@ pub struct Stats {
     pub jitter_ms: f64,
     /// Times the buffer ran empty mid-stream and rebuffered.
     pub underruns: u64,
-    /// Audio concealed because it was missing at its deadline, milliseconds.
+    /// Lost datagrams rebuilt from parity in time to play (not counted as received).
+    pub recovered_fec: u64,
+    /// Lost datagrams resent on request in time to play (not counted as received).
+    pub recovered_retransmit: u64,
+    /// Audio that reached the speaker missing (concealed at its deadline), milliseconds.
     pub concealed_ms: u64,
     /// Audio handed to the sink (concealment included), milliseconds.
     pub played_ms: u64,
@@ -297,6 +315,8 @@ impl Stats {
             late: playout.late,
             jitter_ms: (tracker.jitter_ms() * 1000.0).round() / 1000.0,
             underruns: playout.underruns,
+            recovered_fec: tracker.recovered_fec,
+            recovered_retransmit: tracker.recovered_retransmit,
             concealed_ms: ms(playout.concealed_frames),
             played_ms: ms(playout.played_frames),
             end_reason,
@@ -322,7 +342,7 @@ fn pct(part: u64, whole: u64) -> String {
 
 /// The table printed at exit (and logged): counts with percentages of what they are part of.
 pub fn render_table(s: &Stats) -> String {
-    let rows: [(&str, String, String); 11] = [
+    let rows: [(&str, String, String); 13] = [
         ("expected", s.expected.to_string(), String::new()),
         (
             "received",
@@ -343,6 +363,16 @@ pub fn render_table(s: &Stats) -> String {
         ("late", s.late.to_string(), pct(s.late, s.received)),
         ("jitter", format!("{:.3} ms", s.jitter_ms), String::new()),
         ("underruns", s.underruns.to_string(), String::new()),
+        (
+            "fec rebuilt",
+            s.recovered_fec.to_string(),
+            pct(s.recovered_fec, s.expected),
+        ),
+        (
+            "resent",
+            s.recovered_retransmit.to_string(),
+            pct(s.recovered_retransmit, s.expected),
+        ),
         (
             "concealed",
             format!("{} ms", s.concealed_ms),

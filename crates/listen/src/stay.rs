@@ -332,6 +332,8 @@ fn total(sessions: &[Stats], end_reason: ExitReason) -> Stats {
         late: 0,
         jitter_ms: 0.0,
         underruns: 0,
+        recovered_fec: 0,
+        recovered_retransmit: 0,
         concealed_ms: 0,
         played_ms: 0,
         end_reason,
@@ -347,6 +349,8 @@ fn total(sessions: &[Stats], end_reason: ExitReason) -> Stats {
         t.duplicates += s.duplicates;
         t.late += s.late;
         t.underruns += s.underruns;
+        t.recovered_fec += s.recovered_fec;
+        t.recovered_retransmit += s.recovered_retransmit;
         t.concealed_ms += s.concealed_ms;
         t.played_ms += s.played_ms;
         t.garbage += s.garbage;
@@ -374,6 +378,8 @@ mod tests {
             late: 0,
             jitter_ms,
             underruns: 1,
+            recovered_fec: 0,
+            recovered_retransmit: 0,
             concealed_ms: 20,
             played_ms: received * 20,
             end_reason: end,

@@ -136,7 +136,7 @@ fn joined(cfg: SessionConfig, info: &StreamInfo) -> (Session, Instant, Instant) 
     s.handle(t0 + ms(10), server(), &challenge(1));
     assert_eq!(
         sent(&mut s, t0 + ms(10)),
-        vec![Message::Join(proto::Join::new([1; 16]))]
+        vec![Message::Join(join_msg([1; 16]))]
     );
     let tw = t0 + ms(20);
     s.handle(tw, server(), &welcome(info));
@@ -257,7 +257,7 @@ fn a_lost_challenge_is_recovered_by_the_resent_connect() {
     s.handle(t0 + ms(260), server(), &challenge(4));
     assert_eq!(
         sent(&mut s, t0 + ms(260)),
-        vec![Message::Join(proto::Join::new([4; 16]))]
+        vec![Message::Join(join_msg([4; 16]))]
     );
     let i = info(48_000);
     s.handle(t0 + ms(270), server(), &welcome(&i));
@@ -276,18 +276,18 @@ fn a_lost_join_is_resent_with_the_cookie_and_a_fresh_challenge_replaces_it() {
     s.handle_timeout(t0 + ms(250));
     assert_eq!(
         sent(&mut s, t0 + ms(250)),
-        vec![Message::Join(proto::Join::new([1; 16]))]
+        vec![Message::Join(join_msg([1; 16]))]
     );
     // The server's epoch moved on: a fresh Challenge; the next Joins carry the new cookie.
     s.handle(t0 + ms(300), server(), &challenge(2));
     assert_eq!(
         sent(&mut s, t0 + ms(300)),
-        vec![Message::Join(proto::Join::new([2; 16]))]
+        vec![Message::Join(join_msg([2; 16]))]
     );
     s.handle_timeout(t0 + ms(750));
     assert_eq!(
         sent(&mut s, t0 + ms(750)),
-        vec![Message::Join(proto::Join::new([2; 16]))]
+        vec![Message::Join(join_msg([2; 16]))]
     );
     s.handle(t0 + ms(760), server(), &welcome(&info(48_000)));
     assert_eq!(s.phase(), Phase::Streaming);
@@ -313,7 +313,7 @@ fn a_lost_welcome_is_recovered_and_audio_before_it_is_ignored() {
     s.handle_timeout(t0 + ms(250));
     assert_eq!(
         sent(&mut s, t0 + ms(250)),
-        vec![Message::Join(proto::Join::new([1; 16]))]
+        vec![Message::Join(join_msg([1; 16]))]
     );
     let mut i = info(48_000);
     i.start_seq = SEQ0 + 50;
@@ -1047,4 +1047,12 @@ fn without_playout_audio_is_counted_and_reported_never_buffered_and_end_ends_at_
     // The playout session is still playing the end out.
     p.handle(te, server(), &end(EndReason::Finished, Some(SEQ0 + 11)));
     assert!(!p.is_closed());
+}
+
+/// The Join this listener sends for `cookie`: its codecs and its repair features.
+fn join_msg(cookie: [u8; 16]) -> proto::Join {
+    proto::Join {
+        features: listen::session::SUPPORTED_FEATURES,
+        ..proto::Join::new(cookie)
+    }
 }

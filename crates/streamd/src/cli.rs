@@ -39,6 +39,25 @@ pub fn parse_latency(s: &str) -> Result<Duration, String> {
     parse_within(s, "--latency", Lower::Inclusive(MIN_LATENCY), MAX_LATENCY)
 }
 
+/// `--fec`: `off` or `K,M` (K in 1..=32, M in 1..=K); whether the group fits the playout
+/// delay is checked once the stream is known ([`crate::server::Config::resolve_repair`]).
+pub fn parse_fec(s: &str) -> Result<crate::server::FecChoice, String> {
+    use crate::server::FecChoice;
+    Ok(match repair::parse_fec(s)? {
+        Some(p) => FecChoice::Groups(p),
+        None => FecChoice::Off,
+    })
+}
+
+/// `--retransmit`: `on` or `off`.
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("--retransmit {s}: expected on or off")),
+    }
+}
+
 /// `--client-timeout`: more than zero, at most [`MAX_CLIENT_TIMEOUT`].
 pub fn parse_client_timeout(s: &str) -> Result<Duration, String> {
     parse_within(

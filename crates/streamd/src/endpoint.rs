@@ -95,7 +95,22 @@ pub struct EndpointConfig {
     pub cookie_key: (u64, u64),
     /// The room's playout delay every Welcome states (raised to the interval's minimum).
     pub playout_delay: Duration,
+    /// Loss repair offered to listeners (off by default here; `streamd` picks its own).
+    pub repair: RepairConfig,
 }
+
+/// The loss repair a server offers: parity groups, and resends from the last
+/// [`RETRANSMIT_HISTORY`] of stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RepairConfig {
+    /// K audio datagrams per group with M parity shards, sent after each group.
+    pub fec: Option<repair::FecParams>,
+    /// Answer listeners' Nacks with `Resent`, within each one's budget of the stream's rate.
+    pub retransmit: bool,
+}
+
+/// How far back Nacks are answered: past any playout delay a listener can use.
+pub const RETRANSMIT_HISTORY: Duration = repair::retransmit::DEFAULT_HISTORY;
 
 impl Default for EndpointConfig {
     /// streamd's defaults: 20 ms ticks, 64 listeners, 5 s client timeout, start with the
@@ -111,6 +126,7 @@ impl Default for EndpointConfig {
             mtu: proto::limits::DEFAULT_MTU,
             cookie_key: (0, 0),
             playout_delay: proto::limits::DEFAULT_PLAYOUT_DELAY,
+            repair: RepairConfig::default(),
         }
     }
 }
@@ -311,6 +327,12 @@ pub struct Endpoint<S> {
     loops: u64,
     /// Hand out every tick's Audio even with no listener ([`Endpoint::set_emit_always`]).
     emit_always: bool,
+    /// Parity and resends, when repair is on.
+    repair: repair::Sender<SocketAddr>,
+    /// Header seq of the next `Parity`: the server's own parity counter.
+    parity_seq: u64,
+    /// Reused for each Nack's answer.
+    resends: Vec<repair::Resend>,
 }
 
 impl<S: AudioSource> Endpoint<S> {
@@ -345,10 +367,29 @@ impl<S: AudioSource> Endpoint<S> {
             timeline: Timeline::default(),
             playout_delay_us: us(config.playout_delay.max(min_delay)),
             min_delay_us: us(min_delay),
-            repair: Repair::default(),
+            repair: Repair {
+                fec: config.repair.fec.map(|f| proto::Fec { k: f.k(), m: f.m() }),
+                retransmit_ms: if config.repair.retransmit {
+                    us(RETRANSMIT_HISTORY) / 1000
+                } else {
+                    0
+                },
+            },
             multicast: None,
             title,
         };
+        let repair = repair::Sender::new(repair::SenderConfig {
+            fec: config.repair.fec,
+            retransmit: if config.repair.retransmit {
+                RETRANSMIT_HISTORY
+            } else {
+                Duration::ZERO
+            },
+            // Resends never exceed the stream's own byte rate, datagram overhead included.
+            byte_rate: u64::from(si.sample_rate) * si.bytes_per_frame() as u64
+                + (u64::from(si.sample_rate) / fpp.max(1) as u64 + 1)
+                    * proto::limits::AUDIO_OVERHEAD as u64,
+        });
         let sessions = Sessions::new(
             now,
             config.cookie_key,
@@ -382,6 +423,9 @@ impl<S: AudioSource> Endpoint<S> {
             corrupt_reported: 0,
             loops: 0,
             emit_always: false,
+            repair,
+            parity_seq: 0,
+            resends: Vec::new(),
             config,
         };
         if ep.config.start == StartMode::Now {
@@ -408,6 +452,11 @@ impl<S: AudioSource> Endpoint<S> {
         let h = self.sessions.handle(now, from, datagram, &self.info, live);
         if let Some(reply) = h.reply {
             self.queue.push_back(Queued::One(from, reply));
+        }
+        match &h.event {
+            sessions::Event::Nack(n) => self.answer_nack(now, from, n.base, n.mask),
+            sessions::Event::Left { .. } => self.repair.forget(&from),
+            _ => {}
         }
         if matches!(h.event, sessions::Event::Accepted { .. }) {
             self.peak_listeners = self.peak_listeners.max(self.sessions.len());
@@ -627,6 +676,9 @@ impl<S: AudioSource> Endpoint<S> {
         let mut produced = 0u64;
         let mut eof = false;
         let mut held = false;
+        // Parity goes out after the tick's audio, as its own batch: audio datagrams keep one
+        // size (one GSO super-datagram per listener), and parity is a little larger.
+        let mut parity_out = Vec::new();
         self.source.begin_tick(now);
         for n in pacing::split(due, self.fpp) {
             self.pcm.clear();
@@ -641,7 +693,22 @@ impl<S: AudioSource> Endpoint<S> {
                 }
                 let ts = self.clock.frames_sent() + produced;
                 proto::encode_audio(self.next_seq, ts, &self.pcm_bytes, &mut self.out);
-                datagrams.push(self.out.split().freeze());
+                let datagram = self.out.split().freeze();
+                let payload = datagram.slice(proto::limits::AUDIO_OVERHEAD..);
+                for shard in self.repair.on_audio(now, self.next_seq, ts, &payload) {
+                    let parity = Message::Parity(proto::Parity {
+                        group_seq: shard.group_seq,
+                        k: shard.k,
+                        m: shard.m,
+                        index: shard.index,
+                        shard: Bytes::from(shard.shard),
+                    });
+                    if let Ok(b) = proto::encode_to_bytes(&Packet::new(self.parity_seq, parity)) {
+                        parity_out.push(b);
+                        self.parity_seq += 1;
+                    }
+                }
+                datagrams.push(datagram);
                 self.next_seq += 1;
                 produced += got as u64;
             }
@@ -659,7 +726,13 @@ impl<S: AudioSource> Endpoint<S> {
         }
         if !datagrams.is_empty() && (self.emit_always || !self.sessions.is_empty()) {
             dests.extend_from_slice(self.sessions.addrs());
-            self.queue.push_back(Queued::Many(datagrams, dests));
+            if !parity_out.is_empty() && !dests.is_empty() {
+                let parity_dests = dests.clone();
+                self.queue.push_back(Queued::Many(datagrams, dests));
+                self.queue.push_back(Queued::Many(parity_out, parity_dests));
+            } else {
+                self.queue.push_back(Queued::Many(datagrams, dests));
+            }
         } else {
             datagrams.clear();
             self.spare = Some((datagrams, dests));
@@ -680,6 +753,26 @@ impl<S: AudioSource> Endpoint<S> {
             }
             self.begin_end(now, EndReason::Finished);
         }
+    }
+
+    /// Answers a joined listener's Nack: each datagram still held goes back as `Resent`
+    /// under its original seq, as far as the listener's budget allows.
+    fn answer_nack(&mut self, now: Instant, from: SocketAddr, base: u64, mask: u64) {
+        let mut resends = std::mem::take(&mut self.resends);
+        resends.clear();
+        self.repair
+            .on_nack(now, &from, repair::NackRequest { base, mask }, &mut resends);
+        for r in resends.drain(..) {
+            proto::encode_resent(r.seq, r.ts, &r.payload, &mut self.out);
+            self.queue
+                .push_back(Queued::One(from, self.out.split().freeze()));
+        }
+        self.resends = resends;
+    }
+
+    /// What repair has sent: parity shards (to every listener) and resends.
+    pub fn repair_stats(&self) -> repair::SenderStats {
+        self.repair.stats()
     }
 
     fn last_audio(&self) -> Option<u64> {

@@ -15,7 +15,7 @@ use proto::EndReason;
 use proto::limits::{MAX_DATAGRAM, MIN_MTU};
 use tokio::net::UdpSocket;
 
-use crate::endpoint::{AudioSource, Endpoint, EndpointConfig, Event, Transmit};
+use crate::endpoint::{AudioSource, Endpoint, EndpointConfig, Event, RepairConfig, Transmit};
 pub use crate::endpoint::{HOUSEKEEPING, MAX_PENDING_ENDS, StartMode};
 use crate::fanout::{Fanout, FanoutStats};
 use crate::live::{LiveStats, OnIdle, RawFormat};
@@ -82,6 +82,26 @@ pub struct Config {
     /// `--rtp`, `--ttl`, `--sdp`, `--sap`: the RTP output beside the listeners (off when no
     /// destination is given).
     pub rtp: RtpConfig,
+    /// `--fec`: parity groups.
+    pub fec: FecChoice,
+    /// `--retransmit`: answer listeners' Nacks.
+    pub retransmit: bool,
+    /// The repair the endpoint offers: `fec` and `retransmit` resolved against the stream
+    /// when the server binds.
+    pub repair: RepairConfig,
+}
+
+/// `--fec`: what parity the server sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FecChoice {
+    /// [`repair::fec::DEFAULT_K`],[`repair::fec::DEFAULT_M`], fewer datagrams per group when
+    /// that many outlast the playout delay, none when fewer than three fit.
+    #[default]
+    Default,
+    /// No parity.
+    Off,
+    /// K,M as given; it must fit the playout delay.
+    Groups(repair::FecParams),
 }
 
 /// Default `--interval`: 50 ticks a second, small bursts, cheap timers.
@@ -107,7 +127,33 @@ impl Config {
             mtu: proto::limits::DEFAULT_MTU,
             log_file: None,
             rtp: RtpConfig::default(),
+            fec: FecChoice::Default,
+            retransmit: true,
+            repair: RepairConfig::default(),
         }
+    }
+
+    /// Resolves `--fec` and `--retransmit` for a stream of `info`: a group must fit the
+    /// playout delay (the error names the value and the K that fit).
+    pub fn resolve_repair(&self, info: &SourceInfo) -> Result<RepairConfig, String> {
+        let fpp = crate::pacing::frames_per_packet(self.mtu, info.bytes_per_frame()) as u64;
+        let rate = u64::from(info.sample_rate.max(1));
+        let packet = Duration::from_nanos(fpp * 1_000_000_000 / rate);
+        let playout = self
+            .playout_delay
+            .max(crate::endpoint::min_playout_delay(self.interval));
+        let fec = match self.fec {
+            FecChoice::Default => repair::default_fec(packet, playout),
+            FecChoice::Off => None,
+            FecChoice::Groups(p) => {
+                repair::check_fits(p, packet, playout)?;
+                Some(p)
+            }
+        };
+        Ok(RepairConfig {
+            fec,
+            retransmit: self.retransmit,
+        })
     }
 
     /// Checks every value against its documented range; the message names the option.
@@ -148,6 +194,7 @@ impl Config {
             mtu: self.mtu,
             cookie_key: Sessions::random_key(),
             playout_delay: self.playout_delay,
+            repair: self.repair,
         }
     }
 }
@@ -245,7 +292,7 @@ pub struct Server {
 impl Server {
     /// Validates `config`, opens and probes the file, and binds the socket: every error a user
     /// can fix shows here, before anything is streamed.
-    pub async fn bind(config: Config) -> Result<Server, StartError> {
+    pub async fn bind(mut config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
         let source = match &config.capture {
             Some(device) => Input::Live(crate::capture::open(device.as_deref(), config.on_idle)?),
@@ -257,6 +304,9 @@ impl Server {
                 },
             )?,
         };
+        config.repair = config
+            .resolve_repair(source.info())
+            .map_err(StartError::Config)?;
         if config.looping && source.is_live() {
             return Err(StartError::Config(format!(
                 "--loop needs a file; {} is a live input",

@@ -112,6 +112,45 @@ fn bad_interval_is_a_usage_error_exit_2() {
 }
 
 #[test]
+fn bad_repair_options_are_usage_errors_exit_2() {
+    let f = fixture("stereo44.mp3");
+    for (opt, bad, names) in [
+        ("--fec", "0,1", "1..=32"),
+        ("--fec", "4,5", "1..=32"),
+        ("--fec", "six", "K,M"),
+        ("--retransmit", "maybe", "on or off"),
+    ] {
+        let arg = format!("{opt}={bad}");
+        let o = run(&["--port", "0", "--file", f.to_str().unwrap(), &arg]);
+        assert_eq!(o.status.code(), Some(2), "{opt} {bad}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("{opt} {bad}")) && err.contains(names),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"));
+    }
+    // Eight 44.1 kHz stereo datagrams (62 ms) do not fit a 50 ms playout delay: one line
+    // naming the value and the K that fit.
+    let o = run(&[
+        "--port",
+        "0",
+        "--file",
+        f.to_str().unwrap(),
+        "--fec",
+        "8,2",
+        "--latency",
+        "50ms",
+    ]);
+    assert_one_line_error(&o, 2, "--fec 8,2");
+    assert!(
+        stderr_lines(&o)[0].contains("1..=6"),
+        "{:?}",
+        stderr_lines(&o)
+    );
+}
+
+#[test]
 fn port_in_use_is_one_line_exit_1() {
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();

@@ -266,7 +266,7 @@ async fn silent_listener_is_evicted_with_end() {
         assert!(
             seen.control.iter().all(|(_, m)| matches!(
                 m,
-                Message::Challenge(_) | Message::Welcome(_)
+                Message::Challenge(_) | Message::Welcome(_) | Message::Parity(_)
             ) || *m == reply),
             "{:?}",
             seen.control

@@ -14,11 +14,11 @@ use clap::{Parser, ValueEnum};
 use futures::Stream;
 use logfile::LogFile;
 use streamd::cli::{
-    parse_client_timeout, parse_format, parse_http_token, parse_interval, parse_latency,
-    parse_rtp_dest,
+    parse_client_timeout, parse_fec, parse_format, parse_http_token, parse_interval, parse_latency,
+    parse_on_off, parse_rtp_dest,
 };
 use streamd::live::{OnIdle as LiveOnIdle, RawFormat};
-use streamd::server::{Config, Server, StartError, StartMode};
+use streamd::server::{Config, FecChoice, Server, StartError, StartMode};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -84,6 +84,14 @@ struct Cli {
     /// due, 10ms..5s (raised to the interval + 5 ms when shorter).
     #[arg(long, default_value = "50ms", value_parser = parse_latency, value_name = "DURATION")]
     latency: Duration,
+    /// Parity for loss repair: K,M sends M Reed-Solomon parity datagrams after every K audio
+    /// datagrams (K 1..=32, M 1..=K; K datagrams must fit in --latency), or off
+    /// [default: 6,1, fewer datagrams per group when six outlast --latency].
+    #[arg(long, value_name = "K,M|off", value_parser = parse_fec)]
+    fec: Option<FecChoice>,
+    /// Resend audio listeners ask for again (within each one's share of the stream's rate).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    retransmit: bool,
     /// When streaming starts [default: first-client; now with --rtp].
     #[arg(long, value_enum)]
     start: Option<Start>,
@@ -138,6 +146,8 @@ impl Cli {
         c.max_clients = self.max_clients as usize;
         c.client_timeout = self.client_timeout;
         c.playout_delay = self.latency;
+        c.fec = self.fec.unwrap_or_default();
+        c.retransmit = self.retransmit;
         // RTP players do not join: with --rtp the stream starts at once unless told otherwise.
         let start = self.start.unwrap_or(if self.rtp.is_empty() {
             Start::FirstClient

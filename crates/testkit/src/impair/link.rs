@@ -13,7 +13,8 @@
 //! 4. A held-back (reordered) datagram leaves right after the next later-arrived datagram of
 //!    the link leaves (and its copy), but never before its own due time; if no later datagram
 //!    leaves within [`REORDER_MAX_HOLD`] of its due time, it leaves then, in place.
-//! 5. A datagram that is not impaired (control, by default) is never delayed by the engine, but
+//! 5. A datagram that is not impaired (control, by default; repair traffic, `Parity` and
+//!    `Resent`, is media and impaired like `Audio`) is never delayed by the engine, but
 //!    it does not overtake anything that arrived before it: it becomes due when the last
 //!    earlier datagram is due, and any held-back datagram is released just before it. So the
 //!    `End` after the last audio still arrives after it.
@@ -30,6 +31,19 @@ use super::engine::{Decision, Engine};
 /// so a hold-back at a pause or at the end of the stream still leaves while a listener's
 /// jitter buffer could use it.
 pub const REORDER_MAX_HOLD: Duration = Duration::from_millis(100);
+
+/// Wire type codes of the repair traffic (`Parity`, `Resent`): media like `Audio`, so the
+/// engine impairs them too, but the report's seq-by-seq account stays `Audio` only (a
+/// `Resent` carries an audio seq that must not count as received).
+pub const REPAIR_TYPES: [u8; 2] = [32, 34];
+
+/// Whether `datagram` is repair traffic: the magic, then a type of [`REPAIR_TYPES`] (the
+/// header's fourth byte), whatever the version.
+pub fn is_repair(datagram: &[u8]) -> bool {
+    datagram.len() >= proto::limits::HEADER_LEN
+        && datagram[..2] == proto::MAGIC
+        && REPAIR_TYPES.contains(&datagram[3])
+}
 
 /// A datagram the link lets go: the shell sends `bytes` and reports the result back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +130,7 @@ impl ImpairedLink {
         self.last_now = Some(now);
         let order = self.next_order;
         self.next_order += 1;
-        let impaired = self.impair_control || audio_seq.is_some();
+        let impaired = self.impair_control || audio_seq.is_some() || is_repair(&bytes);
         let decision = if impaired {
             self.engine.decide()
         } else {
@@ -309,6 +323,32 @@ mod tests {
         // With nothing queued a control datagram leaves at once.
         l.handle(due, b(8), None);
         assert_eq!(drain(&mut l, due), vec![(8, false)]);
+    }
+
+    #[test]
+    fn repair_traffic_is_impaired_like_audio_but_not_counted_as_audio() {
+        let all_drop = Impairment {
+            loss: 1.0,
+            ..Impairment::none()
+        };
+        let mut l = ImpairedLink::new(&all_drop, 0);
+        let t0 = Instant::now();
+        let header = |ty: u8| {
+            let mut d = vec![b'E', b'S', 2, ty];
+            d.extend_from_slice(&7u64.to_le_bytes());
+            d.extend_from_slice(&[0; 20]);
+            Bytes::from(d)
+        };
+        for ty in REPAIR_TYPES {
+            assert!(is_repair(&header(ty)));
+            assert!(l.handle(t0, header(ty), None).decision.drop);
+        }
+        // Control (End = 9) and foreign bytes pass untouched.
+        assert!(!is_repair(&header(9)));
+        assert!(!is_repair(b"XS\x02\x20aaaaaaaa"));
+        assert!(!is_repair(&[b'E', b'S', 2, 32]));
+        assert!(!l.handle(t0, header(9), None).decision.drop);
+        assert_eq!(drain(&mut l, t0).len(), 1);
     }
 
     /// Random traffic, random impairments, random polling: nothing is lost or invented, a

@@ -47,10 +47,12 @@
 //! - Clock sync: every instant a listener sees goes through `Listener::local` (the identity
 //!   today). A per-listener clock transform (offset + ppm) belongs there and in the inverse
 //!   for the instants the listener asks to be woken at.
-//! - Codecs and repair: the server's datagrams reach a listener only through its downlink
-//!   (`route`) and the session; a codec is another [`AudioSource`]/`Endpoint` pairing on one
-//!   side and the session's decoder on the other, and repair traffic is more datagrams on the
-//!   same paths. Neither is built.
+//! - Codecs: the server's datagrams reach a listener only through its downlink (`route`) and
+//!   the session; a codec is another [`AudioSource`]/`Endpoint` pairing on one side and the
+//!   session's decoder on the other. Not built.
+//! - Repair: `Parity` and `Resent` are more datagrams on the same paths, impaired like `Audio`
+//!   (media) but never counted in the link's audio report; `Nack`s travel the uplink.
+//!   Set `EndpointConfig::repair` to turn it on (`crates/testkit/tests/room_repair.rs`).
 
 pub mod path;
 pub mod sink;
