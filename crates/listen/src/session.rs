@@ -336,6 +336,35 @@ pub struct Session {
     scratch: Vec<i16>,
     /// What the `Leave` says when the session closes.
     leave_reason: Option<LeaveReason>,
+    /// A private room's keys ([`Session::with_room_key`]); `Open` without a key.
+    keys: Keys,
+}
+
+/// How long a replaced stream key stays accepted once its successor has been in use: covers
+/// reordered and retransmitted audio sealed before the switch.
+pub const STREAM_KEY_OVERLAP: Duration = Duration::from_secs(2);
+
+/// Where a private room's handshake is (docs/PROTOCOL.md §4.12).
+enum Keys {
+    /// No room key: nothing is sealed.
+    Open,
+    /// Noise message 1 sent in every `Join`; the `Welcome` finishes it.
+    Handshake {
+        initiator: Option<Box<seal::Initiator>>,
+        msg1: Bytes,
+    },
+    /// Joined: every datagram after the `Welcome` is sealed.
+    Joined(seal::ListenerKeys),
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Keys::Open => "Open",
+            Keys::Handshake { .. } => "Handshake",
+            Keys::Joined(_) => "Joined",
+        })
+    }
 }
 
 impl Session {
@@ -359,9 +388,21 @@ impl Session {
             buf: BytesMut::with_capacity(256),
             scratch: Vec::new(),
             leave_reason: None,
+            keys: Keys::Open,
         };
         s.queue_connect();
         s
+    }
+
+    /// Makes this a private room's session: the `Join` carries a Noise handshake under `key`,
+    /// and everything after the `Welcome` is sealed. Call before handling any datagram.
+    pub fn with_room_key(mut self, key: &seal::RoomKey) -> Result<Self, seal::SealError> {
+        let (initiator, msg1) = seal::Initiator::start(key)?;
+        self.keys = Keys::Handshake {
+            initiator: Some(Box::new(initiator)),
+            msg1: Bytes::from(msg1),
+        };
+        Ok(self)
     }
 
     /// The configuration it was made with.
@@ -456,7 +497,11 @@ impl Session {
                 self.transmits.push_back(join);
                 self.events.push_back(Event::Challenged);
             }
-            Message::Welcome(w) => self.welcome(now, w.token, w.info),
+            Message::Welcome(w) => {
+                if self.finish_handshake(&w.noise) {
+                    self.welcome(now, w.token, w.info);
+                }
+            }
             Message::Reject(r) => self.fail(Event::Rejected(r.reason)),
             // Before our Welcome audio cannot be placed; the Welcome will come again.
             Message::Audio(_) => {}
@@ -471,8 +516,39 @@ impl Session {
             name: self.config.name.as_str().to_owned(),
             codecs: SUPPORTED_CODECS,
             features: SUPPORTED_FEATURES,
-            noise: Bytes::new(),
+            noise: match &self.keys {
+                Keys::Handshake { msg1, .. } => msg1.clone(),
+                _ => Bytes::new(),
+            },
         })
+    }
+
+    /// A private room's handshake ends with the `Welcome`'s Noise message 2; a key that does not
+    /// match, or a key on one side only, ends the session as `Reject{BadKey}` would. True when
+    /// the `Welcome` may be used.
+    fn finish_handshake(&mut self, noise: &[u8]) -> bool {
+        let finished = match &mut self.keys {
+            Keys::Open => noise.is_empty(),
+            Keys::Handshake { initiator, .. } => match initiator.take() {
+                Some(i) => match i.finish(noise) {
+                    Ok((session, stream)) => {
+                        self.keys = Keys::Joined(seal::ListenerKeys::new(
+                            session,
+                            stream,
+                            STREAM_KEY_OVERLAP,
+                        ));
+                        true
+                    }
+                    Err(_) => false,
+                },
+                None => false,
+            },
+            Keys::Joined(_) => false,
+        };
+        if !finished {
+            self.fail(Event::Rejected(RejectReason::BadKey));
+        }
+        finished
     }
 
     fn welcome(&mut self, now: Instant, token: Token, info: StreamInfo) {
@@ -516,11 +592,42 @@ impl Session {
     }
 
     fn handle_stream(&mut self, now: Instant, datagram: &[u8]) {
-        let Some(s) = self.stream.as_deref_mut() else {
+        let Ok(mut p) = proto::decode(datagram) else {
+            self.tracker.on_garbage();
             return;
         };
-        let Ok(p) = proto::decode(datagram) else {
-            self.tracker.on_garbage();
+        if let Keys::Joined(keys) = &mut self.keys {
+            // A private room: only what opens under our keys counts, or even keeps us waiting.
+            let opened = match &p.msg {
+                Message::Sealed(sealed) => {
+                    seal::wire::open_datagram(p.seq, sealed, |k, t, q, c, o| {
+                        keys.open(now, k, t, q, c, o)
+                    })
+                    .ok()
+                }
+                // Repeats of the handshake's answers, in the clear by design.
+                Message::Welcome(_) | Message::Challenge(_) => return,
+                _ => None,
+            };
+            match opened {
+                Some(Packet {
+                    msg: Message::Rekey(r),
+                    ..
+                }) => {
+                    keys.rekey(r.key_id, r.key);
+                    if let Some(s) = self.stream.as_deref_mut() {
+                        s.last_heard = now;
+                    }
+                    return;
+                }
+                Some(inner) => p = inner,
+                None => {
+                    self.tracker.on_garbage();
+                    return;
+                }
+            }
+        }
+        let Some(s) = self.stream.as_deref_mut() else {
             return;
         };
         s.last_heard = now;
@@ -735,9 +842,23 @@ impl Session {
             self.seq += 1;
             // Our control messages are small; one that did not fit would be skipped, not sent.
             if proto::encode(&p, &mut self.buf).is_ok() {
+                let plain = self.buf.split().freeze();
+                let contents = match &self.keys {
+                    Keys::Joined(keys) => {
+                        match seal::wire::seal_datagram(
+                            &plain,
+                            seal::LISTENER_KEY_ID,
+                            |t, q, b, o| keys.seal(t, q, b, o),
+                        ) {
+                            Some(sealed) => sealed,
+                            None => continue,
+                        }
+                    }
+                    _ => plain,
+                };
                 return Some(Transmit {
                     destination: self.config.server,
-                    contents: self.buf.split().freeze(),
+                    contents,
                 });
             }
         }

@@ -53,11 +53,11 @@ enum OnIdle {
 #[command(name = "streamd", version, about)]
 struct Cli {
     /// UDP port to listen on (0: any free port; the log says which).
-    #[arg(long)]
-    port: u16,
+    #[arg(long, required_unless_present = "gen_key")]
+    port: Option<u16>,
     /// Audio file to stream (mp3, flac, wav, ogg/vorbis, m4a/aac); `-` reads stdin and a named
     /// pipe (FIFO) is read live.
-    #[arg(long, required_unless_present_any = ["capture", "relay_from"], conflicts_with_all = ["capture", "relay_from"])]
+    #[arg(long, required_unless_present_any = ["capture", "relay_from", "gen_key"], conflicts_with_all = ["capture", "relay_from"])]
     file: Option<PathBuf>,
     /// Relay another earshot server's stream (join it as a listener and serve what it sends)
     /// instead of a file.
@@ -132,6 +132,10 @@ struct Cli {
     /// reads too off loopback. Without it a random one is generated and logged.
     #[arg(long, value_name = "TOKEN", requires = "http", value_parser = parse_http_token)]
     http_token: Option<String>,
+    /// Write a new random room key to PATH (mode 0600; never overwrites) and exit. Listeners
+    /// and the server of a private room all use it with --key-file.
+    #[arg(long, value_name = "PATH", exclusive = true)]
+    gen_key: Option<PathBuf>,
 }
 
 impl Cli {
@@ -141,7 +145,7 @@ impl Cli {
             (None, Some(up)) => PathBuf::from(format!("upstream {up}")),
             (None, None) => PathBuf::from("capture"),
         };
-        let mut c = Config::new(file, SocketAddr::new(self.bind, self.port));
+        let mut c = Config::new(file, SocketAddr::new(self.bind, self.port.unwrap_or(0)));
         c.capture = self.capture.clone();
         c.interval = self.interval;
         c.max_clients = self.max_clients as usize;
@@ -249,6 +253,18 @@ fn main() -> ExitCode {
         // Help and version exit 0, usage errors exit 2, with clap's message.
         Err(e) => e.exit(),
     };
+    if let Some(path) = &cli.gen_key {
+        return match seal::gen_key(path) {
+            Ok(_) => {
+                eprintln!("streamd: wrote a new room key to {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("streamd: error: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        };
+    }
     let log_file = match init_logging(cli.log_file.as_ref()) {
         Ok(f) => f,
         Err(e) => {
