@@ -10,8 +10,9 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result};
 use testkit::install;
 
-/// What every build needs: cpal links ALSA, found through pkg-config.
-const BUILD_PACKAGES: &[&str] = &["libasound2-dev", "pkg-config"];
+/// What every build needs: cpal links ALSA and the Opus codec links libopus, both found through
+/// pkg-config.
+const BUILD_PACKAGES: &[&str] = &["libasound2-dev", "libopus-dev", "pkg-config"];
 
 /// What the real-audio tests add: a private PulseAudio that ALSA's default device routes into
 /// (see docs/ARCHITECTURE.md, "Testing the real audio path headless").
