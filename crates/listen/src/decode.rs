@@ -10,6 +10,8 @@
 use audiocodec::{AudioCodec, CodecError, DecodeError, Decoder, Format};
 use bytes::Bytes;
 
+use crate::jitter::Conceal;
+
 /// The stream's decoder, and where its audio ends.
 pub struct DecodeStage {
     decoder: Decoder,
@@ -76,11 +78,12 @@ impl DecodeStage {
         }
         Ok(Some(pcm.slice(..keep as usize * bpf)))
     }
+}
 
-    /// Appends `frames` frames of the codec's own concealment for the missing frames
-    /// `ts..ts + frames`; false (nothing appended) when the codec has none and the jitter buffer
-    /// fades out instead.
-    pub fn conceal(&mut self, ts: u64, frames: usize, out: &mut Vec<i16>) -> bool {
+impl Conceal for DecodeStage {
+    /// The codec's own concealment for the missing frames `ts..ts + frames`; false (nothing
+    /// appended) when the codec has none and the jitter buffer fades out instead.
+    fn conceal(&mut self, ts: u64, frames: usize, out: &mut Vec<i16>) -> bool {
         self.decoder.conceal(ts, frames, out)
     }
 }
