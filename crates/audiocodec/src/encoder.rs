@@ -44,7 +44,37 @@ pub struct Encoder {
     source_frames: u64,
 }
 
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("codec", &self.codec)
+            .field("source", &self.source)
+            .field("stream", &self.stream)
+            .field("frames_per_packet", &self.fpp)
+            .field("next_ts", &self.next_ts)
+            .finish()
+    }
+}
+
 impl Encoder {
+    /// A PCM encoder, which cannot fail: a format without rate or channels is taken as 1 Hz
+    /// or 1 channel.
+    pub fn pcm(source: Format, max_payload: usize) -> Self {
+        let source = Format {
+            sample_rate: source.sample_rate.max(1),
+            channels: source.channels.max(1),
+        };
+        Self {
+            codec: AudioCodec::Pcm,
+            source,
+            stream: source,
+            fpp: (max_payload / (source.samples_per_frame() * 2)).max(1),
+            inner: Inner::Pcm { bytes: Vec::new() },
+            next_ts: 0,
+            source_frames: 0,
+        }
+    }
+
     /// An encoder of `source` audio as `codec`, for datagrams whose payload holds at most
     /// `max_payload` bytes of PCM (FLAC sizes its blocks so a typical frame fits the same room;
     /// Opus packets never exceed it).
@@ -57,7 +87,7 @@ impl Encoder {
         }
         let pcm_fpp = (max_payload / (source.samples_per_frame() * 2)).max(1);
         let (inner, stream, fpp) = match codec {
-            AudioCodec::Pcm => (Inner::Pcm { bytes: Vec::new() }, source, pcm_fpp),
+            AudioCodec::Pcm => return Ok(Self::pcm(source, max_payload)),
             AudioCodec::Flac => {
                 let block = flac::block_size(source, pcm_fpp);
                 let enc = Box::new(FlacEncoder::new(source, block)?);

@@ -345,9 +345,7 @@ fn opus_refuses_what_it_cannot_carry_in_one_line() {
         sample_rate: 48_000,
         channels: 6,
     };
-    let e = Encoder::new(opus, six, ROOM)
-        .err()
-        .expect("6 channels refused");
+    let e = Encoder::new(opus, six, ROOM).expect_err("6 channels refused");
     assert_eq!(e, CodecError::OpusChannels(6));
     let text = e.to_string();
     assert!(

@@ -5,8 +5,8 @@
 //! It owns the listener table ([`Sessions`]), the media clock ([`MediaClock`]) and an
 //! [`AudioSource`] (the decoded file, a live input of [`crate::live`], or synthetic PCM in a
 //! test), and decides: when a tick is
-//! due and how its frames are cut into `Audio` datagrams (encoded once, as `Bytes`, for every
-//! listener); when streaming starts (`--start`); looping; evictions; the `End` of the stream,
+//! due and how its frames are encoded ([`audiocodec::Encoder`]: PCM, FLAC or Opus) and cut into
+//! `Audio` datagrams (encoded once, as `Bytes`, for every listener); when streaming starts (`--start`); looping; evictions; the `End` of the stream,
 //! its three copies 50 ms apart (at end of file, at shutdown, at eviction); the replies to
 //! control datagrams, including `Reject{ShuttingDown}` for as long as it is ending; and when it
 //! is done.
@@ -49,13 +49,20 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use audiocodec::{AudioCodec, CodecError, EncodeError, Encoder, Format};
 use bytes::{Bytes, BytesMut};
-use proto::limits::{END_REPEAT, END_SPACING, MAX_TITLE};
+use proto::limits::{AUDIO_OVERHEAD, END_REPEAT, END_SPACING, MAX_PAYLOAD, MAX_TITLE};
 use proto::{EndReason, Message, Packet, SampleFormat, StreamInfo};
 
 use crate::pacing::{self, MediaClock};
 use crate::sessions::{self, LivePosition, Sessions};
 use crate::source::{Source, SourceInfo};
+
+/// Bytes of payload an Audio datagram of at most `mtu` bytes holds: what PCM fills and what
+/// the other codecs are sized for.
+fn payload_room(mtu: usize) -> usize {
+    mtu.saturating_sub(AUDIO_OVERHEAD).min(MAX_PAYLOAD)
+}
 
 /// How often silent listeners are looked for: a tenth of a second keeps eviction within
 /// 100 ms of `--client-timeout` at negligible cost.
@@ -199,6 +206,8 @@ pub enum Event {
     /// `--loop` could not go on (the message names the file and why); the stream ends at the
     /// end of this pass.
     LoopStopped(String),
+    /// The codec failed on the audio of a tick (that audio is lost to every listener).
+    EncodeFailed(EncodeError),
     /// More damaged packets were skipped in the source.
     Corrupt {
         /// Skipped so far, over every pass.
@@ -251,8 +260,10 @@ pub struct Endpoint<S> {
     info: StreamInfo,
     sessions: Sessions,
     clock: MediaClock,
-    /// Frames per Audio datagram.
+    /// Source frames read (and PCM frames sent) per Audio datagram.
     fpp: usize,
+    /// The stream's codec: each tick's frames are encoded once, for every listener.
+    encoder: Encoder,
     /// seq of the next Audio datagram.
     next_seq: u64,
     phase: Phase,
@@ -272,9 +283,8 @@ pub struct Endpoint<S> {
     /// Vectors of a past tick, reused so that a tick allocates nothing in the steady state.
     spare: Option<(Vec<Bytes>, Vec<SocketAddr>)>,
     events: VecDeque<Event>,
-    /// Reused buffers: PCM samples, their bytes, the encoder's output.
+    /// Reused buffers: PCM samples, the datagram encoder's output.
     pcm: Vec<i16>,
-    pcm_bytes: Vec<u8>,
     out: BytesMut,
     /// Reused by eviction.
     evicted: Vec<(SocketAddr, u64)>,
@@ -316,6 +326,13 @@ impl<S: AudioSource> Endpoint<S> {
             start_ts: 0,
             title,
         };
+        let encoder = Encoder::pcm(
+            Format {
+                sample_rate: si.sample_rate,
+                channels: si.channels,
+            },
+            payload_room(config.mtu),
+        );
         let sessions = Sessions::new(
             now,
             config.cookie_key,
@@ -328,6 +345,7 @@ impl<S: AudioSource> Endpoint<S> {
             info,
             sessions,
             fpp,
+            encoder,
             next_seq: 0,
             phase: Phase::Running,
             tick_origin: None,
@@ -341,7 +359,6 @@ impl<S: AudioSource> Endpoint<S> {
             spare: None,
             events: VecDeque::new(),
             pcm: Vec::new(),
-            pcm_bytes: Vec::new(),
             out: BytesMut::new(),
             evicted: Vec::new(),
             peak_listeners: 0,
@@ -355,6 +372,32 @@ impl<S: AudioSource> Endpoint<S> {
             ep.start(now);
         }
         ep
+    }
+
+    /// Sends the stream as `codec` (PCM until this is called): what every `Welcome` announces
+    /// changes with it (Opus: 48 kHz, 960 frames per datagram). Call it before the first tick.
+    /// Fails, changing nothing, when the codec cannot carry the source (Opus and 6 channels).
+    pub fn set_codec(&mut self, codec: AudioCodec) -> Result<(), CodecError> {
+        let si = self.source.info();
+        let source = Format {
+            sample_rate: si.sample_rate,
+            channels: si.channels,
+        };
+        let encoder = Encoder::new(codec, source, payload_room(self.config.mtu))?;
+        let stream = encoder.stream_format();
+        self.info.sample_rate = stream.sample_rate;
+        self.info.frames_per_packet = encoder.frames_per_packet();
+        self.info.total_frames = match (self.config.looping, si.total_frames) {
+            (false, Some(t)) => Some(encoder.stream_frames(t)),
+            _ => None,
+        };
+        self.encoder = encoder;
+        Ok(())
+    }
+
+    /// The stream's codec.
+    pub fn codec(&self) -> AudioCodec {
+        self.encoder.codec()
     }
 
     /// With `on`, every tick's Audio datagrams are handed out as a `Transmit::Fanout` even when
@@ -492,16 +535,16 @@ impl<S: AudioSource> Endpoint<S> {
         &self.source
     }
 
-    /// Frames per Audio datagram.
+    /// Stream frames per Audio datagram (PCM: at most; FLAC and Opus: exactly).
     pub fn frames_per_packet(&self) -> usize {
-        self.fpp
+        self.encoder.frames_per_packet() as usize
     }
 
     /// Where the stream is: seq and ts of the next Audio datagram.
     pub fn live(&self) -> LivePosition {
         LivePosition {
             seq: self.next_seq,
-            ts: self.clock.frames_sent(),
+            ts: self.encoder.next_ts(),
         }
     }
 
@@ -571,8 +614,8 @@ impl<S: AudioSource> Endpoint<S> {
         got
     }
 
-    /// One tick: cut everything the media clock says is due into Audio datagrams, queue them
-    /// for every listener, and end the stream at the end of the source.
+    /// One tick: encode everything the media clock says is due into Audio datagrams, queue
+    /// them for every listener, and end the stream at the end of the source.
     fn tick(&mut self, now: Instant) {
         let due = self.clock.due(now);
         let (mut datagrams, mut dests) = self.spare.take().unwrap_or_default();
@@ -580,21 +623,14 @@ impl<S: AudioSource> Endpoint<S> {
         let mut eof = false;
         let mut held = false;
         self.source.begin_tick(now);
+        let mut failed = None;
         for n in pacing::split(due, self.fpp) {
             self.pcm.clear();
             let got = self.read_frames(n);
             if got > 0 {
-                // Sized once, then filled in place: a capacity check per 2-byte sample made
-                // this loop the server's hottest in unoptimised and lightly optimised builds.
-                self.pcm_bytes.clear();
-                self.pcm_bytes.resize(self.pcm.len() * 2, 0);
-                for (b, s) in self.pcm_bytes.chunks_exact_mut(2).zip(&self.pcm) {
-                    b.copy_from_slice(&s.to_le_bytes());
+                if let Err(e) = self.encode(&mut datagrams, false) {
+                    failed = Some(e);
                 }
-                let ts = self.clock.frames_sent() + produced;
-                proto::encode_audio(self.next_seq, ts, &self.pcm_bytes, &mut self.out);
-                datagrams.push(self.out.split().freeze());
-                self.next_seq += 1;
                 produced += got as u64;
             }
             if got < n {
@@ -609,6 +645,13 @@ impl<S: AudioSource> Endpoint<S> {
             // Nothing is owed for the pause: no burst when the source comes back.
             self.clock.hold(now);
         }
+        let ending = eof || (!self.config.looping && self.source.is_finished());
+        if ending && let Err(e) = self.encode(&mut datagrams, true) {
+            failed = Some(e);
+        }
+        if let Some(e) = failed {
+            self.events.push_back(Event::EncodeFailed(e));
+        }
         if !datagrams.is_empty() && (self.emit_always || !self.sessions.is_empty()) {
             dests.extend_from_slice(self.sessions.addrs());
             self.queue.push_back(Queued::Many(datagrams, dests));
@@ -621,8 +664,9 @@ impl<S: AudioSource> Endpoint<S> {
             self.corrupt_reported = corrupt;
             self.events.push_back(Event::Corrupt { total: corrupt });
         }
-        if eof || (!self.config.looping && self.source.is_finished()) {
-            if let Some(announced) = self.info.total_frames
+        if ending {
+            if let Some(announced) = self.source.info().total_frames
+                && self.info.total_frames.is_some()
                 && announced != self.clock.frames_sent()
             {
                 self.events.push_back(Event::LengthMismatch {
@@ -631,6 +675,22 @@ impl<S: AudioSource> Endpoint<S> {
                 });
             }
             self.begin_end(now, EndReason::Finished);
+        }
+    }
+
+    /// Encodes the frames in `self.pcm` (or, with `finish`, what the codec still holds, padded
+    /// to whole packets) into Audio datagrams appended to `datagrams`.
+    fn encode(&mut self, datagrams: &mut Vec<Bytes>, finish: bool) -> Result<(), EncodeError> {
+        let (out, seq) = (&mut self.out, &mut self.next_seq);
+        let mut emit = |ts: u64, payload: &[u8]| {
+            proto::encode_audio(*seq, ts, payload, out);
+            datagrams.push(out.split().freeze());
+            *seq += 1;
+        };
+        if finish {
+            self.encoder.finish(&mut emit)
+        } else {
+            self.encoder.encode(&self.pcm, &mut emit)
         }
     }
 
