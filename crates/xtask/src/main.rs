@@ -39,6 +39,7 @@ usage: cargo xtask <command>
 commands:
   demo [ARGS...]   run the loopback demo (streamd + listen in one process);
                    ARGS go to the demo, e.g. `cargo xtask demo -- --listeners 3`
+                   or `cargo xtask demo -- --codec opus:96000`
   test [--repeat N] every check CI runs: fmt, clippy, the whole test suite; with --repeat,
                    then the real-time tests N more times (a flakiness check)
   bench-peers      compare earshot with snapserver and GStreamer (slow; not part of test)
