@@ -28,6 +28,15 @@ pub struct Decoder {
     inner: Inner,
 }
 
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("codec", &self.codec)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
 impl Decoder {
     /// A decoder for a stream of `format` in `codec` with `frames_per_packet`, as the `Welcome`
     /// announced them.

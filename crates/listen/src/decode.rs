@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::jitter::Conceal;
 
 /// The stream's decoder, and where its audio ends.
+#[derive(Debug)]
 pub struct DecodeStage {
     decoder: Decoder,
     codec: AudioCodec,

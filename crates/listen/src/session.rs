@@ -50,6 +50,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use audiocodec::AudioCodec;
 use bytes::{Bytes, BytesMut};
 use proto::limits::{HEADER_LEN, MAX_PAYLOAD, MIN_CONNECT_LEN, REPORT_INTERVAL};
 use proto::{
@@ -57,6 +58,7 @@ use proto::{
     SampleFormat, StreamInfo,
 };
 
+use crate::decode::DecodeStage;
 use crate::jitter::{JitterBuffer, PlayoutCounters, duration_of};
 use crate::sink::{Sink, SinkError, VIRTUAL_LEAD};
 use crate::stats::{Arrival, ExitReason, Stats, Tracker};
@@ -213,6 +215,8 @@ struct Handshake {
 struct Stream {
     /// The stream as the server described it.
     info: StreamInfo,
+    /// Payloads to PCM, and the codec's concealment.
+    decode: DecodeStage,
     /// The playout.
     jb: JitterBuffer,
     /// How long the server may be silent (also the grace after the end has played out).
@@ -257,6 +261,8 @@ pub struct Session {
     buf: BytesMut,
     /// Frames pulled for [`Session::feed`] (reused).
     scratch: Vec<i16>,
+    /// Bytes of every datagram from the server (all types, UDP payload).
+    bytes_received: u64,
 }
 
 impl Session {
@@ -279,6 +285,7 @@ impl Session {
             seq: 0,
             buf: BytesMut::with_capacity(256),
             scratch: Vec::new(),
+            bytes_received: 0,
         };
         s.queue_connect();
         s
@@ -334,8 +341,14 @@ impl Session {
     /// The final statistics, once the stream ended ([`Event::Ended`]); `None` while it runs and
     /// after a failed handshake.
     pub fn stats(&self) -> Option<Stats> {
-        self.exit
-            .map(|r| Stats::new(&self.tracker, &self.playout(), r))
+        self.exit.map(|r| {
+            let mut st = Stats::new(&self.tracker, &self.playout(), r);
+            st.bytes_received = self.bytes_received;
+            if let Some(s) = self.stream.as_deref() {
+                st.codec = audiocodec::codec_label(s.decode.codec());
+            }
+            st
+        })
     }
 
     /// Takes one datagram that arrived at `now` from `from`.
@@ -347,6 +360,7 @@ impl Session {
             self.tracker.on_foreign();
             return;
         }
+        self.bytes_received += datagram.len() as u64;
         if self.stream.is_some() {
             self.handle_stream(now, datagram);
         } else {
@@ -391,6 +405,23 @@ impl Session {
             self.fail(Event::Unplayable(detail));
             return;
         }
+        let format = audiocodec::Format {
+            sample_rate: info.sample_rate,
+            channels: info.channels,
+        };
+        let decode = match DecodeStage::new(
+            AudioCodec::Pcm,
+            format,
+            info.frames_per_packet,
+            info.total_frames,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                self.transmits.push_back(Message::Leave);
+                self.fail(Event::Unplayable(e.to_string()));
+                return;
+            }
+        };
         let jb = JitterBuffer::new(&info, self.config.latency, self.config.sink_lead);
         let interval = Duration::from_micros(u64::from(info.interval_us));
         let mut tracker = Tracker::new(info.sample_rate, info.start_seq, now);
@@ -399,6 +430,7 @@ impl Session {
         self.stream = Some(Box::new(Stream {
             received_end: info.start_ts,
             info: info.clone(),
+            decode,
             jb,
             silence: self.config.timeout.max(interval * 2),
             last_heard: now,
@@ -430,10 +462,21 @@ impl Session {
             }
             Message::Audio(a) => {
                 if self.tracker.on_audio(now, p.seq, a.ts) == Arrival::New {
-                    let frames = (a.pcm.len() / s.info.bytes_per_frame().max(1)) as u64;
+                    let frames = match s.decode.codec() {
+                        AudioCodec::Pcm => (a.pcm.len() / s.info.bytes_per_frame().max(1)) as u64,
+                        _ => u64::from(s.info.frames_per_packet),
+                    };
                     s.received_end = s.received_end.max(a.ts.saturating_add(frames));
                     if self.config.playout {
-                        s.jb.push(a.ts, a.pcm);
+                        // Decoded on arrival, in arrival order; an undecodable payload is
+                        // counted as garbage (after it counted as received).
+                        match s.decode.decode(a.ts, a.pcm) {
+                            Ok(Some(pcm)) => {
+                                s.jb.push(a.ts, pcm);
+                            }
+                            Ok(None) => {}
+                            Err(_) => self.tracker.on_garbage(),
+                        }
                     }
                 }
             }
@@ -587,7 +630,7 @@ impl Session {
         let Some(s) = self.stream.as_deref_mut() else {
             return 0;
         };
-        let got = s.jb.pull(max_frames, out);
+        let got = s.jb.pull_with(max_frames, out, &mut s.decode);
         if got > 0 && !s.playing {
             s.playing = true;
             self.events.push_back(Event::Playing {

@@ -273,6 +273,10 @@ pub struct Stats {
     pub garbage: u64,
     /// Datagrams from other addresses, ignored (not in the contract).
     pub foreign: u64,
+    /// The stream's codec as `--codec` spells it (`pcm`, `flac`, `opus:128000`).
+    pub codec: String,
+    /// Bytes of every datagram received from the server (UDP payloads, all types).
+    pub bytes_received: u64,
 }
 
 impl Stats {
@@ -293,6 +297,8 @@ impl Stats {
             end_reason,
             garbage: tracker.garbage + playout.malformed,
             foreign: tracker.foreign,
+            codec: String::new(),
+            bytes_received: 0,
         }
     }
 
