@@ -15,10 +15,10 @@ use symphonia::core::packet::Packet;
 
 use crate::{CodecError, Format};
 
-/// Largest FLAC frame a datagram may carry: a block stored verbatim (incompressible noise)
-/// must still fit an 8192-byte datagram with its 28 bytes of header, so blocks are capped to
-/// what fits here uncompressed (plus frame and subframe headers).
-pub const MAX_FRAME_BYTES: usize = 8_100;
+/// Largest FLAC frame a datagram may carry (the protocol's largest payload): a block stored
+/// verbatim (incompressible noise) must still fit, so blocks are capped to what fits here
+/// uncompressed (plus frame and subframe headers).
+pub const MAX_FRAME_BYTES: usize = proto::limits::MAX_PAYLOAD;
 
 /// Frame and subframe headers and CRCs of a verbatim frame, at most (8 channels).
 const FRAME_OVERHEAD: usize = 40;

@@ -20,13 +20,13 @@
 mod decoder;
 mod encoder;
 pub mod flac;
-mod kind;
 pub mod opus;
 pub mod signal;
 
 pub use decoder::{DecodeError, Decoder};
 pub use encoder::{EncodeError, Encoder};
-pub use kind::AudioCodec;
+/// The codec of a stream, as its `Welcome` announces it (the wire type).
+pub use proto::AudioCodec;
 
 use std::fmt;
 

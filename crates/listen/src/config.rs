@@ -39,6 +39,32 @@ pub struct Config {
     /// The server was found by mDNS (no `--server`): with `stay`, it is looked for again when
     /// it may have moved.
     pub discovered: Option<Chosen>,
+    /// The name the Join carries (`--name`, default the host name).
+    pub name: String,
+}
+
+/// `--name`: printable and at most [`proto::limits::MAX_NAME`] bytes, or the error naming it.
+pub fn check_name(name: &str) -> Result<&str, String> {
+    if name.len() > proto::limits::MAX_NAME {
+        return Err(format!(
+            "--name {name:?} is {} bytes, more than {}",
+            name.len(),
+            proto::limits::MAX_NAME
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("--name {name:?} holds control characters"));
+    }
+    Ok(name)
+}
+
+/// This machine's host name (the default `--name`), or "" when it cannot be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| check_name(h).is_ok())
+        .unwrap_or_default()
 }
 
 impl Config {
@@ -57,6 +83,7 @@ impl Config {
             quiet: false,
             stay: false,
             discovered: None,
+            name: String::new(),
         }
     }
 }
@@ -132,6 +159,22 @@ pub enum ListenError {
         /// As given.
         server: String,
     },
+    /// The room is keyed and our key (or lack of one) did not match.
+    #[error(
+        "server {server} refused the key: the room's key does not match this listener's (--key-file)"
+    )]
+    BadKey {
+        /// As given.
+        server: String,
+    },
+    /// The server streams a codec this listener cannot decode.
+    #[error("server {server} streams codec {codec}, which this listener cannot decode")]
+    Codec {
+        /// As given.
+        server: String,
+        /// The codec's wire index.
+        codec: u32,
+    },
     /// The `Welcome` described a stream this client cannot play.
     #[error("server {server} sent an unusable stream description: {detail}")]
     BadStream {
@@ -162,7 +205,9 @@ impl ListenError {
         match self {
             ListenError::Full { .. }
             | ListenError::Version { .. }
-            | ListenError::ShuttingDown { .. } => 3,
+            | ListenError::ShuttingDown { .. }
+            | ListenError::BadKey { .. }
+            | ListenError::Codec { .. } => 3,
             ListenError::NoAnswer { .. } => 4,
             _ => 1,
         }

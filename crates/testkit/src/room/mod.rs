@@ -121,6 +121,7 @@ pub fn server_config(interval: Duration) -> EndpointConfig {
         looping: false,
         mtu: proto::limits::DEFAULT_MTU,
         cookie_key: (0x5eed, 0xc00c1e),
+        ..EndpointConfig::default()
     }
 }
 
@@ -543,7 +544,7 @@ impl Listener {
         }
         let local = self.local(now);
         if let Some(s) = self.session.as_mut() {
-            s.leave(local);
+            s.leave(local, proto::LeaveReason::Interrupted);
         }
         self.drain(now);
     }
@@ -615,7 +616,7 @@ impl Listener {
             Err(_) => {
                 // The room's sink never fails; a failure would stop the listener, as in listen.
                 self.refill = None;
-                s.leave(local);
+                s.leave(local, proto::LeaveReason::DeviceError);
             }
         }
     }
