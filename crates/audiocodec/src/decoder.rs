@@ -58,9 +58,13 @@ impl Decoder {
                 frames_per_packet as usize,
             )?)),
             AudioCodec::Opus { .. } => {
-                if frames_per_packet as usize != crate::opus::FRAMES {
-                    return Err(CodecError::FramesPerPacket {
-                        codec: "opus",
+                if frames_per_packet as usize != crate::opus::FRAMES
+                    || format.sample_rate != crate::opus::RATE
+                    || format.channels > 2
+                {
+                    return Err(CodecError::OpusStream {
+                        sample_rate: format.sample_rate,
+                        channels: format.channels,
                         frames: frames_per_packet,
                     });
                 }

@@ -72,6 +72,19 @@ pub enum CodecError {
     /// A sample rate the resampler cannot bring to 48 kHz in short blocks.
     #[error("opus cannot resample {0} Hz to 48000 Hz")]
     OpusRate(u32),
+    /// A `Welcome` announcing Opus in a shape no Opus stream has.
+    #[error(
+        "an opus stream is 48000 Hz, mono or stereo, in 960-frame packets; this one is \
+         {sample_rate} Hz, {channels} channels, {frames}-frame packets"
+    )]
+    OpusStream {
+        /// The announced rate.
+        sample_rate: u32,
+        /// The announced channels.
+        channels: u16,
+        /// The announced frames per packet.
+        frames: u32,
+    },
     /// FLAC carries 1 to 8 channels.
     #[error("flac carries 1 to 8 channels; the stream has {0}")]
     FlacChannels(u16),

@@ -124,6 +124,13 @@ fn events(s: &mut Session) -> Vec<Event> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
 
+/// The Join this listener sends: every codec it decodes.
+fn our_join(cookie: [u8; 16]) -> proto::Join {
+    let mut j = proto::Join::new(cookie);
+    j.codecs = listen::session::SUPPORTED_CODECS;
+    j
+}
+
 fn is_connect(m: &Message) -> bool {
     matches!(m, Message::Connect(_))
 }
@@ -136,7 +143,7 @@ fn joined(cfg: SessionConfig, info: &StreamInfo) -> (Session, Instant, Instant) 
     s.handle(t0 + ms(10), server(), &challenge(1));
     assert_eq!(
         sent(&mut s, t0 + ms(10)),
-        vec![Message::Join(proto::Join::new([1; 16]))]
+        vec![Message::Join(our_join([1; 16]))]
     );
     let tw = t0 + ms(20);
     s.handle(tw, server(), &welcome(info));
@@ -257,7 +264,7 @@ fn a_lost_challenge_is_recovered_by_the_resent_connect() {
     s.handle(t0 + ms(260), server(), &challenge(4));
     assert_eq!(
         sent(&mut s, t0 + ms(260)),
-        vec![Message::Join(proto::Join::new([4; 16]))]
+        vec![Message::Join(our_join([4; 16]))]
     );
     let i = info(48_000);
     s.handle(t0 + ms(270), server(), &welcome(&i));
@@ -276,18 +283,18 @@ fn a_lost_join_is_resent_with_the_cookie_and_a_fresh_challenge_replaces_it() {
     s.handle_timeout(t0 + ms(250));
     assert_eq!(
         sent(&mut s, t0 + ms(250)),
-        vec![Message::Join(proto::Join::new([1; 16]))]
+        vec![Message::Join(our_join([1; 16]))]
     );
     // The server's epoch moved on: a fresh Challenge; the next Joins carry the new cookie.
     s.handle(t0 + ms(300), server(), &challenge(2));
     assert_eq!(
         sent(&mut s, t0 + ms(300)),
-        vec![Message::Join(proto::Join::new([2; 16]))]
+        vec![Message::Join(our_join([2; 16]))]
     );
     s.handle_timeout(t0 + ms(750));
     assert_eq!(
         sent(&mut s, t0 + ms(750)),
-        vec![Message::Join(proto::Join::new([2; 16]))]
+        vec![Message::Join(our_join([2; 16]))]
     );
     s.handle(t0 + ms(760), server(), &welcome(&info(48_000)));
     assert_eq!(s.phase(), Phase::Streaming);
@@ -313,7 +320,7 @@ fn a_lost_welcome_is_recovered_and_audio_before_it_is_ignored() {
     s.handle_timeout(t0 + ms(250));
     assert_eq!(
         sent(&mut s, t0 + ms(250)),
-        vec![Message::Join(proto::Join::new([1; 16]))]
+        vec![Message::Join(our_join([1; 16]))]
     );
     let mut i = info(48_000);
     i.start_seq = SEQ0 + 50;
@@ -410,14 +417,21 @@ fn welcome_bounds_refuse_unplayable_streams_with_a_reason_and_a_leave() {
         ),
         ("no channels", Box::new(|i| i.channels = 0), "0 channels"),
         (
-            "flac",
-            Box::new(|i| i.codec = proto::AudioCodec::Flac),
-            "codec flac",
+            "flac in blocks too small for FLAC",
+            Box::new(|i| {
+                i.codec = proto::AudioCodec::Flac;
+                i.frames_per_packet = 8;
+            }),
+            "flac cannot use 8 frames per packet",
         ),
         (
-            "opus",
-            Box::new(|i| i.codec = proto::AudioCodec::Opus { bitrate: 96_000 }),
-            "codec opus",
+            "opus not at 48 kHz",
+            Box::new(|i| {
+                i.codec = proto::AudioCodec::Opus { bitrate: 96_000 };
+                i.sample_rate = 44_100;
+                i.frames_per_packet = 960;
+            }),
+            "this one is 44100 Hz, 2 channels, 960-frame packets",
         ),
         (
             "too many channels",
