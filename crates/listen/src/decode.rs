@@ -179,6 +179,67 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_opus_packet_is_concealed_by_plc_not_faded() {
+        use crate::jitter::JitterBuffer;
+        use std::time::Duration;
+        let opus = AudioCodec::Opus { bitrate: 128_000 };
+        let info = proto::StreamInfo {
+            sample_rate: 48_000,
+            channels: 2,
+            codec: opus,
+            timeline: proto::Timeline::default(),
+            playout_delay_us: 50_000,
+            min_delay_us: 25_000,
+            repair: proto::Repair::default(),
+            multicast: None,
+            interval_us: 20_000,
+            frames_per_packet: 960,
+            total_frames: None,
+            start_seq: 0,
+            start_ts: 0,
+            title: String::new(),
+        };
+        let mut enc = Encoder::new(opus, STEREO48, 1372).expect("encoder");
+        let mut packets = Vec::new();
+        enc.encode(&music(48_000, 2, 0, 48_000), &mut |ts, b| {
+            packets.push((ts, Bytes::copy_from_slice(b)))
+        })
+        .expect("encode");
+        let run = |lose: bool, conceal_with_codec: bool| {
+            let mut st = DecodeStage::new(opus, STEREO48, 960, None).expect("stage");
+            let mut jb = JitterBuffer::new(&info, Duration::from_millis(100), Duration::ZERO);
+            for (ts, p) in &packets {
+                if lose && *ts == 9600 {
+                    continue;
+                }
+                if let Some(pcm) = st.decode(*ts, p.clone()).expect("decodes") {
+                    jb.push(*ts, pcm);
+                }
+            }
+            jb.end(None);
+            let mut out = Vec::new();
+            if conceal_with_codec {
+                while jb.pull_with(960, &mut out, &mut st) > 0 {}
+            } else {
+                while jb.pull(960, &mut out) > 0 {}
+            }
+            (out, jb.counters().concealed_frames)
+        };
+        let (clean, none) = run(false, true);
+        let (plc, concealed) = run(true, true);
+        let (faded, _) = run(true, false);
+        assert_eq!((none, concealed), (0, 960));
+        assert_eq!(plc.len(), clean.len());
+        let hole = 9600 * 2..10_560 * 2;
+        let rms = |v: &[i16]| {
+            (v.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+        };
+        // The fade goes silent within 5 ms; PLC keeps sounding through the 20 ms hole.
+        assert!(rms(&plc[hole.clone()]) > 4.0 * rms(&faded[hole.clone()]).max(1.0));
+        assert!(rms(&plc[hole.clone()]) > 0.2 * rms(&clean[hole]));
+    }
+
+    #[test]
     fn an_impossible_welcome_is_refused() {
         let six = Format {
             sample_rate: 48_000,
