@@ -5,8 +5,8 @@
 //! (`streamd --http`) runs on a free loopback port; its URL is printed first.
 //!
 //! ```text
-//! cargo run --release --example loopback -- [--file F] [--interval D] [--listeners N]
-//!     [--latency D] [--output FILE.wav] [--loss 5%] [--burst 3] [--jitter 30ms] [--reorder 2%]
+//! cargo run --release --example loopback -- [--file F] [--interval D] [--codec C]
+//!     [--listeners N] [--latency D] [--output FILE.wav] [--loss 5%] [--burst 3] [--jitter 30ms] [--reorder 2%]
 //!     [--dup 1%] [--seed 7]
 //! ```
 //! With any impairment flag, the listeners connect through the impairment proxy
@@ -40,6 +40,9 @@ struct Args {
     /// Server send interval, e.g. 20ms, 0.5s or 0.02.
     #[arg(long, default_value = "20ms", value_parser = proto::duration::parse_duration)]
     interval: Duration,
+    /// What the datagrams carry: pcm, flac or opus[:BITRATE] (bit/s, 6000-510000).
+    #[arg(long, default_value = "pcm", value_parser = streamd::cli::parse_codec)]
+    codec: audiocodec::AudioCodec,
     /// How many listeners to start (the first plays; the others only count).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_LISTENERS)))]
     listeners: u16,
@@ -100,6 +103,7 @@ async fn run(args: Args) -> Result<()> {
 
     let mut config = streamd::server::Config::new(&file, SocketAddr::from(([127, 0, 0, 1], 0)));
     config.interval = args.interval;
+    config.codec = args.codec;
     config.max_clients = config.max_clients.max(usize::from(args.listeners));
     config.validate().map_err(|e| anyhow!(e))?;
     let mut server = streamd::server::Server::bind(config).await?;

@@ -7,7 +7,9 @@
 //! - It starts (and, after an underrun, restarts) once the audio it holds ahead of the playout
 //!   position reaches the start threshold: the target latency plus the sink's lead.
 //! - A hole at the playout position while later audio is already buffered is missing at its
-//!   deadline: it is concealed (a short fade from the last frame, then silence) and counted.
+//!   deadline: it is concealed and counted, by the codec when it can (Opus packet-loss
+//!   concealment, through [`Conceal`]), otherwise with a short fade from the last frame, then
+//!   silence.
 //! - With nothing buffered at all the buffer underruns: it stops handing out frames (the sink
 //!   plays silence that is not part of the stream) until it holds the threshold again. Nothing is
 //!   skipped, so a stream that loses nothing plays every frame exactly once.
@@ -252,7 +254,19 @@ impl JitterBuffer {
 
     /// Hands out up to `max_frames` frames (interleaved i16, appended to `out`) that the sink
     /// wants now; returns how many. Returns fewer (often 0) while buffering or when finished.
+    /// Missing audio fades out.
     pub fn pull(&mut self, max_frames: usize, out: &mut Vec<i16>) -> usize {
+        self.pull_with(max_frames, out, &mut Fade)
+    }
+
+    /// [`Self::pull`], with missing audio concealed by `codec` when it can (Opus PLC), else
+    /// faded out.
+    pub fn pull_with(
+        &mut self,
+        max_frames: usize,
+        out: &mut Vec<i16>,
+        codec: &mut dyn Conceal,
+    ) -> usize {
         if self.state == State::Buffering {
             if self.ended || self.buffered_frames() >= self.start_frames {
                 self.state = State::Playing;
@@ -267,7 +281,7 @@ impl JitterBuffer {
                 if let Some(e) = self.end_ts
                     && self.play_ts < e
                 {
-                    produced += self.conceal((e - self.play_ts).min(want), out);
+                    produced += self.conceal((e - self.play_ts).min(want), out, codec);
                     continue;
                 }
                 if self.ended {
@@ -286,7 +300,7 @@ impl JitterBuffer {
                 continue;
             }
             if ts > self.play_ts {
-                produced += self.conceal((ts - self.play_ts).min(want), out);
+                produced += self.conceal((ts - self.play_ts).min(want), out, codec);
                 continue;
             }
             let off = (self.play_ts - ts) as usize;
@@ -310,8 +324,30 @@ impl JitterBuffer {
         produced
     }
 
-    /// Appends `n` concealment frames: a linear fade from the last frame, then silence.
-    fn conceal(&mut self, n: u64, out: &mut Vec<i16>) -> usize {
+    /// Appends `n` concealment frames: the codec's own, or a linear fade from the last frame,
+    /// then silence.
+    fn conceal(&mut self, n: u64, out: &mut Vec<i16>, codec: &mut dyn Conceal) -> usize {
+        let before = out.len();
+        if codec.conceal(self.play_ts, n as usize, out) {
+            // The codec's audio must be exactly what was asked for: anything else is cut or
+            // padded with silence so the playout position stays right.
+            out.resize(before + n as usize * self.channels, 0);
+            if n > 0 {
+                let last = out.len() - self.channels;
+                self.last_frame.copy_from_slice(&out[last..]);
+                self.fade_pos = 0;
+            }
+        } else {
+            self.fade(n, out);
+        }
+        self.play_ts += n;
+        self.counters.played_frames += n;
+        self.counters.concealed_frames += n;
+        n as usize
+    }
+
+    /// Appends `n` frames fading linearly from the last frame to silence.
+    fn fade(&mut self, n: u64, out: &mut Vec<i16>) {
         for _ in 0..n {
             let gain = if self.fade_pos < self.fade_frames {
                 1.0 - (self.fade_pos + 1) as f32 / self.fade_frames as f32
@@ -323,9 +359,21 @@ impl JitterBuffer {
             }
             self.fade_pos += 1;
         }
-        self.play_ts += n;
-        self.counters.played_frames += n;
-        self.counters.concealed_frames += n;
-        n as usize
+    }
+}
+
+/// A codec's own concealment of missing audio, for [`JitterBuffer::pull_with`].
+pub trait Conceal {
+    /// Appends `frames` frames standing in for the missing stream frames `ts..ts + frames` and
+    /// returns true, or returns false (appending nothing) when it has no concealment.
+    fn conceal(&mut self, ts: u64, frames: usize, out: &mut Vec<i16>) -> bool;
+}
+
+/// No concealment of its own: the jitter buffer fades out.
+pub struct Fade;
+
+impl Conceal for Fade {
+    fn conceal(&mut self, _ts: u64, _frames: usize, _out: &mut Vec<i16>) -> bool {
+        false
     }
 }

@@ -2,8 +2,9 @@
 //! audio device or a WAV file, and reports how the transmission went.
 //!
 //! The protocol logic is sans-IO and takes explicit time: [`session`] (handshake, reports, the
-//! end of the stream, every timeout) composes [`jitter`] (reorder, conceal, rebuffer) and
-//! [`stats`] (counters, RFC 3550 jitter). [`sink`] holds the outputs behind one trait (the
+//! end of the stream, every timeout) composes [`decode`] (each payload to PCM, the codec's own
+//! concealment), [`jitter`] (reorder, conceal, rebuffer) and [`stats`] (counters, RFC 3550
+//! jitter). [`sink`] holds the outputs behind one trait (the
 //! virtual ones run on the caller's clock), [`status`] renders the live status line, and
 //! [`stay`] is the rejoin policy of `--stay` and [`discover`] finds servers by mDNS.
 //! [`multicast`] joins a server's group and decides when to ask for unicast instead.
@@ -14,6 +15,7 @@
 
 pub mod client;
 pub mod config;
+pub mod decode;
 pub mod discover;
 pub mod jitter;
 pub mod multicast;

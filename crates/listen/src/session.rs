@@ -51,6 +51,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use audiocodec::AudioCodec;
 use bytes::{Bytes, BytesMut};
 use proto::limits::{HEADER_LEN, MAX_PAYLOAD, MIN_CONNECT_LEN, REPORT_INTERVAL};
 use proto::{
@@ -58,6 +59,7 @@ use proto::{
     Packet, RejectReason, StreamInfo, Token,
 };
 
+use crate::decode::DecodeStage;
 use crate::jitter::{JitterBuffer, PlayoutCounters, duration_of};
 use crate::sink::{Sink, SinkError, VIRTUAL_LEAD};
 use crate::stats::{Arrival, ExitReason, Stats, Tracker};
@@ -107,8 +109,8 @@ pub struct SessionConfig {
     pub name: ListenerName,
 }
 
-/// The codecs this listener decodes, as `Join.codecs` bits.
-pub const SUPPORTED_CODECS: u32 = 1 << 0;
+/// The codecs this listener decodes (PCM, FLAC, Opus), as `Join.codecs` bits.
+pub const SUPPORTED_CODECS: u32 = audiocodec::DECODABLE;
 
 /// What this listener can do besides playing, as `Join.features` bits.
 pub const SUPPORTED_FEATURES: u32 = proto::FEATURE_FEC | proto::FEATURE_RETRANSMIT;
@@ -265,6 +267,8 @@ struct Handshake {
 struct Stream {
     /// The stream as the server described it.
     info: StreamInfo,
+    /// Payloads to PCM, and the codec's concealment.
+    decode: DecodeStage,
     /// The session token every message to the server carries.
     token: Token,
     /// The playout.
@@ -299,13 +303,26 @@ impl Stream {
 
     /// Hands what repair delivered to the jitter buffer (a rebuilt or resent payload that is
     /// not whole frames is malformed for this stream and dropped by the buffer).
-    fn deliver(&mut self, out: &mut Vec<repair::Delivery>) {
+    /// Decodes each audio datagram repair hands over (in the order it does) into the jitter
+    /// buffer; returns how many did not decode (garbage, counted by the caller).
+    fn deliver(&mut self, out: &mut Vec<repair::Delivery>) -> u64 {
         let bpf = self.info.bytes_per_frame().max(1);
+        let mut bad = 0;
         for d in out.drain(..) {
-            let frames = (d.payload.len() / bpf) as u64;
+            let frames = match self.decode.codec() {
+                AudioCodec::Pcm => (d.payload.len() / bpf) as u64,
+                _ => u64::from(self.info.frames_per_packet),
+            };
             self.received_end = self.received_end.max(d.ts.saturating_add(frames));
-            self.jb.push(d.ts, Bytes::from(d.payload));
+            match self.decode.decode(d.ts, Bytes::from(d.payload)) {
+                Ok(Some(pcm)) => {
+                    self.jb.push(d.ts, pcm);
+                }
+                Ok(None) => {}
+                Err(_) => bad += 1,
+            }
         }
+        bad
     }
 }
 
@@ -334,6 +351,8 @@ pub struct Session {
     buf: BytesMut,
     /// Frames pulled for [`Session::feed`] (reused).
     scratch: Vec<i16>,
+    /// Bytes of every datagram from the server (all types, UDP payload).
+    bytes_received: u64,
     /// What the `Leave` says when the session closes.
     leave_reason: Option<LeaveReason>,
     /// A private room's keys ([`Session::with_room_key`]); `Open` without a key.
@@ -387,6 +406,7 @@ impl Session {
             seq: 0,
             buf: BytesMut::with_capacity(256),
             scratch: Vec::new(),
+            bytes_received: 0,
             leave_reason: None,
             keys: Keys::Open,
         };
@@ -455,8 +475,14 @@ impl Session {
     /// The final statistics, once the stream ended ([`Event::Ended`]); `None` while it runs and
     /// after a failed handshake.
     pub fn stats(&self) -> Option<Stats> {
-        self.exit
-            .map(|r| Stats::new(&self.tracker, &self.playout(), r))
+        self.exit.map(|r| {
+            let mut st = Stats::new(&self.tracker, &self.playout(), r);
+            st.bytes_received = self.bytes_received;
+            if let Some(s) = self.stream.as_deref() {
+                st.codec = audiocodec::codec_label(s.decode.codec());
+            }
+            st
+        })
     }
 
     /// Takes one datagram that arrived at `now` from `from`.
@@ -468,6 +494,7 @@ impl Session {
             self.tracker.on_foreign();
             return;
         }
+        self.bytes_received += datagram.len() as u64;
         if self.stream.is_some() {
             self.handle_stream(now, datagram);
         } else {
@@ -560,6 +587,26 @@ impl Session {
             self.fail(Event::Unplayable(detail));
             return;
         }
+        let format = audiocodec::Format {
+            sample_rate: info.sample_rate,
+            channels: info.channels,
+        };
+        let decode = match DecodeStage::new(
+            info.codec,
+            format,
+            info.frames_per_packet,
+            info.total_frames,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                self.transmits.push_back(Message::Leave(Leave {
+                    token,
+                    reason: LeaveReason::Done,
+                }));
+                self.fail(Event::Unplayable(e.to_string()));
+                return;
+            }
+        };
         let jb = JitterBuffer::new(&info, self.config.latency, self.config.sink_lead);
         let interval = Duration::from_micros(u64::from(info.interval_us));
         let mut tracker = Tracker::new(info.sample_rate, info.start_seq, now);
@@ -569,6 +616,7 @@ impl Session {
             token,
             received_end: info.start_ts,
             info: info.clone(),
+            decode,
             jb,
             silence: self.config.timeout.max(interval * 2),
             last_heard: now,
@@ -632,24 +680,31 @@ impl Session {
         };
         s.last_heard = now;
         match p.msg {
-            // Not a whole number of frames (or none): malformed for this stream (docs/PROTOCOL.md
-            // §4.3), counted and dropped before it counts as received.
+            // PCM that is not a whole number of frames (or none): malformed for this stream
+            // (docs/PROTOCOL.md §4.3), counted and dropped before it counts as received.
             Message::Audio(a)
-                if a.payload.is_empty()
-                    || a.payload.len() % s.info.bytes_per_frame().max(1) != 0 =>
+                if s.decode.codec() == AudioCodec::Pcm
+                    && (a.payload.is_empty()
+                        || a.payload.len() % s.info.bytes_per_frame().max(1) != 0) =>
             {
                 self.tracker.on_garbage();
             }
             Message::Audio(a) => {
                 if self.tracker.on_audio(now, p.seq, a.ts) == Arrival::New {
-                    let frames = (a.payload.len() / s.info.bytes_per_frame().max(1)) as u64;
+                    let frames = match s.decode.codec() {
+                        AudioCodec::Pcm => {
+                            (a.payload.len() / s.info.bytes_per_frame().max(1)) as u64
+                        }
+                        _ => u64::from(s.info.frames_per_packet),
+                    };
                     s.received_end = s.received_end.max(a.ts.saturating_add(frames));
                     if self.config.playout {
                         let deadline = s.deadline(now, a.ts);
                         let mut out = std::mem::take(&mut s.deliveries);
                         s.repair
                             .on_audio(now, p.seq, a.ts, &a.payload, deadline, &mut out);
-                        s.deliver(&mut out);
+                        let bad = s.deliver(&mut out);
+                        self.tracker.count_garbage(bad);
                         s.deliveries = out;
                     }
                 }
@@ -658,11 +713,13 @@ impl Session {
             Message::Resent(a)
                 if self.config.playout
                     && !a.payload.is_empty()
-                    && a.payload.len() % s.info.bytes_per_frame().max(1) == 0 =>
+                    && (s.decode.codec() != AudioCodec::Pcm
+                        || a.payload.len() % s.info.bytes_per_frame().max(1) == 0) =>
             {
                 let mut out = std::mem::take(&mut s.deliveries);
                 s.repair.on_resent(now, p.seq, a.ts, &a.payload, &mut out);
-                s.deliver(&mut out);
+                let bad = s.deliver(&mut out);
+                self.tracker.count_garbage(bad);
                 s.deliveries = out;
             }
             Message::Parity(par) if self.config.playout => {
@@ -676,7 +733,8 @@ impl Session {
                     &par.shard,
                     &mut out,
                 );
-                s.deliver(&mut out);
+                let bad = s.deliver(&mut out);
+                self.tracker.count_garbage(bad);
                 s.deliveries = out;
             }
             Message::Resent(_) | Message::Parity(_) => {}
@@ -880,7 +938,7 @@ impl Session {
         let Some(s) = self.stream.as_deref_mut() else {
             return 0;
         };
-        let got = s.jb.pull(max_frames, out);
+        let got = s.jb.pull_with(max_frames, out, &mut s.decode);
         if got > 0 && !s.playing {
             s.playing = true;
             self.events.push_back(Event::Playing {

@@ -193,6 +193,11 @@ impl Tracker {
         self.garbage += 1;
     }
 
+    /// Counts `n` datagrams from the server that did not decode.
+    pub fn count_garbage(&mut self, n: u64) {
+        self.garbage += n;
+    }
+
     /// Counts a datagram from an address other than the server's.
     pub fn on_foreign(&mut self) {
         self.foreign += 1;
@@ -300,6 +305,10 @@ pub struct Stats {
     pub garbage: u64,
     /// Datagrams from other addresses, ignored (not in the contract).
     pub foreign: u64,
+    /// The stream's codec as `--codec` spells it (`pcm`, `flac`, `opus:128000`).
+    pub codec: String,
+    /// Bytes of every datagram received from the server (UDP payloads, all types).
+    pub bytes_received: u64,
 }
 
 impl Stats {
@@ -322,6 +331,8 @@ impl Stats {
             end_reason,
             garbage: tracker.garbage + playout.malformed,
             foreign: tracker.foreign,
+            codec: String::new(),
+            bytes_received: 0,
         }
     }
 

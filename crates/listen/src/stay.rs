@@ -339,6 +339,8 @@ fn total(sessions: &[Stats], end_reason: ExitReason) -> Stats {
         end_reason,
         garbage: 0,
         foreign: 0,
+        codec: sessions.last().map(|s| s.codec.clone()).unwrap_or_default(),
+        bytes_received: 0,
     };
     let mut weighted = 0.0;
     for s in sessions {
@@ -355,6 +357,7 @@ fn total(sessions: &[Stats], end_reason: ExitReason) -> Stats {
         t.played_ms += s.played_ms;
         t.garbage += s.garbage;
         t.foreign += s.foreign;
+        t.bytes_received += s.bytes_received;
         weighted += s.jitter_ms * s.received as f64;
     }
     if t.received > 0 {
@@ -385,6 +388,8 @@ mod tests {
             end_reason: end,
             garbage: 0,
             foreign: 3,
+            codec: "pcm".into(),
+            bytes_received: received * 100,
         }
     }
 

@@ -124,6 +124,13 @@ fn events(s: &mut Session) -> Vec<Event> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
 
+/// The Join this listener sends: every codec it decodes.
+fn our_join(cookie: [u8; 16]) -> proto::Join {
+    let mut j = proto::Join::new(cookie);
+    j.codecs = listen::session::SUPPORTED_CODECS;
+    j
+}
+
 fn is_connect(m: &Message) -> bool {
     matches!(m, Message::Connect(_))
 }
@@ -410,14 +417,21 @@ fn welcome_bounds_refuse_unplayable_streams_with_a_reason_and_a_leave() {
         ),
         ("no channels", Box::new(|i| i.channels = 0), "0 channels"),
         (
-            "flac",
-            Box::new(|i| i.codec = proto::AudioCodec::Flac),
-            "codec flac",
+            "flac in blocks too small for FLAC",
+            Box::new(|i| {
+                i.codec = proto::AudioCodec::Flac;
+                i.frames_per_packet = 8;
+            }),
+            "flac cannot use 8 frames per packet",
         ),
         (
-            "opus",
-            Box::new(|i| i.codec = proto::AudioCodec::Opus { bitrate: 96_000 }),
-            "codec opus",
+            "opus not at 48 kHz",
+            Box::new(|i| {
+                i.codec = proto::AudioCodec::Opus { bitrate: 96_000 };
+                i.sample_rate = 44_100;
+                i.frames_per_packet = 960;
+            }),
+            "this one is 44100 Hz, 2 channels, 960-frame packets",
         ),
         (
             "too many channels",
@@ -1053,6 +1067,6 @@ fn without_playout_audio_is_counted_and_reported_never_buffered_and_end_ends_at_
 fn join_msg(cookie: [u8; 16]) -> proto::Join {
     proto::Join {
         features: listen::session::SUPPORTED_FEATURES,
-        ..proto::Join::new(cookie)
+        ..our_join(cookie)
     }
 }

@@ -15,6 +15,12 @@ pub fn parse_format(s: &str) -> Result<RawFormat, String> {
     RawFormat::parse(s)
 }
 
+/// `--codec`: `pcm`, `flac`, `opus` or `opus:BITRATE` ([`audiocodec::parse_codec`]); an
+/// error names the value and the valid ones.
+pub fn parse_codec(s: &str) -> Result<audiocodec::AudioCodec, String> {
+    audiocodec::parse_codec(s).map_err(|e| e.to_string())
+}
+
 /// Longest `--client-timeout` accepted: a day is already far beyond any sensible keepalive,
 /// and bounding it keeps `Instant` arithmetic far from overflow.
 pub const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(86_400);
@@ -119,6 +125,27 @@ pub fn parse_http_token(s: &str) -> Result<String, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn codec_values() {
+        use audiocodec::AudioCodec;
+        assert_eq!(parse_codec("pcm"), Ok(AudioCodec::Pcm));
+        assert_eq!(parse_codec("flac"), Ok(AudioCodec::Flac));
+        assert_eq!(
+            parse_codec("opus:64000"),
+            Ok(AudioCodec::Opus { bitrate: 64_000 })
+        );
+        let e = parse_codec("opus:1000").unwrap_err();
+        assert!(
+            e.contains("\"opus:1000\"") && e.contains("6000-510000"),
+            "{e}"
+        );
+        let e = parse_codec("vorbis").unwrap_err();
+        assert!(
+            e.contains("\"vorbis\"") && e.contains("pcm, flac, opus"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn interval_range() {

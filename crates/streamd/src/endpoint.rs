@@ -5,8 +5,8 @@
 //! It owns the listener table ([`Sessions`]), the media clock ([`MediaClock`]) and an
 //! [`AudioSource`] (the decoded file, a live input of [`crate::live`], or synthetic PCM in a
 //! test), and decides: when a tick is
-//! due and how its frames are cut into `Audio` datagrams (encoded once, as `Bytes`, for every
-//! listener); when streaming starts (`--start`); looping; evictions; the `End` of the stream,
+//! due and how its frames are encoded ([`audiocodec::Encoder`]: PCM, FLAC or Opus) and cut into
+//! `Audio` datagrams (encoded once, as `Bytes`, for every listener); when streaming starts (`--start`); looping; evictions; the `End` of the stream,
 //! its three copies 50 ms apart (at end of file, at shutdown, at eviction); the replies to
 //! control datagrams, including `Reject{ShuttingDown}` for as long as it is ending; and when it
 //! is done.
@@ -49,13 +49,20 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use audiocodec::{AudioCodec, CodecError, EncodeError, Encoder, Format};
 use bytes::{Bytes, BytesMut};
-use proto::limits::{END_REPEAT, END_SPACING, MAX_TITLE};
-use proto::{AudioCodec, EndReason, Message, Packet, Repair, StreamInfo, Timeline};
+use proto::limits::{AUDIO_OVERHEAD, END_REPEAT, END_SPACING, MAX_PAYLOAD, MAX_TITLE};
+use proto::{EndReason, Message, Packet, Repair, StreamInfo, Timeline};
 
 use crate::pacing::{self, MediaClock};
 use crate::sessions::{self, LivePosition, Sessions};
 use crate::source::{Source, SourceInfo};
+
+/// Bytes of payload an Audio datagram of at most `mtu` bytes holds: what PCM fills and what
+/// the other codecs are sized for.
+fn payload_room(mtu: usize) -> usize {
+    mtu.saturating_sub(AUDIO_OVERHEAD).min(MAX_PAYLOAD)
+}
 
 /// How often silent listeners are looked for: a tenth of a second keeps eviction within
 /// 100 ms of `--client-timeout` at negligible cost.
@@ -246,6 +253,8 @@ pub enum Event {
     /// `--loop` could not go on (the message names the file and why); the stream ends at the
     /// end of this pass.
     LoopStopped(String),
+    /// The codec failed on the audio of a tick (that audio is lost to every listener).
+    EncodeFailed(EncodeError),
     /// More damaged packets were skipped in the source.
     Corrupt {
         /// Skipped so far, over every pass.
@@ -298,8 +307,10 @@ pub struct Endpoint<S> {
     info: StreamInfo,
     sessions: Sessions,
     clock: MediaClock,
-    /// Frames per Audio datagram.
+    /// Source frames read (and PCM frames sent) per Audio datagram.
     fpp: usize,
+    /// The stream's codec: each tick's frames are encoded once, for every listener.
+    encoder: Encoder,
     /// seq of the next Audio datagram.
     next_seq: u64,
     phase: Phase,
@@ -319,9 +330,8 @@ pub struct Endpoint<S> {
     /// Vectors of a past tick, reused so that a tick allocates nothing in the steady state.
     spare: Option<(Vec<Bytes>, Vec<SocketAddr>)>,
     events: VecDeque<Event>,
-    /// Reused buffers: PCM samples, their bytes, the encoder's output.
+    /// Reused buffers: PCM samples, the datagram encoder's output.
     pcm: Vec<i16>,
-    pcm_bytes: Vec<u8>,
     out: BytesMut,
     /// Reused by eviction.
     evicted: Vec<(SocketAddr, u64)>,
@@ -395,6 +405,13 @@ impl<S: AudioSource> Endpoint<S> {
                 + (u64::from(si.sample_rate) / fpp.max(1) as u64 + 1)
                     * proto::limits::AUDIO_OVERHEAD as u64,
         });
+        let encoder = Encoder::pcm(
+            Format {
+                sample_rate: si.sample_rate,
+                channels: si.channels,
+            },
+            payload_room(config.mtu),
+        );
         let sessions = Sessions::new(
             now,
             config.cookie_key,
@@ -407,6 +424,7 @@ impl<S: AudioSource> Endpoint<S> {
             info,
             sessions,
             fpp,
+            encoder,
             next_seq: 0,
             phase: Phase::Running,
             tick_origin: None,
@@ -420,7 +438,6 @@ impl<S: AudioSource> Endpoint<S> {
             spare: None,
             events: VecDeque::new(),
             pcm: Vec::new(),
-            pcm_bytes: Vec::new(),
             out: BytesMut::new(),
             evicted: Vec::new(),
             peak_listeners: 0,
@@ -437,6 +454,33 @@ impl<S: AudioSource> Endpoint<S> {
             ep.start(now);
         }
         ep
+    }
+
+    /// Sends the stream as `codec` (PCM until this is called): what every `Welcome` announces
+    /// changes with it (Opus: 48 kHz, 960 frames per datagram). Call it before the first tick.
+    /// Fails, changing nothing, when the codec cannot carry the source (Opus and 6 channels).
+    pub fn set_codec(&mut self, codec: AudioCodec) -> Result<(), CodecError> {
+        let si = self.source.info();
+        let source = Format {
+            sample_rate: si.sample_rate,
+            channels: si.channels,
+        };
+        let encoder = Encoder::new(codec, source, payload_room(self.config.mtu))?;
+        let stream = encoder.stream_format();
+        self.info.codec = codec;
+        self.info.sample_rate = stream.sample_rate;
+        self.info.frames_per_packet = encoder.frames_per_packet();
+        self.info.total_frames = match (self.config.looping, si.total_frames) {
+            (false, Some(t)) => Some(encoder.stream_frames(t)),
+            _ => None,
+        };
+        self.encoder = encoder;
+        Ok(())
+    }
+
+    /// The stream's codec.
+    pub fn codec(&self) -> AudioCodec {
+        self.encoder.codec()
     }
 
     /// With `on`, every tick's Audio datagrams are handed out as a `Transmit::Fanout` even when
@@ -580,9 +624,9 @@ impl<S: AudioSource> Endpoint<S> {
         &self.source
     }
 
-    /// Frames per Audio datagram.
+    /// Stream frames per Audio datagram (PCM: at most; FLAC and Opus: exactly).
     pub fn frames_per_packet(&self) -> usize {
-        self.fpp
+        self.encoder.frames_per_packet() as usize
     }
 
     /// The media timeline at `now`: the server-clock instant at which a frame is due. Before
@@ -594,7 +638,8 @@ impl<S: AudioSource> Endpoint<S> {
             .anchor()
             .unwrap_or((now, self.clock.frames_sent()));
         Timeline {
-            ts,
+            // The media clock counts source frames; the stream's may run at another rate (Opus).
+            ts: self.encoder.stream_frames(ts),
             server_us: self.sessions.server_us(at),
         }
     }
@@ -603,7 +648,7 @@ impl<S: AudioSource> Endpoint<S> {
     pub fn live(&self) -> LivePosition {
         LivePosition {
             seq: self.next_seq,
-            ts: self.clock.frames_sent(),
+            ts: self.encoder.next_ts(),
         }
     }
 
@@ -673,8 +718,8 @@ impl<S: AudioSource> Endpoint<S> {
         got
     }
 
-    /// One tick: cut everything the media clock says is due into Audio datagrams, queue them
-    /// for every listener, and end the stream at the end of the source.
+    /// One tick: encode everything the media clock says is due into Audio datagrams, queue
+    /// them for every listener, and end the stream at the end of the source.
     fn tick(&mut self, now: Instant) {
         let due = self.clock.due(now);
         let (mut datagrams, mut dests) = self.spare.take().unwrap_or_default();
@@ -685,36 +730,14 @@ impl<S: AudioSource> Endpoint<S> {
         // size (one GSO super-datagram per listener), and parity is a little larger.
         let mut parity_out = Vec::new();
         self.source.begin_tick(now);
+        let mut failed = None;
         for n in pacing::split(due, self.fpp) {
             self.pcm.clear();
             let got = self.read_frames(n);
             if got > 0 {
-                // Sized once, then filled in place: a capacity check per 2-byte sample made
-                // this loop the server's hottest in unoptimised and lightly optimised builds.
-                self.pcm_bytes.clear();
-                self.pcm_bytes.resize(self.pcm.len() * 2, 0);
-                for (b, s) in self.pcm_bytes.chunks_exact_mut(2).zip(&self.pcm) {
-                    b.copy_from_slice(&s.to_le_bytes());
+                if let Err(e) = self.encode(&mut datagrams, false) {
+                    failed = Some(e);
                 }
-                let ts = self.clock.frames_sent() + produced;
-                proto::encode_audio(self.next_seq, ts, &self.pcm_bytes, &mut self.out);
-                let datagram = self.out.split().freeze();
-                let payload = datagram.slice(proto::limits::AUDIO_OVERHEAD..);
-                for shard in self.repair.on_audio(now, self.next_seq, ts, &payload) {
-                    let parity = Message::Parity(proto::Parity {
-                        group_seq: shard.group_seq,
-                        k: shard.k,
-                        m: shard.m,
-                        index: shard.index,
-                        shard: Bytes::from(shard.shard),
-                    });
-                    if let Ok(b) = proto::encode_to_bytes(&Packet::new(self.parity_seq, parity)) {
-                        parity_out.push(b);
-                        self.parity_seq += 1;
-                    }
-                }
-                datagrams.push(datagram);
-                self.next_seq += 1;
                 produced += got as u64;
             }
             if got < n {
@@ -728,6 +751,33 @@ impl<S: AudioSource> Endpoint<S> {
         if held {
             // Nothing is owed for the pause: no burst when the source comes back.
             self.clock.hold(now);
+        }
+        let ending = eof || (!self.config.looping && self.source.is_finished());
+        if ending && let Err(e) = self.encode(&mut datagrams, true) {
+            failed = Some(e);
+        }
+        if let Some(e) = failed {
+            self.events.push_back(Event::EncodeFailed(e));
+        }
+        // Parity over the tick's audio, once for every listener.
+        for d in &datagrams {
+            let (Some(seq), Some(ts)) = (le_u64(d, 4), le_u64(d, 12)) else {
+                continue;
+            };
+            let payload = d.slice(proto::limits::AUDIO_OVERHEAD.min(d.len())..);
+            for shard in self.repair.on_audio(now, seq, ts, &payload) {
+                let parity = Message::Parity(proto::Parity {
+                    group_seq: shard.group_seq,
+                    k: shard.k,
+                    m: shard.m,
+                    index: shard.index,
+                    shard: Bytes::from(shard.shard),
+                });
+                if let Ok(b) = proto::encode_to_bytes(&Packet::new(self.parity_seq, parity)) {
+                    parity_out.push(b);
+                    self.parity_seq += 1;
+                }
+            }
         }
         if !datagrams.is_empty() && (self.emit_always || !self.sessions.is_empty()) {
             dests.extend_from_slice(self.sessions.addrs());
@@ -747,8 +797,9 @@ impl<S: AudioSource> Endpoint<S> {
             self.corrupt_reported = corrupt;
             self.events.push_back(Event::Corrupt { total: corrupt });
         }
-        if eof || (!self.config.looping && self.source.is_finished()) {
-            if let Some(announced) = self.info.total_frames
+        if ending {
+            if let Some(announced) = self.source.info().total_frames
+                && self.info.total_frames.is_some()
                 && announced != self.clock.frames_sent()
             {
                 self.events.push_back(Event::LengthMismatch {
@@ -779,6 +830,22 @@ impl<S: AudioSource> Endpoint<S> {
     /// What repair has sent: parity shards (to every listener) and resends.
     pub fn repair_stats(&self) -> repair::SenderStats {
         self.repair.stats()
+    }
+
+    /// Encodes the frames in `self.pcm` (or, with `finish`, what the codec still holds, padded
+    /// to whole packets) into Audio datagrams appended to `datagrams`.
+    fn encode(&mut self, datagrams: &mut Vec<Bytes>, finish: bool) -> Result<(), EncodeError> {
+        let (out, seq) = (&mut self.out, &mut self.next_seq);
+        let mut emit = |ts: u64, payload: &[u8]| {
+            proto::encode_audio(*seq, ts, payload, out);
+            datagrams.push(out.split().freeze());
+            *seq += 1;
+        };
+        if finish {
+            self.encoder.finish(&mut emit)
+        } else {
+            self.encoder.encode(&self.pcm, &mut emit)
+        }
     }
 
     fn last_audio(&self) -> Option<u64> {
@@ -936,4 +1003,11 @@ pub struct EndpointStats {
     pub sessions: sessions::SessionStats,
     /// A live source's underrun, overrun and idle counters.
     pub live: Option<crate::live::LiveStats>,
+}
+
+/// The little-endian u64 at `at` in an encoded datagram (its header's seq at 4, an Audio's ts
+/// at 12).
+fn le_u64(d: &[u8], at: usize) -> Option<u64> {
+    let b: [u8; 8] = d.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(b))
 }

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use audiocodec::AudioCodec;
 use futures::{Stream, StreamExt};
 use proto::EndReason;
 use proto::limits::{MAX_DATAGRAM, MIN_MTU};
@@ -77,6 +78,8 @@ pub struct Config {
     pub looping: bool,
     /// `--mtu`: largest datagram sent, in bytes.
     pub mtu: usize,
+    /// `--codec`: what the Audio datagrams carry (PCM, FLAC or Opus).
+    pub codec: AudioCodec,
     /// `--log-file`: also write the log here (used by the binary, not the library).
     pub log_file: Option<PathBuf>,
     /// `--rtp`, `--ttl`, `--sdp`, `--sap`: the RTP output beside the listeners (off when no
@@ -127,6 +130,7 @@ impl Config {
             start: StartMode::FirstClient,
             looping: false,
             mtu: proto::limits::DEFAULT_MTU,
+            codec: AudioCodec::Pcm,
             log_file: None,
             rtp: RtpConfig::default(),
             fec: FecChoice::Default,
@@ -185,6 +189,17 @@ impl Config {
         self.rtp.validate()?;
         if self.relay_from.is_some() && self.start == StartMode::FirstClient {
             return Err("--relay-from streams live: --start first-client cannot be used".into());
+        }
+        if let AudioCodec::Opus { bitrate } = self.codec
+            && !audiocodec::OPUS_BITRATES.contains(&bitrate)
+        {
+            return Err(audiocodec::CodecError::OpusBitrate(bitrate).to_string());
+        }
+        if self.codec != AudioCodec::Pcm && !self.rtp.dests.is_empty() {
+            return Err(format!(
+                "--rtp sends L16 PCM, so it needs --codec pcm, not {}",
+                audiocodec::codec_label(self.codec)
+            ));
         }
         Ok(())
     }
@@ -318,6 +333,17 @@ impl Server {
                 },
             )?,
         };
+        // The codec must carry the source (Opus: mono or stereo): refused here, in one line.
+        let si = source.info();
+        audiocodec::Encoder::new(
+            config.codec,
+            audiocodec::Format {
+                sample_rate: si.sample_rate,
+                channels: si.channels,
+            },
+            config.mtu,
+        )
+        .map_err(|e| StartError::Config(e.to_string()))?;
         config.repair = config
             .resolve_repair(source.info())
             .map_err(StartError::Config)?;
@@ -389,6 +415,9 @@ impl Server {
         let mut fanout = Fanout::new();
         fanout.detect(&self.socket);
         let mut endpoint = Endpoint::new(now, self.config.endpoint(), self.source);
+        endpoint
+            .set_codec(self.config.codec)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         // RTP is fed from the tick's Audio datagrams, with or without native listeners.
         endpoint.set_emit_always(self.rtp.is_some());
         let mut shell = Shell {
@@ -502,7 +531,7 @@ impl Shell {
             .map(|d| format!("{:.3}s", d.as_secs_f64()))
             .unwrap_or_else(|| "unknown".into());
         tracing::info!(
-            "on {}: streaming {} ({}, {} Hz, {} ch, {}) every {:?} in datagrams of <= {} bytes ({} frames), \
+            "on {}: streaming {} ({}, {} Hz, {} ch, {}) every {:?} as {} in datagrams of <= {} bytes ({} frames), \
              max {} listeners, client timeout {:?}, start {}, loop {}, fan-out by {}",
             self.local_addr,
             self.config.file.display(),
@@ -511,6 +540,7 @@ impl Shell {
             si.channels,
             duration,
             self.config.interval,
+            audiocodec::codec_label(self.endpoint.codec()),
             self.config.mtu,
             self.endpoint.frames_per_packet(),
             self.config.max_clients,
@@ -655,6 +685,7 @@ impl Shell {
                 tracing::debug!(loops, "looping to the start of the file");
             }
             Event::LoopStopped(why) => tracing::error!("{why}; stopping the loop"),
+            Event::EncodeFailed(e) => tracing::error!("{e}; that audio is lost"),
             Event::Corrupt { total } => {
                 tracing::warn!("{file}: skipped {total} corrupt packet(s) so far");
             }

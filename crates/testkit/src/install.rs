@@ -10,17 +10,22 @@ use anyhow::{Context, Result, bail};
 ///
 /// On a Debian/Ubuntu machine, missing packages are installed with apt-get when running as root
 /// (after `apt-get update`: a fresh machine's package lists can be empty); otherwise this fails
-/// with the exact command to run. Elsewhere it only checks what it can (ALSA through pkg-config)
-/// and says what to install.
+/// with the exact command to run. Elsewhere it only checks what it can (ALSA and Opus through
+/// pkg-config) and says what to install.
 pub fn ensure_packages(pkgs: &[&str]) -> Result<()> {
     if !on_path("dpkg-query") {
-        if pkgs.contains(&"libasound2-dev") && !pkg_config_has("alsa") {
-            bail!(
-                "the ALSA development files are missing (pkg-config cannot find `alsa`); \
-                 install your distribution's ALSA development package and pkg-config \
-                 (Debian names: {})",
-                pkgs.join(" ")
-            );
+        for (pkg, lib, what) in [
+            ("libasound2-dev", "alsa", "ALSA"),
+            ("libopus-dev", "opus", "Opus"),
+        ] {
+            if pkgs.contains(&pkg) && !pkg_config_has(lib) {
+                bail!(
+                    "the {what} development files are missing (pkg-config cannot find `{lib}`); \
+                     install your distribution's {what} development package and pkg-config \
+                     (Debian names: {})",
+                    pkgs.join(" ")
+                );
+            }
         }
         return Ok(());
     }

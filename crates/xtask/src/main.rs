@@ -10,8 +10,9 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result};
 use testkit::install;
 
-/// What every build needs: cpal links ALSA, found through pkg-config.
-const BUILD_PACKAGES: &[&str] = &["libasound2-dev", "pkg-config"];
+/// What every build needs: cpal links ALSA and the Opus codec links libopus, both found through
+/// pkg-config.
+const BUILD_PACKAGES: &[&str] = &["libasound2-dev", "libopus-dev", "pkg-config"];
 
 /// What the real-audio tests add: a private PulseAudio that ALSA's default device routes into
 /// (see docs/ARCHITECTURE.md, "Testing the real audio path headless").
@@ -38,6 +39,7 @@ usage: cargo xtask <command>
 commands:
   demo [ARGS...]   run the loopback demo (streamd + listen in one process);
                    ARGS go to the demo, e.g. `cargo xtask demo -- --listeners 3`
+                   or `cargo xtask demo -- --codec opus:96000`
   test [--repeat N] every check CI runs: fmt, clippy, the whole test suite; with --repeat,
                    then the real-time tests N more times (a flakiness check)
   bench-peers      compare earshot with snapserver and GStreamer (slow; not part of test)

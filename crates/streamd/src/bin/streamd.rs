@@ -10,12 +10,13 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use audiocodec::AudioCodec;
 use clap::{Parser, ValueEnum};
 use futures::Stream;
 use logfile::LogFile;
 use streamd::cli::{
-    parse_client_timeout, parse_fec, parse_format, parse_http_token, parse_interval, parse_latency,
-    parse_on_off, parse_relay_from, parse_rtp_dest,
+    parse_client_timeout, parse_codec, parse_fec, parse_format, parse_http_token, parse_interval,
+    parse_latency, parse_on_off, parse_relay_from, parse_rtp_dest,
 };
 use streamd::live::{OnIdle as LiveOnIdle, RawFormat};
 use streamd::server::{Config, FecChoice, Server, StartError, StartMode};
@@ -105,6 +106,10 @@ struct Cli {
     /// Largest datagram in bytes.
     #[arg(long, default_value_t = 1400, value_parser = clap::value_parser!(u16).range(576..=8192))]
     mtu: u16,
+    /// What the datagrams carry: pcm (s16le), flac (lossless, ~0.6 of PCM) or opus[:BITRATE]
+    /// (lossy, 48 kHz, mono or stereo; BITRATE in bit/s, 6000-510000, default 128000).
+    #[arg(long, default_value = "pcm", value_parser = parse_codec, value_name = "CODEC")]
+    codec: AudioCodec,
     /// Also write the log to this file (SIGHUP reopens it, for log rotation).
     #[arg(long, value_name = "PATH")]
     log_file: Option<PathBuf>,
@@ -174,6 +179,7 @@ impl Cli {
             OnIdle::End => LiveOnIdle::End,
         };
         c.mtu = usize::from(self.mtu);
+        c.codec = self.codec;
         c.log_file = self.log_file.clone();
         c.relay_from = self.relay_from.clone();
         c.rtp = streamd::rtp::output::RtpConfig {
