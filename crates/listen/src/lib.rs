@@ -15,6 +15,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod discover;
+pub mod drift;
 pub mod jitter;
 pub mod session;
 pub mod sink;
