@@ -114,6 +114,12 @@ pub trait Sink: Send {
     /// No more audio will come: flush, and return how long the caller must wait before dropping
     /// the sink for everything written to be heard.
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError>;
+
+    /// When a frame written at `now` will leave the output: after what the sink still holds
+    /// (the playout schedule and `--playout-log` need it). A sink that cannot tell says `now`.
+    fn output_at(&self, now: Instant) -> Instant {
+        now
+    }
 }
 
 /// A device that plays `rate` frames per second from a buffer of `capacity` frames, on the
@@ -164,6 +170,11 @@ impl VirtualDevice {
             .map_or(now, |t| t.max(now))
     }
 
+    /// When a frame written at `now` will be played: once everything written before it has.
+    pub fn output_at(&self, now: Instant) -> Instant {
+        self.busy_until.map_or(now, |b| b.max(now))
+    }
+
     /// Time until everything written has been played.
     pub fn remaining(&self, now: Instant) -> Duration {
         self.busy_until
@@ -203,6 +214,10 @@ impl Sink for NullSink {
     }
     fn refill_at(&self, now: Instant) -> Instant {
         self.dev.refill_at(now)
+    }
+
+    fn output_at(&self, now: Instant) -> Instant {
+        self.dev.output_at(now)
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         Ok(self.dev.remaining(now))
@@ -251,6 +266,10 @@ impl Sink for MemorySink {
     }
     fn refill_at(&self, now: Instant) -> Instant {
         self.dev.refill_at(now)
+    }
+
+    fn output_at(&self, now: Instant) -> Instant {
+        self.dev.output_at(now)
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         Ok(self.dev.remaining(now))
@@ -336,6 +355,10 @@ impl Sink for WavSink {
     }
     fn refill_at(&self, now: Instant) -> Instant {
         self.dev.refill_at(now)
+    }
+
+    fn output_at(&self, now: Instant) -> Instant {
+        self.dev.output_at(now)
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         if let Some(w) = self.writer.take() {
@@ -775,6 +798,12 @@ impl Sink for CpalSink {
 
     fn refill_at(&self, now: Instant) -> Instant {
         now + DEVICE_REFILL
+    }
+
+    fn output_at(&self, now: Instant) -> Instant {
+        // What the ring holds; the device's own buffer is not known here.
+        let queued = (self.capacity - self.producer.slots()) / self.dev_ch;
+        now + duration_of(queued as u64, self.dev_rate)
     }
 
     fn finish(&mut self, _now: Instant) -> Result<Duration, SinkError> {

@@ -1,0 +1,103 @@
+//! One room, one clock: the test knobs of `listen` (`--sim-clock-offset`, `--sim-clock-ppm`,
+//! `--playout-log`) over the real binaries.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// The `realtime_ns,frame` lines of a playout log.
+fn read_log(path: &Path) -> Vec<(i128, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            let (a, b) = l
+                .split_once(',')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Least-squares slope of frame against real time: frames per real second.
+fn frames_per_second(lines: &[(i128, u64)]) -> f64 {
+    let (t0, f0) = lines[0];
+    let pts: Vec<(f64, f64)> = lines
+        .iter()
+        .map(|&(t, f)| ((t - t0) as f64 / 1e9, (f - f0) as f64))
+        .collect();
+    let n = pts.len() as f64;
+    let mx = pts.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = pts.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    sxy / sxx
+}
+
+#[test]
+fn sim_clock_options_out_of_range_exit_2_naming_the_value_and_range() {
+    for (args, value, range) in [
+        (["--sim-clock-ppm", "600"], "600", "[-500, 500]"),
+        (["--sim-clock-ppm", "-500.5"], "-500.5", "[-500, 500]"),
+        (["--sim-clock-offset", "11s"], "11s", "[-10s, 10s]"),
+        (["--sim-clock-offset", "-12s"], "-12s", "[-10s, 10s]"),
+    ] {
+        let mut all = vec!["--server".to_string(), "127.0.0.1:9".into()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let mut p = Proc::spawn(&bin("listen"), &all, &[]);
+        assert_eq!(p.exit_code(SLOW), 2, "{args:?}: {}", p.stderr());
+        let err = p.stderr();
+        assert!(
+            err.contains(value) && err.contains(range),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_playout_log_runs_at_the_simulated_device_rate() {
+    let dir = tempdir();
+    let mut server = Server::start(&demo_clip(), &["--interval", "20ms"]);
+    let knobs = [(-0.3, "-300ms", 400.0, "400"), (2.0, "2s", -250.0, "-250")];
+    let mut listeners = Vec::new();
+    for (i, (_, off, _, ppm)) in knobs.iter().enumerate() {
+        let log = dir.path().join(format!("l{i}.csv"));
+        let l = Listener::start(
+            server.addr,
+            dir.path(),
+            &format!("l{i}"),
+            &[
+                "--sim-clock-offset",
+                off,
+                "--sim-clock-ppm",
+                ppm,
+                "--playout-log",
+                log.to_str().unwrap(),
+            ],
+        );
+        listeners.push((l, log));
+    }
+    for (i, (l, log)) in listeners.iter_mut().enumerate() {
+        assert_eq!(l.proc.exit_code(SLOW), 0, "{}", l.proc.stderr());
+        let (spec, _) = l.samples();
+        let lines = read_log(log);
+        let rate = f64::from(spec.sample_rate);
+        // A line at least every 10 ms of playback, frames in order.
+        assert!(lines.len() as f64 > 5.0 * 100.0, "{} lines", lines.len());
+        for w in lines.windows(2) {
+            assert!(w[1].1 > w[0].1, "frames out of order: {w:?}");
+            assert!(
+                (w[1].1 - w[0].1) as f64 <= rate / 100.0,
+                "gap in the log: {w:?}"
+            );
+        }
+        let want = knobs[i].2;
+        let got = (frames_per_second(&lines) / rate - 1.0) * 1e6;
+        eprintln!("listener {i}: device at {got:.2} ppm, knob {want}");
+        assert!((got - want).abs() < 5.0, "device at {got} ppm, knob {want}");
+    }
+    assert_eq!(server.proc.exit_code(SLOW), 0);
+}
