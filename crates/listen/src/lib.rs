@@ -18,6 +18,7 @@ pub mod discover;
 pub mod drift;
 pub mod jitter;
 pub mod playlog;
+pub mod schedule;
 pub mod session;
 pub mod simclock;
 pub mod sink;
