@@ -32,8 +32,8 @@ const SETTLED_PPM: f64 = 0.5;
 /// Errors beyond this (µs) are removed at once by skipping or waiting, counted as a resync.
 pub const RESYNC_US: f64 = 50_000.0;
 
-/// Proportional gain (1/s): an error is worked off with a time constant of 2 s.
-const KP: f64 = 0.5;
+/// Proportional gain (1/s): an error is worked off with a time constant of half a second.
+const KP: f64 = 2.0;
 
 /// Integral gain (1/s²): `KP² / 4`, the critically damped loop (no overshoot).
 const KI: f64 = KP * KP / 4.0;
@@ -127,6 +127,12 @@ impl DriftControl {
     /// device plays, because the device is slow against the server).
     pub fn correction_ppm(&self) -> f64 {
         self.correction * 1e6
+    }
+
+    /// The rate difference the servo has learned (ppm, the integral term; positive: the
+    /// device is slow against the server): what it corrects once the error is worked off.
+    pub fn learned_ppm(&self) -> f64 {
+        self.integral * 1e6
     }
 
     /// Hard corrections so far.
@@ -296,9 +302,9 @@ mod tests {
             // The servo consumes faster when the device is slow (negative ppm).
             let expect = -ppm / (1.0 + ppm * 1e-6);
             assert!(
-                (d.correction_ppm() - expect).abs() < 5.0,
-                "{ppm} ppm: correction {}",
-                d.correction_ppm()
+                (d.learned_ppm() - expect).abs() < 5.0,
+                "{ppm} ppm: learned {}",
+                d.learned_ppm()
             );
             // Over ten minutes the slips add up to the drift (~ppm × 28.8 M frames).
             let frames = 600.0 * f64::from(RATE);

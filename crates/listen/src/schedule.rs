@@ -12,8 +12,12 @@
 //! it should have started at, which a virtual device honours exactly, so a clean path starts
 //! on time to the frame and stays sample-exact.
 
+use std::time::{Duration, Instant};
+
 use crate::clock::ClockEstimator;
 use crate::drift::{DriftControl, ErrorHistogram, Resync};
+use crate::jitter::{JitterBuffer, duration_of};
+use crate::sink::{Sink, SinkError};
 
 /// How long to wait before asking again while the clock has no estimate yet (µs).
 pub const UNSYNCED_RETRY_US: u64 = 5_000;
@@ -196,14 +200,144 @@ impl SyncedPlayout {
         self.drift.resyncs()
     }
 
-    /// The servo's rate correction (ppm).
+    /// The servo's rate correction in force (ppm).
     pub fn correction_ppm(&self) -> f64 {
         self.drift.correction_ppm()
+    }
+
+    /// The device's rate against the server's clock as the servo learned it (ppm; positive:
+    /// the device is slow).
+    pub fn learned_ppm(&self) -> f64 {
+        self.drift.learned_ppm()
     }
 
     /// Whether the first frame has been played.
     pub fn started(&self) -> bool {
         self.started
+    }
+}
+
+/// The listener's clock in microseconds since an epoch, as `TimeRequest` carries it and the
+/// [`ClockEstimator`] works in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epoch(pub Instant);
+
+impl Epoch {
+    /// `t` in µs since the epoch (0 before it).
+    pub fn us(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.0).as_micros() as u64
+    }
+
+    /// The instant `us` µs after the epoch.
+    pub fn instant(&self, us: u64) -> Instant {
+        self.0 + Duration::from_micros(us)
+    }
+}
+
+/// What one synchronised feed played: for `--playout-log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fed {
+    /// The first stream frame written.
+    pub first: u64,
+    /// Stream frames written (after any skipped).
+    pub frames: u64,
+    /// When the first of them leaves the output (the listener's clock).
+    pub at: Instant,
+}
+
+/// Feeds a sink from a jitter buffer on the room's schedule: the synchronised counterpart of
+/// `Session::feed`.
+#[derive(Debug)]
+pub struct SyncedFeed {
+    playout: SyncedPlayout,
+    epoch: Epoch,
+    channels: usize,
+    taken: Vec<i16>,
+    out: Vec<i16>,
+}
+
+impl SyncedFeed {
+    /// A feed on `schedule` for `channels`-channel audio, timing in `epoch`'s microseconds.
+    pub fn new(schedule: Schedule, channels: u16, epoch: Epoch) -> Self {
+        Self {
+            playout: SyncedPlayout::new(schedule),
+            epoch,
+            channels: usize::from(channels.max(1)),
+            taken: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// The playout and its measurements.
+    pub fn playout(&self) -> &SyncedPlayout {
+        &self.playout
+    }
+
+    /// The playout, mutably (to take a report period's p99).
+    pub fn playout_mut(&mut self) -> &mut SyncedPlayout {
+        &mut self.playout
+    }
+
+    /// Gives `sink` what it asks for at `now`, from `jb`, on schedule. Returns when to feed
+    /// again at the latest (`None`: the stream has finished) and what was played.
+    pub fn feed(
+        &mut self,
+        now: Instant,
+        clock: &ClockEstimator,
+        jb: &mut JitterBuffer,
+        sink: &mut dyn Sink,
+    ) -> Result<(Option<Instant>, Option<Fed>), SinkError> {
+        if jb.is_finished() {
+            return Ok((None, None));
+        }
+        let want = sink.demand(now);
+        if want == 0 {
+            return Ok((Some(sink.refill_at(now)), None));
+        }
+        let out_at = sink.output_at(now);
+        let (start_at, skip, silence, take) =
+            match self
+                .playout
+                .step(clock, self.epoch.us(out_at), jb.position(), want)
+            {
+                Step::Wait { until } => {
+                    return Ok((Some(self.epoch.instant(until).max(now)), None));
+                }
+                Step::Play {
+                    start_at,
+                    skip,
+                    silence,
+                    take,
+                } => (start_at, skip, silence as usize, take),
+            };
+        let mut first_out = out_at;
+        if let Some(s) = start_at {
+            first_out = self.epoch.instant(s);
+            sink.start_at(now, first_out);
+        }
+        if skip > 0 {
+            jb.skip(skip);
+        }
+        let first = jb.position();
+        let ch = self.channels;
+        self.taken.clear();
+        let got = jb.pull_due(take, &mut self.taken);
+        self.out.clear();
+        self.out.resize(silence * ch, 0);
+        // The stream's last frames are written as they are.
+        let n_out = if got == take { want - silence } else { got };
+        self.out.resize((silence + n_out) * ch, 0);
+        crate::drift::stretch(&self.taken, ch, &mut self.out[silence * ch..]);
+        if !self.out.is_empty() {
+            sink.write(now, &self.out)?;
+        }
+        let fed = (got > 0).then(|| Fed {
+            first,
+            frames: got as u64,
+            at: first_out + duration_of(silence as u64, self.playout.schedule.rate),
+        });
+        let next = (!jb.is_finished()).then(|| sink.refill_at(now));
+        Ok((next, fed))
     }
 }
 
@@ -304,9 +438,9 @@ mod tests {
             assert!(p < 100.0, "{offset_s} s {ppm} ppm: p99 {p} µs");
             // The servo compensates the device's skew.
             assert!(
-                (sp.correction_ppm() + ppm).abs() < 20.0,
-                "{ppm} ppm: correction {}",
-                sp.correction_ppm()
+                (sp.learned_ppm() + ppm).abs() < 5.0,
+                "{ppm} ppm: learned {}",
+                sp.learned_ppm()
             );
         }
     }

@@ -120,6 +120,14 @@ pub trait Sink: Send {
     fn output_at(&self, now: Instant) -> Instant {
         now
     }
+
+    /// Synchronised playout: the next write (at `now`) is the first frame of a playout that
+    /// should have begun at `at` (at most a few milliseconds before the write). A virtual device starts
+    /// its clock there, so the schedule is kept to the frame; a device that cannot go back
+    /// ignores it (the schedule's servo absorbs the difference).
+    fn start_at(&mut self, now: Instant, at: Instant) {
+        let _ = (now, at);
+    }
 }
 
 /// A device that plays `rate` frames per second from a buffer of `capacity` frames, on the
@@ -132,6 +140,8 @@ pub struct VirtualDevice {
     capacity: u64,
     /// When everything written so far will have been played.
     busy_until: Option<Instant>,
+    /// `busy_until` is a start instant set by [`Self::start_at`] for the next write.
+    start_pending: bool,
 }
 
 impl VirtualDevice {
@@ -141,6 +151,7 @@ impl VirtualDevice {
             rate,
             capacity: frames_in(lead, rate).max(1),
             busy_until: None,
+            start_pending: false,
         }
     }
 
@@ -158,7 +169,10 @@ impl VirtualDevice {
 
     /// `frames` were written at `now`.
     pub fn wrote(&mut self, now: Instant, frames: u64) {
-        let from = self.busy_until.map_or(now, |b| b.max(now));
+        let from = match self.busy_until {
+            Some(b) if std::mem::take(&mut self.start_pending) => b,
+            b => b.map_or(now, |b| b.max(now)),
+        };
         self.busy_until = Some(from + duration_of(frames, self.rate));
     }
 
@@ -173,6 +187,15 @@ impl VirtualDevice {
     /// When a frame written at `now` will be played: once everything written before it has.
     pub fn output_at(&self, now: Instant) -> Instant {
         self.busy_until.map_or(now, |b| b.max(now))
+    }
+
+    /// The next write starts playing at `at`, even if that is already past (a synchronised
+    /// start that woke a little late); ignored while something is still playing.
+    pub fn start_at(&mut self, now: Instant, at: Instant) {
+        if self.busy_until.is_none_or(|b| b <= now) {
+            self.busy_until = Some(at);
+            self.start_pending = true;
+        }
     }
 
     /// Time until everything written has been played.
@@ -218,6 +241,10 @@ impl Sink for NullSink {
 
     fn output_at(&self, now: Instant) -> Instant {
         self.dev.output_at(now)
+    }
+
+    fn start_at(&mut self, now: Instant, at: Instant) {
+        self.dev.start_at(now, at);
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         Ok(self.dev.remaining(now))
@@ -270,6 +297,10 @@ impl Sink for MemorySink {
 
     fn output_at(&self, now: Instant) -> Instant {
         self.dev.output_at(now)
+    }
+
+    fn start_at(&mut self, now: Instant, at: Instant) {
+        self.dev.start_at(now, at);
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         Ok(self.dev.remaining(now))
@@ -359,6 +390,10 @@ impl Sink for WavSink {
 
     fn output_at(&self, now: Instant) -> Instant {
         self.dev.output_at(now)
+    }
+
+    fn start_at(&mut self, now: Instant, at: Instant) {
+        self.dev.start_at(now, at);
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         if let Some(w) = self.writer.take() {
