@@ -26,6 +26,7 @@ pub mod stats;
 pub mod status;
 pub mod stay;
 mod staying;
+pub mod sync;
 
 pub use client::run;
 pub use config::{Config, ListenError, Outcome, parse_duration};

@@ -245,6 +245,10 @@ pub struct Fed {
     pub at: Instant,
 }
 
+/// What [`SyncedFeed::feed`] returns: when to feed again at the latest (`None`: the stream
+/// has finished) and what was played.
+pub type FeedResult = Result<(Option<Instant>, Option<Fed>), SinkError>;
+
 /// Feeds a sink from a jitter buffer on the room's schedule: the synchronised counterpart of
 /// `Session::feed`.
 #[derive(Debug)]
@@ -286,7 +290,7 @@ impl SyncedFeed {
         clock: &ClockEstimator,
         jb: &mut JitterBuffer,
         sink: &mut dyn Sink,
-    ) -> Result<(Option<Instant>, Option<Fed>), SinkError> {
+    ) -> FeedResult {
         if jb.is_finished() {
             return Ok((None, None));
         }
