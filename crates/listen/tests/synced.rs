@@ -41,10 +41,28 @@ struct Run {
     errors: Vec<f64>,
     resyncs: u64,
     frames: u64,
+    concealed: u64,
 }
 
 /// `secs` of stream; the listener's clock `offset_ms` ahead and `ppm` fast.
 fn run(offset_ms: i64, ppm: i64, secs: u64, settle: f64) -> Run {
+    run_on(offset_ms, ppm, secs, settle, false)
+}
+
+/// Arrival of datagram `k`: 2 ms on the wire, plus (impaired) up to 5 ms of jitter.
+fn arrival(k: u64, impaired: bool) -> Duration {
+    let jitter = if impaired {
+        // A fixed scramble of k: uniform enough over 0..5 ms.
+        (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 5_000
+    } else {
+        0
+    };
+    Duration::from_micros(200_000 + k * 10_000 + 2_000 + jitter)
+}
+
+/// With `impaired`: 1 % of the datagrams lost, up to 5 ms of jitter (reordering included),
+/// and the clock exchanges' answers 1 ms slower than their requests half of the time.
+fn run_on(offset_ms: i64, ppm: i64, secs: u64, settle: f64, impaired: bool) -> Run {
     let base = Instant::now();
     let clock = SimClock::new(base, offset_ms * 1_000_000, ppm * 1_000);
     let epoch = Epoch(clock.local(base));
@@ -62,21 +80,29 @@ fn run(offset_ms: i64, ppm: i64, secs: u64, settle: f64) -> Run {
     let mut est = ClockEstimator::new();
     let mut feed = SyncedFeed::new(schedule, 2, epoch);
     let total = secs * u64::from(RATE) / FPP;
-    let mut sent = 0u64;
+    // Datagrams in order of arrival.
+    let mut pending: Vec<u64> = (0..total).collect();
+    pending.sort_by_key(|&k| arrival(k, impaired));
     let mut t = Duration::ZERO;
     let mut wake = Duration::ZERO;
     let mut errors = Vec::new();
     let local_us = |t: Duration| epoch.us(clock.local(base + t));
     loop {
         // Datagrams due by t (sent when due, 2 ms on the wire).
-        while sent < total && Duration::from_millis(200 + sent * 10 + 2) <= t {
+        while let Some(&k) = pending.first()
+            && arrival(k, impaired) <= t
+        {
+            pending.remove(0);
+            if impaired && k % 100 == 37 {
+                continue;
+            }
+            let sent = k;
             let pcm: Vec<u8> = (sent * FPP..(sent + 1) * FPP)
                 .flat_map(|f| [sample(f, 0), sample(f, 1)])
                 .flat_map(i16::to_le_bytes)
                 .collect();
             jb.push(sent * FPP, Bytes::from(pcm));
-            sent += 1;
-            if sent == total {
+            if pending.is_empty() {
                 jb.end(Some(total * FPP));
             }
         }
@@ -85,7 +111,12 @@ fn run(offset_ms: i64, ppm: i64, secs: u64, settle: f64) -> Run {
             let t1 = local_us(t);
             est.on_request_sent(t1);
             let t2 = server_us(t + Duration::from_micros(150));
-            let t4 = local_us(t + Duration::from_micros(310));
+            let slow = if impaired && est.samples() % 2 == 1 {
+                1_000
+            } else {
+                0
+            };
+            let t4 = local_us(t + Duration::from_micros(310 + slow));
             est.on_sample(t1, t2, t2 + 10, t4).unwrap();
         }
         if t >= wake {
@@ -108,8 +139,8 @@ fn run(offset_ms: i64, ppm: i64, secs: u64, settle: f64) -> Run {
         }
         // Advance to the next event: a datagram, an exchange or the feed.
         let mut next = wake;
-        if sent < total {
-            next = next.min(Duration::from_millis(200 + sent * 10 + 2));
+        if let Some(&k) = pending.first() {
+            next = next.min(arrival(k, impaired));
         }
         let ex = clock
             .real(epoch.instant(est.next_request_at()))
@@ -122,7 +153,9 @@ fn run(offset_ms: i64, ppm: i64, secs: u64, settle: f64) -> Run {
         );
     }
     let frames = (sink.samples().len() / 2) as u64;
+    let concealed = jb.counters().concealed_frames;
     Run {
+        concealed,
         samples: sink.samples().to_vec(),
         errors,
         resyncs: feed.playout().resyncs(),
@@ -171,4 +204,20 @@ fn the_device_starts_when_the_first_frame_is_due() {
     // The first measurement is the start itself: exact.
     assert!(r.errors[0] < 1.0, "start off by {} µs", r.errors[0]);
     let _ = MemorySink::new(RATE, 2).lead();
+}
+
+#[test]
+fn loss_jitter_and_slow_answers_do_not_move_the_schedule() {
+    for (off, ppm) in [(700, 200), (-1_500, -200)] {
+        let r = run_on(off, ppm, 60, 10.0, true);
+        assert_eq!(r.resyncs, 0, "{off} ms {ppm} ppm");
+        // 1 % of 480-frame datagrams lost: concealed in place.
+        assert!(
+            r.concealed >= 50 * 480,
+            "{off} ms {ppm} ppm: {} concealed",
+            r.concealed
+        );
+        let p = p99(&r.errors);
+        assert!(p < 100.0, "{off} ms {ppm} ppm: p99 {p} µs");
+    }
 }
