@@ -667,6 +667,9 @@ struct DeviceCounters {
     /// Samples of silence the data callback played after the first audio because the ring was
     /// short: rebuffering, or the client thread starved of CPU.
     starved: AtomicU64,
+    /// The device's own latency as the last callback predicted it (ns): from the callback to
+    /// the instant its first sample is played.
+    latency_ns: AtomicU64,
 }
 
 fn build_stream<T>(
@@ -686,7 +689,12 @@ where
         // available count is always a multiple of the channel count), converts the format,
         // pads with silence on a shortfall and counts it. No locks, allocation, logging or
         // blocking.
-        move |data: &mut [T], _| {
+        move |data: &mut [T], info: &cpal::OutputCallbackInfo| {
+            let ts = info.timestamp();
+            let latency = ts.playback.duration_since(ts.callback);
+            counters
+                .latency_ns
+                .store(latency.as_nanos() as u64, Ordering::Relaxed);
             let n = consumer.slots().min(data.len());
             let mut filled = 0;
             if let Ok(chunk) = consumer.read_chunk(n) {
@@ -836,9 +844,10 @@ impl Sink for CpalSink {
     }
 
     fn output_at(&self, now: Instant) -> Instant {
-        // What the ring holds; the device's own buffer is not known here.
+        // What the ring holds, then the device's own latency as its callback last saw it.
         let queued = (self.capacity - self.producer.slots()) / self.dev_ch;
-        now + duration_of(queued as u64, self.dev_rate)
+        let device = Duration::from_nanos(self.counters.latency_ns.load(Ordering::Relaxed));
+        now + duration_of(queued as u64, self.dev_rate) + device
     }
 
     fn finish(&mut self, _now: Instant) -> Result<Duration, SinkError> {
