@@ -76,15 +76,23 @@ impl SimClock {
         )
     }
 
-    /// The real instant at which the listener's clock reads `local`.
+    /// The first real instant (to the nanosecond) at which the listener's clock reads
+    /// `local`.
     pub fn real(&self, local: Instant) -> Instant {
         if self.is_real() {
             return local;
         }
-        // local = base + e·(1 + p) + offset, e = real − base.
+        // local = base + e·(1 + p) + offset, e = real − base; rounded up, so that the clock
+        // reads at least `local` then (a timer set there never fires early).
         let d = signed_ns(local, self.base) - i128::from(self.offset_ns);
-        let e = d * 1_000_000_000 / (1_000_000_000 + i128::from(self.ppb));
-        shift(self.base, e)
+        let den = 1_000_000_000 + i128::from(self.ppb);
+        let mut e = (d * 1_000_000_000).div_euclid(den);
+        let mut t = shift(self.base, e);
+        while self.local(t) < local && e < d.abs() + 1_000_000_000 {
+            e += 1;
+            t = shift(self.base, e);
+        }
+        t
     }
 }
 
