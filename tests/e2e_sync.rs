@@ -22,6 +22,26 @@ fn read_log(path: &Path) -> Vec<(i128, u64)> {
         .collect()
 }
 
+/// The longest run of lines whose real-time gaps match their frame gaps within 1 ms.
+fn longest_unbroken(lines: &[(i128, u64)], rate: f64) -> &[(i128, u64)] {
+    let mut best = (0, 0);
+    let mut start = 0;
+    for i in 1..=lines.len() {
+        let broken = i == lines.len() || {
+            let dt = (lines[i].0 - lines[i - 1].0) as f64 / 1e9;
+            let df = (lines[i].1 - lines[i - 1].1) as f64 / rate;
+            (dt - df).abs() > 0.001
+        };
+        if broken {
+            if i - start > best.1 - best.0 {
+                best = (start, i);
+            }
+            start = i;
+        }
+    }
+    &lines[best.0..best.1]
+}
+
 /// Least-squares slope of frame against real time: frames per real second.
 fn frames_per_second(lines: &[(i128, u64)]) -> f64 {
     let (t0, f0) = lines[0];
@@ -95,8 +115,15 @@ fn the_playout_log_runs_at_the_simulated_device_rate() {
             );
         }
         let want = knobs[i].2;
-        let got = (frames_per_second(&lines) / rate - 1.0) * 1e6;
-        eprintln!("listener {i}: device at {got:.2} ppm, knob {want}");
+        // A loaded machine can make the device run dry (a pause in the log): the rate is
+        // measured over the longest stretch without one.
+        let run = longest_unbroken(&lines, rate);
+        assert!(
+            run.len() as f64 > 3.0 * 200.0,
+            "{} lines unbroken",
+            run.len()
+        );
+        let got = (frames_per_second(run) / rate - 1.0) * 1e6;
         assert!((got - want).abs() < 5.0, "device at {got} ppm, knob {want}");
     }
     assert_eq!(server.proc.exit_code(SLOW), 0);

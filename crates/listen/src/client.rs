@@ -307,22 +307,10 @@ pub(crate) async fn drive_session(
             && let Some(s) = sink.as_mut()
             && !session.is_closed()
         {
-            let first = session.jitter_buffer().map(|jb| jb.position());
-            let out_at = s.sink.output_at(now);
             let fed = session.feed(now, s.sink.as_mut());
-            if let (Some(log), Some(first), Some(jb), Some(info)) = (
-                s.log.as_mut(),
-                first,
-                session.jitter_buffer(),
-                session.info(),
-            ) && jb.position() > first
-                && let Err(e) = log.played(
-                    &config.clock,
-                    info.sample_rate,
-                    first,
-                    jb.position() - first,
-                    out_at,
-                )
+            if let (Some(log), Some(f), Some(info)) =
+                (s.log.as_mut(), session.take_fed(), session.info())
+                && let Err(e) = log.played(&config.clock, info.sample_rate, f.first, f.frames, f.at)
             {
                 tracing::warn!("--playout-log: {e}; no longer written");
                 s.log = None;

@@ -58,8 +58,10 @@ use proto::{
 };
 
 use crate::jitter::{JitterBuffer, PlayoutCounters, duration_of};
+use crate::schedule::Fed;
 use crate::sink::{Sink, SinkError, VIRTUAL_LEAD};
 use crate::stats::{Arrival, ExitReason, Stats, Tracker};
+use crate::sync::ClockSync;
 
 /// Default jitter-buffer target (`--latency`).
 pub const DEFAULT_LATENCY: Duration = Duration::from_millis(100);
@@ -257,6 +259,10 @@ pub struct Session {
     buf: BytesMut,
     /// Frames pulled for [`Session::feed`] (reused).
     scratch: Vec<i16>,
+    /// Clock synchronisation and the synchronised playout ([`crate::sync`]).
+    sync: ClockSync,
+    /// What the last [`Session::feed`] played, for `--playout-log`.
+    fed: Option<Fed>,
 }
 
 impl Session {
@@ -279,9 +285,22 @@ impl Session {
             seq: 0,
             buf: BytesMut::with_capacity(256),
             scratch: Vec::new(),
+            sync: ClockSync::new(now),
+            fed: None,
         };
         s.queue_connect();
         s
+    }
+
+    /// Clock synchronisation and the synchronised playout.
+    pub fn sync(&self) -> &ClockSync {
+        &self.sync
+    }
+
+    /// What the last [`Self::feed`] played (first stream frame, frames, when the first leaves
+    /// the output), once: for `--playout-log`.
+    pub fn take_fed(&mut self) -> Option<Fed> {
+        self.fed.take()
     }
 
     /// The configuration it was made with.
@@ -619,8 +638,13 @@ impl Session {
         now: Instant,
         sink: &mut dyn Sink,
     ) -> Result<Option<Instant>, SinkError> {
+        if self.sync.is_synchronised() {
+            return self.feed_synced(now, sink);
+        }
         let want = sink.demand(now);
         let mut got = 0;
+        let first = self.stream.as_ref().map(|s| s.jb.position());
+        let at = sink.output_at(now);
         if want > 0 {
             let mut out = std::mem::take(&mut self.scratch);
             out.clear();
@@ -633,7 +657,57 @@ impl Session {
             self.scratch = out;
             written?;
         }
+        if let Some(first) = first
+            && got > 0
+        {
+            self.fed = Some(Fed {
+                first,
+                frames: got as u64,
+                at,
+            });
+        }
         Ok((got == want).then(|| sink.refill_at(now)))
+    }
+
+    /// [`Self::feed`] on the room's schedule ([`crate::schedule`]).
+    fn feed_synced(
+        &mut self,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) -> Result<Option<Instant>, SinkError> {
+        if self.phase == Phase::Closed {
+            return Ok(None);
+        }
+        let Some(s) = self.stream.as_deref_mut() else {
+            return Ok(None);
+        };
+        let Some(result) = self.sync.feed(now, &mut s.jb, sink) else {
+            return Ok(None);
+        };
+        let (next, fed) = result?;
+        if let Some(f) = fed {
+            self.fed = Some(f);
+            if !s.playing {
+                s.playing = true;
+                self.events.push_back(Event::Playing {
+                    buffered: s.jb.buffered(),
+                });
+            }
+        }
+        let u = s.jb.counters().underruns;
+        if u > s.underruns {
+            s.underruns = u;
+            self.events.push_back(Event::Underrun {
+                at: duration_of(s.jb.position(), s.info.sample_rate),
+                target: s.jb.target(),
+            });
+        }
+        if let Some((reason, _)) = s.end
+            && s.jb.is_finished()
+        {
+            self.close(reason);
+        }
+        Ok(next)
     }
 
     /// Ends the stream for `reason`: queues `Leave` and [`Event::Ended`].

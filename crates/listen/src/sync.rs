@@ -27,14 +27,14 @@ pub struct SyncReport {
 
 /// A session's clock synchronisation and synchronised playout. See the module docs.
 #[derive(Debug)]
-pub struct Sync {
+pub struct ClockSync {
     epoch: Epoch,
     clock: ClockEstimator,
     feed: Option<SyncedFeed>,
     rejected: u64,
 }
 
-impl Sync {
+impl ClockSync {
     /// Synchronisation for a session started at `now`.
     pub fn new(now: Instant) -> Self {
         Self {
@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn requests_follow_the_estimators_schedule_and_answers_feed_it() {
         let t0 = Instant::now();
-        let mut s = Sync::new(t0);
+        let mut s = ClockSync::new(t0);
         let t1 = s.poll_request(t0).unwrap();
         assert_eq!(t1, 0);
         assert_eq!(s.poll_request(t0 + Duration::from_millis(50)), None);
