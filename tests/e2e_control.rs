@@ -1,7 +1,7 @@
 //! The control plane (`streamd --http`) over real HTTP against the real binary with two real
 //! listeners (testkit peers, which report once a second): the status and listeners JSON,
 //! `/metrics` read by a strict text-format parser, the event stream, a kick (the listener gets
-//! `End{Evicted}` and the count drops), a live capacity of 1 (the next listener gets
+//! `End{Kicked}` and the count drops), a live capacity of 1 (the next listener gets
 //! `Reject{Full}`), 401 without the token, 404 for an unknown listener, 4xx for malformed
 //! requests (and garbage bytes), the token off loopback, usage errors of `--http-token`, and
 //! `--http` on a port in use.
@@ -271,11 +271,11 @@ fn the_control_plane_shows_kicks_and_limits_two_real_listeners() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
     assert_eq!(api.json("/api/status")["capacity"], 32, "no change yet");
 
-    // Kick a: it gets End{Evicted}; the count drops to 1.
+    // Kick a: it gets End{Kicked}; the count drops to 1.
     let (code, body) = api.post(&kick, Some(TOKEN), "");
     assert_eq!(code, 200, "{body}");
     let end = a.wait_for("End after the kick", |s| s.ends.first().map(|(_, e)| *e));
-    assert_eq!(end.reason, EndReason::Evicted);
+    assert_eq!(end.reason, EndReason::Kicked);
     poll(&api, "/api/status", |v| v["listeners"] == 1);
     let rows = api.json("/api/listeners");
     assert_eq!(rows[0]["address"], b_addr.to_string());

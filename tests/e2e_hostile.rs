@@ -1,8 +1,10 @@
 //! Hostile input while streaming: tens of thousands of random, truncated, oversized,
 //! wrong-version and replayed datagrams, forged cookies, a valid `Join` replayed from another
-//! address, and `Report`s / `Leave`s from strangers. The listener's audio must be unchanged, the
-//! server must neither crash nor grow, no stranger may receive audio, and no address may receive
-//! more bytes than it sent before it is validated (PROTOCOL.md §5.2). Half the flood comes from
+//! address, `Report`s / `Leave`s from strangers, and `Report`s / `Leave`s with a wrong session
+//! token from a joined listener's own address. The listener's audio must be unchanged, the
+//! server must neither crash nor grow, no stranger may receive audio, no address may receive
+//! more bytes than it sent before it is validated (PROTOCOL.md §5.2), and a wrong token neither
+//! ends a session nor keeps it alive nor gets an answer. Half the flood comes from
 //! tens of thousands of distinct source addresses (one per datagram, spread over 127.0.0.0/8,
 //! which Linux routes to `lo`), so any state the server kept per address would show in its
 //! memory.
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use common::*;
 use proto::limits::MIN_CONNECT_LEN;
-use proto::{Connect, Join, Message, Packet, Report, encode};
+use proto::{Connect, EndReason, Join, Leave, LeaveReason, Message, Packet, Report, encode};
 use rand::{Rng, SeedableRng};
 
 /// What one stranger socket sent and received.
@@ -79,7 +81,7 @@ fn connect() -> Bytes {
     enc(Packet::new(
         0,
         Message::Connect(Connect {
-            max_version: 1,
+            max_version: proto::VERSION,
             padding: vec![0; pad].into(),
         }),
     ))
@@ -107,7 +109,7 @@ fn handshake_join(s: &mut Stranger, server: SocketAddr) -> Bytes {
             ..
         }) = proto::decode(&buf[..n])
         {
-            break enc(Packet::new(1, Message::Join(Join { cookie: c.cookie })));
+            break enc(Packet::new(1, Message::Join(Join::new(c.cookie))));
         }
     };
     s.sock.set_nonblocking(true).unwrap();
@@ -117,12 +119,85 @@ fn handshake_join(s: &mut Stranger, server: SocketAddr) -> Bytes {
 /// How much the server's resident memory may grow under the flood.
 const RSS_SLACK_KIB: u64 = 2 * 1024;
 
+/// The server's `--client-timeout`: the victim's eviction comes this long after its Join.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A joined listener that goes quiet, and datagrams forged in its name from its own address.
+struct Victim {
+    peer: testkit::peer::Listener,
+    /// When its Welcome arrived.
+    joined: Instant,
+    /// A `Report` and a `Leave` with a wrong token, and a `Report` with the zero token.
+    forged: [Bytes; 3],
+    /// Forged datagrams sent while it was joined (as far as it knew).
+    sent: u64,
+    /// When it first saw its `End`.
+    ended: Option<Instant>,
+}
+
+impl Victim {
+    fn join(server: SocketAddr) -> Victim {
+        let config = testkit::peer::PeerConfig {
+            mute_after_join: true,
+            timeout: SLOW,
+            ..Default::default()
+        };
+        let peer = testkit::peer::Listener::join(server, config).unwrap();
+        let token = peer
+            .wait(SLOW, testkit::peer::Seen::token)
+            .expect("the victim was not welcomed");
+        let joined = Instant::now();
+        let mut wrong = token;
+        wrong[0] ^= 0xff;
+        let report = |token| {
+            enc(Packet::new(
+                3,
+                Message::Report(Report {
+                    token,
+                    received: 1,
+                    ..Report::default()
+                }),
+            ))
+        };
+        let leave = enc(Packet::new(
+            4,
+            Message::Leave(Leave {
+                token: wrong,
+                reason: LeaveReason::Interrupted,
+            }),
+        ));
+        Victim {
+            peer,
+            joined,
+            forged: [report(wrong), leave, report([0; proto::TOKEN_LEN])],
+            sent: 0,
+            ended: None,
+        }
+    }
+
+    /// Sends the forged datagrams from the victim's address while it is joined (no `End`
+    /// seen yet); false once it has been ended.
+    fn forge(&mut self) -> bool {
+        if self.peer.seen().end().is_some() {
+            self.ended.get_or_insert_with(Instant::now);
+            return false;
+        }
+        for d in &self.forged {
+            if self.peer.send_raw(d).is_ok() {
+                self.sent += 1;
+            }
+        }
+        true
+    }
+}
+
 #[test]
 fn hostile_traffic_changes_nothing_for_a_listener() {
     let clip = demo_clip();
     let (_, expected) = streamd::source::decode_all(&clip).unwrap();
     let dir = tempdir();
-    let mut server = Server::start(&clip, &[]);
+    let timeout = format!("{}s", CLIENT_TIMEOUT.as_secs());
+    let mut server = Server::start(&clip, &["--client-timeout", &timeout]);
     let addr = server.addr;
     let mut listener = Listener::start(addr, dir.path(), "l", &["--latency", "300ms"]);
     server
@@ -132,6 +207,7 @@ fn hostile_traffic_changes_nothing_for_a_listener() {
     // Streaming in its steady state: the listener plays.
     wait_for_audio(&listener);
     let rss_before = rss_kib(server.proc.pid());
+    let mut victim = Victim::join(addr);
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xea5);
     // Strangers that stay for the whole flood, each on its own address, so what each receives
@@ -148,7 +224,13 @@ fn hostile_traffic_changes_nothing_for_a_listener() {
         b.freeze()
     };
     let report = enc(Packet::new(3, Message::Report(Report::default())));
-    let leave = enc(Packet::new(4, Message::Leave));
+    let leave = enc(Packet::new(
+        4,
+        Message::Leave(Leave {
+            token: [0; proto::TOKEN_LEN],
+            reason: LeaveReason::Interrupted,
+        }),
+    ));
 
     const ROUNDS: usize = 2_000;
     const PER_ROUND: usize = 16; // 32,000 datagrams from the strangers over ~4 s
@@ -169,14 +251,18 @@ fn hostile_traffic_changes_nothing_for_a_listener() {
                 2 => vec![0x45; 8192 + rng.random_range(1..800)],
                 3 => {
                     let mut v = connect().to_vec();
-                    v[2] = rng.random_range(2..=255); // wrong version
+                    // Any version but this one.
+                    v[2] = rng.random_range(0..=254u8);
+                    if v[2] >= proto::VERSION {
+                        v[2] += 1;
+                    }
                     v
                 }
                 4 => join.to_vec(), // valid Join replayed from another address
                 5 => {
                     let mut cookie = [0u8; proto::COOKIE_LEN];
                     rng.fill(&mut cookie);
-                    enc(Packet::new(1, Message::Join(Join { cookie }))).to_vec()
+                    enc(Packet::new(1, Message::Join(Join::new(cookie)))).to_vec()
                 }
                 6 => {
                     if round % 2 == 0 {
@@ -208,6 +294,9 @@ fn hostile_traffic_changes_nothing_for_a_listener() {
         if round % 50 == 0 {
             strangers.iter_mut().for_each(Stranger::drain);
         }
+        if round % 10 == 0 {
+            victim.forge();
+        }
         // Pacing, not synchronisation: the flood is spread over seconds of streaming, so the
         // server's socket buffer is not simply full and the flood is read, not dropped.
         std::thread::sleep(Duration::from_micros(2_000));
@@ -220,6 +309,14 @@ fn hostile_traffic_changes_nothing_for_a_listener() {
     );
     strangers.iter_mut().for_each(Stranger::drain);
     let rss_after = rss_kib(server.proc.pid());
+    // Forged Reports are no keepalive: however long they keep coming, the quiet victim is
+    // evicted one client timeout after its Join.
+    let deadline = Instant::now() + SLOW;
+    while victim.forge() {
+        assert!(Instant::now() < deadline, "the victim was never evicted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let evicted_after = victim.ended.unwrap() - victim.joined;
     let stranger_datagrams: u64 = strangers.iter().map(|s| s.tally.datagrams).sum();
     assert!(
         stranger_datagrams >= 30_000,
@@ -254,7 +351,9 @@ fn hostile_traffic_changes_nothing_for_a_listener() {
     assert!(answered > 0, "no stranger got any answer at all");
     eprintln!(
         "strangers sent {stranger_datagrams} datagrams, got {answered} bytes back; \
-         {passer_datagrams} more from {passers_by} addresses; RSS {rss_before} -> {rss_after} KiB"
+         {passer_datagrams} more from {passers_by} addresses; RSS {rss_before} -> {rss_after} KiB; \
+         the victim got {} forged datagrams and was evicted {evicted_after:?} after its Join",
+        victim.sent
     );
     // 2 MiB over 32,000 addresses is 64 bytes per address: less than any table entry keyed by
     // a socket address with anything in it.
@@ -281,6 +380,32 @@ fn hostile_traffic_changes_nothing_for_a_listener() {
         None,
         "the listener's audio changed"
     );
+    // The victim: neither forged Leaves nor forged Reports changed its session. It got audio
+    // until the server evicted it for silence (a Leave taken as its own would have ended the
+    // audio without an End), no answer to any forged datagram while joined, and its End came
+    // within a client timeout (+ housekeeping and a loaded machine's margin) of its Join.
+    let (_, end) = victim.peer.seen().end().unwrap();
+    assert_eq!(end.reason, EndReason::Evicted, "{end:?}");
+    assert!(
+        victim.sent >= 30,
+        "only {} forged datagrams were sent",
+        victim.sent
+    );
+    assert!(
+        evicted_after < CLIENT_TIMEOUT + Duration::from_secs(3),
+        "evicted {evicted_after:?} after joining: forged Reports kept it alive"
+    );
+    {
+        let seen = victim.peer.seen();
+        assert!(seen.audio_before_end.is_some_and(|n| n > 0), "no audio");
+        let answers = &seen.control[..seen.control_before_end.unwrap()];
+        assert!(
+            answers
+                .iter()
+                .all(|(_, m)| matches!(m, Message::Challenge(_) | Message::Welcome(_))),
+            "a forged datagram was answered: {answers:?}"
+        );
+    }
     assert_eq!(server.proc.exit_code(SLOW), 0, "{}", server.proc.stderr());
     assert!(server.proc.wait_for_line("panic", Duration::ZERO).is_none());
 }

@@ -37,11 +37,7 @@ fn join_bytes(sock: &UdpSocket, server: SocketAddr) -> Vec<u8> {
             }) = proto::decode(&buf[..n])
         {
             let mut j = BytesMut::new();
-            proto::encode(
-                &Packet::new(1, Message::Join(Join { cookie: c.cookie })),
-                &mut j,
-            )
-            .unwrap();
+            proto::encode(&Packet::new(1, Message::Join(Join::new(c.cookie))), &mut j).unwrap();
             return j.to_vec();
         }
     }

@@ -59,7 +59,7 @@ fn audio(seq: u64) -> Bytes {
         seq,
         Message::Audio(Audio {
             ts: seq * 16,
-            pcm: Bytes::from(pcm),
+            payload: Bytes::from(pcm),
         }),
     ))
 }

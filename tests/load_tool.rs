@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use proto::limits::MIN_CONNECT_LEN;
 use proto::{
-    Challenge, End, EndReason, Message, Packet, Reject, RejectReason, SampleFormat, StreamInfo,
+    Challenge, End, EndReason, LeaveReason, Message, Packet, Reject, RejectReason, StreamInfo,
+    Token, Welcome,
 };
 use testkit::load::{self, LoadConfig};
 
@@ -37,8 +38,12 @@ struct Script {
 /// What the fake server saw.
 #[derive(Debug, Default)]
 struct Seen {
+    /// Reports carrying the sender's session token, per listener.
     reports: HashMap<SocketAddr, u64>,
-    leaves: HashSet<SocketAddr>,
+    /// Listeners that left with their token, and why.
+    leaves: HashMap<SocketAddr, LeaveReason>,
+    /// Reports and Leaves without the sender's token.
+    bad_tokens: u64,
     short_connects: u64,
 }
 
@@ -52,6 +57,21 @@ fn cookie(a: SocketAddr) -> [u8; 16] {
     c
 }
 
+/// The session token the fake server gives `a`: distinct from its cookie and per address.
+fn token(a: SocketAddr) -> Token {
+    let mut t = cookie(a);
+    t.iter_mut().for_each(|b| *b ^= 0x5a);
+    t
+}
+
+fn welcome(a: SocketAddr) -> Message {
+    Message::Welcome(Welcome {
+        token: token(a),
+        noise: bytes::Bytes::new(),
+        info: info(),
+    })
+}
+
 fn send(s: &UdpSocket, to: SocketAddr, msg: Message) {
     let mut b = BytesMut::new();
     proto::encode(&Packet::new(0, msg), &mut b).unwrap();
@@ -62,7 +82,12 @@ fn info() -> StreamInfo {
     StreamInfo {
         sample_rate: 44_100,
         channels: 2,
-        format: SampleFormat::S16Le,
+        codec: proto::AudioCodec::Pcm,
+        timeline: proto::Timeline::default(),
+        playout_delay_us: 50_000,
+        min_delay_us: 25_000,
+        repair: proto::Repair::default(),
+        multicast: None,
         interval_us: 20_000,
         frames_per_packet: 340,
         total_frames: None,
@@ -108,10 +133,10 @@ fn fake_server(script: Script) -> (SocketAddr, Arc<AtomicBool>, JoinHandle<Seen>
                     ),
                     Message::Join(j) if j.cookie == cookie(from) => {
                         if joined.contains(&from) {
-                            send(&sock, from, Message::Welcome(info()));
+                            send(&sock, from, welcome(from));
                         } else if joined.len() < script.capacity && next_tick.is_none() {
                             joined.push(from);
-                            send(&sock, from, Message::Welcome(info()));
+                            send(&sock, from, welcome(from));
                             if joined.len() == script.capacity {
                                 next_tick = Some(Instant::now());
                             }
@@ -122,11 +147,14 @@ fn fake_server(script: Script) -> (SocketAddr, Arc<AtomicBool>, JoinHandle<Seen>
                             send(&sock, from, Message::Reject(Reject { reason }));
                         }
                     }
-                    Message::Report(_) => *seen.reports.entry(from).or_default() += 1,
-                    Message::Leave => {
-                        seen.leaves.insert(from);
+                    Message::Report(r) if r.token == token(from) => {
+                        *seen.reports.entry(from).or_default() += 1;
+                    }
+                    Message::Leave(l) if l.token == token(from) => {
+                        seen.leaves.insert(from, l.reason);
                         left.insert(from);
                     }
+                    Message::Report(_) | Message::Leave(_) => seen.bad_tokens += 1,
                     _ => {}
                 }
             }
@@ -247,6 +275,10 @@ fn exact_counts_with_capacity_scripted_loss_end_and_skew() {
 
     // Keepalives: each listener was in the stream for 2 s, so it reported at least once.
     assert_eq!(seen.reports.len(), 3, "{:?}", seen.reports);
+    assert_eq!(
+        seen.bad_tokens, 0,
+        "a Report or Leave without its Welcome's token"
+    );
     assert_eq!(rep.tool.rx_queue_drops, 0);
 
     let json = serde_json::to_value(&rep).unwrap();
@@ -277,6 +309,15 @@ fn stops_after_duration_and_leaves() {
     assert_eq!(rep.accepted, 2);
     assert_eq!(rep.ended, 0);
     assert_eq!(seen.leaves.len(), 2, "both listeners sent Leave");
+    assert_eq!(
+        seen.bad_tokens, 0,
+        "a Report or Leave without its Welcome's token"
+    );
+    assert!(
+        seen.leaves.values().all(|&r| r == LeaveReason::Done),
+        "the tool's own limit: {:?}",
+        seen.leaves
+    );
     assert!(rep.totals.received > 0);
     assert_eq!(rep.totals.lost, 0, "{rep}");
     assert_eq!(rep.totals.short_at_end, 0);

@@ -504,10 +504,11 @@ impl RawListener {
             ..Default::default()
         };
         let peer = testkit::peer::Listener::join(server, config).unwrap();
-        let info = peer
-            .wait(SLOW, testkit::peer::Seen::joined)
-            .unwrap_or_else(|| panic!("no Welcome from {server}"))
-            .unwrap_or_else(|e| panic!("not joined to {server}: {e:?}"));
+        let info = match peer.wait(SLOW, testkit::peer::Seen::joined) {
+            Some(Ok(info)) => info,
+            Some(Err(e)) => panic!("not joined to {server}: {e:?}"),
+            None => panic!("no Welcome from {server}"),
+        };
         RawListener { peer, info }
     }
 

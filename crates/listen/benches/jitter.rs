@@ -8,13 +8,18 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use listen::jitter::JitterBuffer;
 use listen::stats::{Arrival, Tracker};
-use proto::{SampleFormat, StreamInfo};
+use proto::StreamInfo;
 
 fn info() -> StreamInfo {
     StreamInfo {
         sample_rate: 48_000,
         channels: 2,
-        format: SampleFormat::S16Le,
+        codec: proto::AudioCodec::Pcm,
+        timeline: proto::Timeline::default(),
+        playout_delay_us: 50_000,
+        min_delay_us: 25_000,
+        repair: proto::Repair::default(),
+        multicast: None,
         interval_us: 20_000,
         frames_per_packet: 240,
         total_frames: None,

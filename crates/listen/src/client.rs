@@ -19,14 +19,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use proto::limits::MAX_DATAGRAM;
-use proto::{RejectReason, StreamInfo};
+use proto::{LeaveReason, RejectReason, StreamInfo};
 use tokio::net::UdpSocket;
 use tokio::time::MissedTickBehavior;
 
 use crate::config::fmt_secs;
 use crate::jitter::duration_of;
 use crate::playlog::PlayoutLog;
-use crate::session::{Event, Session, SessionConfig};
+use crate::session::{Event, ListenerName, Session, SessionConfig};
 use crate::sink::{CpalSink, DEVICE_LEAD, Sink, SinkError, VIRTUAL_LEAD, WavSink};
 use crate::stats::{ExitReason, Stats, render_table};
 use crate::status::{STATUS_INTERVAL, StatusLine, fmt_position};
@@ -202,6 +202,10 @@ fn handshake_error(config: &Config, event: Event) -> Option<ListenError> {
             ListenError::Version { server, supported }
         }
         Event::Rejected(RejectReason::ShuttingDown) => ListenError::ShuttingDown { server },
+        Event::Rejected(RejectReason::BadKey) => ListenError::BadKey { server },
+        Event::Rejected(RejectReason::CodecUnsupported { codec }) => {
+            ListenError::Codec { server, codec }
+        }
         Event::Unplayable(detail) => ListenError::BadStream { server, detail },
         Event::NoAnswer { after } => ListenError::NoAnswer { server, after },
         _ => return None,
@@ -329,7 +333,7 @@ pub(crate) async fn drive_session(
                 Err(e) => {
                     // The listener cannot go on: it stopped, as if interrupted.
                     *failure = Some(e);
-                    session.leave(now);
+                    session.leave(now, LeaveReason::DeviceError);
                 }
             }
         }
@@ -356,7 +360,7 @@ pub(crate) async fn drive_session(
                             }
                         }
                         Err(e) => {
-                            session.leave(now);
+                            session.leave(now, LeaveReason::DeviceError);
                             error = Some(e);
                         }
                     }
@@ -424,7 +428,7 @@ pub(crate) async fn drive_session(
         match wake {
             Wake::Interrupt => {
                 *interrupted = true;
-                session.leave(now);
+                session.leave(now, LeaveReason::Interrupted);
             }
             Wake::Datagram(r) => {
                 match r {
@@ -466,6 +470,7 @@ pub(crate) fn new_session(config: &Config, server: SocketAddr, now: Instant) -> 
             timeout: config.timeout,
             sink_lead: sink_lead(config),
             playout: true,
+            name: ListenerName::new(&config.name),
         },
         now,
     )

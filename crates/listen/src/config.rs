@@ -45,6 +45,32 @@ pub struct Config {
     pub clock: SimClock,
     /// Write when each stream frame left the output to this CSV file (`--playout-log`).
     pub playout_log: Option<PathBuf>,
+    /// The name the Join carries (`--name`, default the host name).
+    pub name: String,
+}
+
+/// `--name`: printable and at most [`proto::limits::MAX_NAME`] bytes, or the error naming it.
+pub fn check_name(name: &str) -> Result<&str, String> {
+    if name.len() > proto::limits::MAX_NAME {
+        return Err(format!(
+            "--name {name:?} is {} bytes, more than {}",
+            name.len(),
+            proto::limits::MAX_NAME
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("--name {name:?} holds control characters"));
+    }
+    Ok(name)
+}
+
+/// This machine's host name (the default `--name`), or "" when it cannot be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| check_name(h).is_ok())
+        .unwrap_or_default()
 }
 
 impl Config {
@@ -65,6 +91,7 @@ impl Config {
             discovered: None,
             clock: SimClock::real_clock(),
             playout_log: None,
+            name: String::new(),
         }
     }
 }
@@ -148,6 +175,22 @@ pub enum ListenError {
         /// As given.
         server: String,
     },
+    /// The room is keyed and our key (or lack of one) did not match.
+    #[error(
+        "server {server} refused the key: the room's key does not match this listener's (--key-file)"
+    )]
+    BadKey {
+        /// As given.
+        server: String,
+    },
+    /// The server streams a codec this listener cannot decode.
+    #[error("server {server} streams codec {codec}, which this listener cannot decode")]
+    Codec {
+        /// As given.
+        server: String,
+        /// The codec's wire index.
+        codec: u32,
+    },
     /// The `Welcome` described a stream this client cannot play.
     #[error("server {server} sent an unusable stream description: {detail}")]
     BadStream {
@@ -178,7 +221,9 @@ impl ListenError {
         match self {
             ListenError::Full { .. }
             | ListenError::Version { .. }
-            | ListenError::ShuttingDown { .. } => 3,
+            | ListenError::ShuttingDown { .. }
+            | ListenError::BadKey { .. }
+            | ListenError::Codec { .. } => 3,
             ListenError::NoAnswer { .. } => 4,
             _ => 1,
         }

@@ -17,8 +17,9 @@
 //! - the end: `End` (played out first, with trailing loss of a finished stream concealed only as
 //!   far as the missing datagrams reach), `Error{NotJoined}` (evicted), server silence past
 //!   `max(timeout, 2 × the server's interval)` (the server is silent between bursts by design),
-//!   or [`Session::leave`] (the user's interrupt). A `Leave` is queued on every exit after the
-//!   handshake began, except when the server refused us or never answered.
+//!   or [`Session::leave`] (the user's interrupt, a device error). A `Leave` carrying the
+//!   session token and the reason is queued on every exit once joined (before the Welcome
+//!   there is no token, and nothing to leave).
 //!
 //! Datagrams from any address other than the server's are counted as foreign and dropped;
 //! anything from the server that does not decode, or makes no sense where it comes, is counted
@@ -32,7 +33,7 @@
 //!     // 1. input, each with the `now` of this wake-up:
 //!     //    s.handle(now, from, datagram) for every datagram received,
 //!     //    s.handle_timeout(now) when now >= s.poll_timeout(),
-//!     //    s.leave(now) on the user's interrupt,
+//!     //    s.leave(now, reason) on the user's interrupt or a device error,
 //!     //    s.feed(now, &mut sink) (or s.pull(now, n, &mut out)) when the sink wants audio;
 //!     // 2. drain until None: s.poll_transmit(now) (send each to its destination),
 //!     //    then s.poll_event() (react: open a sink on Joined, stop on a terminal event);
@@ -53,8 +54,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use proto::limits::{HEADER_LEN, MAX_PAYLOAD, MIN_CONNECT_LEN, REPORT_INTERVAL};
 use proto::{
-    COOKIE_LEN, Connect, DecodeError, ErrorCode, ErrorMsg, Join, Message, Packet, RejectReason,
-    SampleFormat, StreamInfo,
+    COOKIE_LEN, Connect, DecodeError, ErrorCode, ErrorMsg, Join, Leave, LeaveReason, Message,
+    Packet, RejectReason, StreamInfo, Token,
 };
 
 use crate::jitter::{JitterBuffer, PlayoutCounters, duration_of};
@@ -104,6 +105,56 @@ pub struct SessionConfig {
     /// tracker, the reports), never buffered, so a session nobody pulls from (a load tool's
     /// simulated listener) holds no audio; an `End` then ends the session at once.
     pub playout: bool,
+    /// The name the `Join` carries, for the server's operator.
+    pub name: ListenerName,
+}
+
+/// The codecs this listener decodes, as `Join.codecs` bits.
+pub const SUPPORTED_CODECS: u32 = 1 << 0;
+
+/// What this listener can do besides playing, as `Join.features` bits.
+pub const SUPPORTED_FEATURES: u32 = 0;
+
+/// A listener's name, at most [`proto::limits::MAX_NAME`] bytes, held inline so that a
+/// [`SessionConfig`] stays `Copy` (a staying listener makes a session per rejoin).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ListenerName {
+    bytes: [u8; proto::limits::MAX_NAME],
+    len: u8,
+}
+
+impl ListenerName {
+    /// `name`, cut at a character boundary to fit.
+    pub fn new(name: &str) -> Self {
+        let mut cut = name.len().min(proto::limits::MAX_NAME);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut bytes = [0u8; proto::limits::MAX_NAME];
+        bytes[..cut].copy_from_slice(&name.as_bytes()[..cut]);
+        Self {
+            bytes,
+            len: cut as u8,
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        // Built from a `&str` cut at a char boundary, so always UTF-8.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl Default for ListenerName {
+    fn default() -> Self {
+        Self::new("")
+    }
+}
+
+impl std::fmt::Debug for ListenerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 impl SessionConfig {
@@ -115,6 +166,7 @@ impl SessionConfig {
             timeout: DEFAULT_TIMEOUT,
             sink_lead: VIRTUAL_LEAD,
             playout: true,
+            name: ListenerName::default(),
         }
     }
 }
@@ -215,6 +267,8 @@ struct Handshake {
 struct Stream {
     /// The stream as the server described it.
     info: StreamInfo,
+    /// The session token every message to the server carries.
+    token: Token,
     /// The playout.
     jb: JitterBuffer,
     /// How long the server may be silent (also the grace after the end has played out).
@@ -263,6 +317,8 @@ pub struct Session {
     sync: ClockSync,
     /// What the last [`Session::feed`] played, for `--playout-log`.
     fed: Option<Fed>,
+    /// What the `Leave` says when the session closes.
+    leave_reason: Option<LeaveReason>,
 }
 
 impl Session {
@@ -287,6 +343,7 @@ impl Session {
             scratch: Vec::new(),
             sync: ClockSync::new(now),
             fed: None,
+            leave_reason: None,
         };
         s.queue_connect();
         s
@@ -391,11 +448,11 @@ impl Session {
         match p.msg {
             Message::Challenge(c) => {
                 self.handshake.cookie = Some(c.cookie);
-                self.transmits
-                    .push_back(Message::Join(Join { cookie: c.cookie }));
+                let join = self.join(c.cookie);
+                self.transmits.push_back(join);
                 self.events.push_back(Event::Challenged);
             }
-            Message::Welcome(info) => self.welcome(now, info),
+            Message::Welcome(w) => self.welcome(now, w.token, w.info),
             Message::Reject(r) => self.fail(Event::Rejected(r.reason)),
             // Before our Welcome audio cannot be placed; the Welcome will come again.
             Message::Audio(_) => {}
@@ -404,9 +461,22 @@ impl Session {
         }
     }
 
-    fn welcome(&mut self, now: Instant, info: StreamInfo) {
+    fn join(&self, cookie: [u8; COOKIE_LEN]) -> Message {
+        Message::Join(Join {
+            cookie,
+            name: self.config.name.as_str().to_owned(),
+            codecs: SUPPORTED_CODECS,
+            features: SUPPORTED_FEATURES,
+            noise: Bytes::new(),
+        })
+    }
+
+    fn welcome(&mut self, now: Instant, token: Token, info: StreamInfo) {
         if let Err(detail) = check_welcome(&info) {
-            self.transmits.push_back(Message::Leave);
+            self.transmits.push_back(Message::Leave(Leave {
+                token,
+                reason: LeaveReason::Done,
+            }));
             self.fail(Event::Unplayable(detail));
             return;
         }
@@ -416,6 +486,7 @@ impl Session {
         tracker.count_ignored(self.tracker.garbage(), self.tracker.foreign());
         self.tracker = tracker;
         self.stream = Some(Box::new(Stream {
+            token,
             received_end: info.start_ts,
             info: info.clone(),
             jb,
@@ -443,16 +514,17 @@ impl Session {
             // Not a whole number of frames (or none): malformed for this stream (docs/PROTOCOL.md
             // §4.3), counted and dropped before it counts as received.
             Message::Audio(a)
-                if a.pcm.is_empty() || a.pcm.len() % s.info.bytes_per_frame().max(1) != 0 =>
+                if a.payload.is_empty()
+                    || a.payload.len() % s.info.bytes_per_frame().max(1) != 0 =>
             {
                 self.tracker.on_garbage();
             }
             Message::Audio(a) => {
                 if self.tracker.on_audio(now, p.seq, a.ts) == Arrival::New {
-                    let frames = (a.pcm.len() / s.info.bytes_per_frame().max(1)) as u64;
+                    let frames = (a.payload.len() / s.info.bytes_per_frame().max(1)) as u64;
                     s.received_end = s.received_end.max(a.ts.saturating_add(frames));
                     if self.config.playout {
-                        s.jb.push(a.ts, a.pcm);
+                        s.jb.push(a.ts, a.payload);
                     }
                 }
             }
@@ -533,7 +605,10 @@ impl Session {
                 h.backoff = (h.backoff * 2).min(HANDSHAKE_RETRY_MAX);
                 h.retry_at = (now + h.backoff).min(h.deadline);
                 match h.cookie {
-                    Some(cookie) => self.transmits.push_back(Message::Join(Join { cookie })),
+                    Some(cookie) => {
+                        let join = self.join(cookie);
+                        self.transmits.push_back(join);
+                    }
                     None => self.queue_connect(),
                 }
             }
@@ -550,7 +625,7 @@ impl Session {
                 if now >= s.next_report {
                     s.next_report = now + REPORT_INTERVAL;
                     let buffered_ms = s.jb.buffered().as_millis().min(u128::from(u32::MAX)) as u32;
-                    let r = self.tracker.report(&s.jb.counters(), buffered_ms);
+                    let r = self.tracker.report(s.token, &s.jb.counters(), buffered_ms);
                     self.transmits.push_back(Message::Report(r));
                 }
             }
@@ -566,10 +641,12 @@ impl Session {
         }
     }
 
-    /// The user interrupts at `now`: the session ends ([`ExitReason::Interrupted`]) and a
-    /// `Leave` is queued. Does nothing once closed.
-    pub fn leave(&mut self, _now: Instant) {
+    /// The listener stops at `now` for `why` (Ctrl-C, SIGTERM, a device error): the session
+    /// ends ([`ExitReason::Interrupted`]) and a `Leave` saying `why` is queued. Does nothing
+    /// once closed.
+    pub fn leave(&mut self, _now: Instant, why: LeaveReason) {
         if self.phase != Phase::Closed {
+            self.leave_reason = Some(why);
             self.close(ExitReason::Interrupted);
         }
     }
@@ -710,11 +787,21 @@ impl Session {
         Ok(next)
     }
 
-    /// Ends the stream for `reason`: queues `Leave` and [`Event::Ended`].
+    /// Ends the stream for `reason`: queues `Leave` (when joined) and [`Event::Ended`].
     fn close(&mut self, reason: ExitReason) {
         self.phase = Phase::Closed;
         self.exit = Some(reason);
-        self.transmits.push_back(Message::Leave);
+        if let Some(s) = self.stream.as_deref() {
+            let why = self.leave_reason.unwrap_or(match reason {
+                ExitReason::Timeout => LeaveReason::Timeout,
+                ExitReason::Interrupted => LeaveReason::Interrupted,
+                _ => LeaveReason::Done,
+            });
+            self.transmits.push_back(Message::Leave(Leave {
+                token: s.token,
+                reason: why,
+            }));
+        }
         self.events.push_back(Event::Ended(reason));
     }
 
@@ -757,8 +844,11 @@ pub fn check_welcome(info: &StreamInfo) -> Result<(), String> {
             info.frames_per_packet
         ));
     }
-    if info.format != SampleFormat::S16Le {
-        return Err("unknown sample format".to_owned());
+    if info.codec.bit() & SUPPORTED_CODECS == 0 {
+        return Err(format!(
+            "codec {} is not one this listener decodes",
+            info.codec.name()
+        ));
     }
     let interval = Duration::from_micros(u64::from(info.interval_us));
     if interval.is_zero() || interval > MAX_WELCOME_INTERVAL {

@@ -50,7 +50,7 @@ impl From<proto::EndReason> for ExitReason {
         match r {
             proto::EndReason::Finished => ExitReason::Finished,
             proto::EndReason::Shutdown => ExitReason::Shutdown,
-            proto::EndReason::Evicted => ExitReason::Evicted,
+            proto::EndReason::Evicted | proto::EndReason::Kicked => ExitReason::Evicted,
         }
     }
 }
@@ -230,8 +230,14 @@ impl Tracker {
     }
 
     /// The receiver report sent to the server every [`proto::limits::REPORT_INTERVAL`].
-    pub fn report(&self, playout: &PlayoutCounters, buffered_ms: u32) -> proto::Report {
+    pub fn report(
+        &self,
+        token: proto::Token,
+        playout: &PlayoutCounters,
+        buffered_ms: u32,
+    ) -> proto::Report {
         proto::Report {
+            token,
             received: self.received,
             lost: self.lost(),
             late: playout.late,
@@ -240,6 +246,9 @@ impl Tracker {
             highest_seq: self.highest.unwrap_or(0),
             jitter_us: (self.jitter_ms() * 1000.0).round() as u32,
             buffered_ms,
+            concealed_ms: playout.concealed_frames.saturating_mul(1000)
+                / u64::from(self.rate.max(1)),
+            ..proto::Report::default()
         }
     }
 }

@@ -179,6 +179,22 @@ async fn signal_ends_with_exit_0_stats_and_leave(signal: &str) {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["end_reason"], "interrupted");
     assert!(srv.wait(WAIT, |l| l.leaves >= 1).await, "no Leave");
+    let log = srv.log.lock().unwrap();
+    assert_eq!(
+        log.bad_tokens, 0,
+        "a Report or Leave without the Welcome's token"
+    );
+    let why = log.leave_reasons.as_slice();
+    // SIGTERM may say Terminated (the protocol has the reason) or Interrupted; SIGINT is the
+    // user's Ctrl-C.
+    let ok = match signal {
+        "INT" => why == [proto::LeaveReason::Interrupted],
+        _ => matches!(
+            why,
+            [proto::LeaveReason::Terminated | proto::LeaveReason::Interrupted]
+        ),
+    };
+    assert!(ok, "SIG{signal}: Leave reasons {why:?}");
 }
 
 #[test]

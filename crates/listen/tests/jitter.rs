@@ -8,7 +8,7 @@ use bytes::Bytes;
 use listen::jitter::{FADE, JitterBuffer, MIN_MARGIN, State, frames_in};
 use listen::sink::VirtualDevice;
 use listen::stats::{Arrival, Tracker};
-use proto::{SampleFormat, StreamInfo};
+use proto::StreamInfo;
 
 /// The client's playout tick in these simulations (the real client uses the same value).
 const TICK: Duration = Duration::from_millis(5);
@@ -19,7 +19,12 @@ fn info(rate: u32, channels: u16, interval: Duration, fpp: u32, start: (u64, u64
     StreamInfo {
         sample_rate: rate,
         channels,
-        format: SampleFormat::S16Le,
+        codec: proto::AudioCodec::Pcm,
+        timeline: proto::Timeline::default(),
+        playout_delay_us: 50_000,
+        min_delay_us: 25_000,
+        repair: proto::Repair::default(),
+        multicast: None,
         interval_us: interval.as_micros() as u32,
         frames_per_packet: fpp,
         total_frames: None,

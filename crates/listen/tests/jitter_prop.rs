@@ -7,13 +7,18 @@ use bytes::Bytes;
 use listen::jitter::JitterBuffer;
 use listen::stats::{Arrival, Tracker};
 use proptest::prelude::*;
-use proto::{SampleFormat, StreamInfo};
+use proto::StreamInfo;
 
 fn info() -> StreamInfo {
     StreamInfo {
         sample_rate: 1000,
         channels: 1,
-        format: SampleFormat::S16Le,
+        codec: proto::AudioCodec::Pcm,
+        timeline: proto::Timeline::default(),
+        playout_delay_us: 50_000,
+        min_delay_us: 25_000,
+        repair: proto::Repair::default(),
+        multicast: None,
         interval_us: 10_000,
         frames_per_packet: 10,
         total_frames: None,

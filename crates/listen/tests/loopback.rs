@@ -64,6 +64,14 @@ async fn wav_is_the_stream_sample_for_sample_when_nothing_is_lost() {
     );
     assert!(samples == source(TOTAL), "WAV differs from the source");
     assert!(srv.wait(WAIT, |l| l.leaves >= 1).await, "no Leave");
+    {
+        let log = srv.log.lock().unwrap();
+        assert_eq!(log.leave_reasons, [proto::LeaveReason::Done]);
+        assert_eq!(
+            log.bad_tokens, 0,
+            "a Report or Leave without the Welcome's token"
+        );
+    }
     let log = srv.log.lock().unwrap();
     assert!(!log.reports.is_empty(), "no Report in 1.2 s");
     // Connect is padded to the anti-amplification minimum.
@@ -240,14 +248,14 @@ async fn a_full_server_is_reported_with_exit_3() {
 async fn a_version_mismatch_is_exit_3() {
     let tmp = Tmp::new();
     let addr = responder(Answer::Reject(RejectReason::UnsupportedVersion {
-        supported: 2,
+        supported: 3,
     }))
     .await;
     let e = run(config(addr, tmp.path("version.wav")))
         .await
         .unwrap_err();
     assert_eq!(e.exit_code(), 3);
-    assert!(e.to_string().contains("version 2"), "{e}");
+    assert!(e.to_string().contains("version 3"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,9 +263,9 @@ async fn a_server_answering_in_another_version_is_exit_3_at_once() {
     let tmp = Tmp::new();
     let addr = responder(Answer::FutureVersion).await;
     let t = Instant::now();
-    let e = run(config(addr, tmp.path("v2.wav"))).await.unwrap_err();
+    let e = run(config(addr, tmp.path("v3.wav"))).await.unwrap_err();
     assert_eq!(e.exit_code(), 3);
-    assert!(e.to_string().contains("version 2"), "{e}");
+    assert!(e.to_string().contains("version 3"), "{e}");
     assert!(
         t.elapsed() < Duration::from_secs(1),
         "waited for the timeout"
@@ -329,6 +337,14 @@ async fn silence_mid_stream_is_a_timeout_with_exit_4() {
         serde_json::from_str(&std::fs::read_to_string(c.stats_json.unwrap()).unwrap()).unwrap();
     assert_eq!(v["end_reason"], "timeout");
     assert!(srv.wait(WAIT, |l| l.leaves >= 1).await, "no Leave");
+    {
+        let log = srv.log.lock().unwrap();
+        assert_eq!(log.leave_reasons, [proto::LeaveReason::Timeout]);
+        assert_eq!(
+            log.bad_tokens, 0,
+            "a Report or Leave without the Welcome's token"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,6 +440,14 @@ async fn interrupt_ends_with_exit_0_and_leave() {
     assert_eq!(o.exit_code(), 0);
     assert!(o.stats.received > 0);
     assert!(srv.wait(WAIT, |l| l.leaves >= 1).await, "no Leave");
+    {
+        let log = srv.log.lock().unwrap();
+        assert_eq!(log.leave_reasons, [proto::LeaveReason::Interrupted]);
+        assert_eq!(
+            log.bad_tokens, 0,
+            "a Report or Leave without the Welcome's token"
+        );
+    }
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(c.stats_json.unwrap()).unwrap()).unwrap();
     assert_eq!(v["end_reason"], "interrupted");

@@ -15,8 +15,8 @@ use listen::session::{
 use listen::sink::{MemorySink, NullSink, Sink};
 use proto::limits::{MAX_PAYLOAD, MIN_CONNECT_LEN, REPORT_INTERVAL};
 use proto::{
-    Challenge, End, EndReason, ErrorCode, ErrorMsg, Message, Packet, Reject, RejectReason, Report,
-    SampleFormat, StreamInfo,
+    Challenge, End, EndReason, ErrorCode, ErrorMsg, Leave, LeaveReason, Message, Packet, Reject,
+    RejectReason, Report, StreamInfo, Token, Welcome,
 };
 
 /// Frames per datagram of the test stream (5 ms at 48 kHz).
@@ -25,6 +25,8 @@ const FPP: u64 = 240;
 const CH: usize = 2;
 /// First seq of the test stream.
 const SEQ0: u64 = 1000;
+/// The session token of the test server's Welcome.
+const TOKEN: Token = [0x5e; proto::TOKEN_LEN];
 
 fn server() -> SocketAddr {
     "127.0.0.1:4000".parse().unwrap()
@@ -45,7 +47,12 @@ fn info(total: u64) -> StreamInfo {
     StreamInfo {
         sample_rate: 48_000,
         channels: CH as u16,
-        format: SampleFormat::S16Le,
+        codec: proto::AudioCodec::Pcm,
+        timeline: proto::Timeline::default(),
+        playout_delay_us: 50_000,
+        min_delay_us: 25_000,
+        repair: proto::Repair::default(),
+        multicast: None,
         interval_us: 20_000,
         frames_per_packet: FPP as u32,
         total_frames: Some(total),
@@ -66,7 +73,19 @@ fn challenge(cookie: u8) -> Bytes {
 }
 
 fn welcome(info: &StreamInfo) -> Bytes {
-    enc(Message::Welcome(info.clone()))
+    enc(Message::Welcome(Welcome {
+        token: TOKEN,
+        noise: Bytes::new(),
+        info: info.clone(),
+    }))
+}
+
+/// The Leave a joined session sends: the Welcome's token and `reason`.
+fn leave(reason: LeaveReason) -> Message {
+    Message::Leave(Leave {
+        token: TOKEN,
+        reason,
+    })
 }
 
 /// Datagram `i` of the stream (seq 1000 + i, frames from i × 240), with distinct samples.
@@ -117,7 +136,7 @@ fn joined(cfg: SessionConfig, info: &StreamInfo) -> (Session, Instant, Instant) 
     s.handle(t0 + ms(10), server(), &challenge(1));
     assert_eq!(
         sent(&mut s, t0 + ms(10)),
-        vec![Message::Join(proto::Join { cookie: [1; 16] })]
+        vec![Message::Join(proto::Join::new([1; 16]))]
     );
     let tw = t0 + ms(20);
     s.handle(tw, server(), &welcome(info));
@@ -238,7 +257,7 @@ fn a_lost_challenge_is_recovered_by_the_resent_connect() {
     s.handle(t0 + ms(260), server(), &challenge(4));
     assert_eq!(
         sent(&mut s, t0 + ms(260)),
-        vec![Message::Join(proto::Join { cookie: [4; 16] })]
+        vec![Message::Join(proto::Join::new([4; 16]))]
     );
     let i = info(48_000);
     s.handle(t0 + ms(270), server(), &welcome(&i));
@@ -257,18 +276,18 @@ fn a_lost_join_is_resent_with_the_cookie_and_a_fresh_challenge_replaces_it() {
     s.handle_timeout(t0 + ms(250));
     assert_eq!(
         sent(&mut s, t0 + ms(250)),
-        vec![Message::Join(proto::Join { cookie: [1; 16] })]
+        vec![Message::Join(proto::Join::new([1; 16]))]
     );
     // The server's epoch moved on: a fresh Challenge; the next Joins carry the new cookie.
     s.handle(t0 + ms(300), server(), &challenge(2));
     assert_eq!(
         sent(&mut s, t0 + ms(300)),
-        vec![Message::Join(proto::Join { cookie: [2; 16] })]
+        vec![Message::Join(proto::Join::new([2; 16]))]
     );
     s.handle_timeout(t0 + ms(750));
     assert_eq!(
         sent(&mut s, t0 + ms(750)),
-        vec![Message::Join(proto::Join { cookie: [2; 16] })]
+        vec![Message::Join(proto::Join::new([2; 16]))]
     );
     s.handle(t0 + ms(760), server(), &welcome(&info(48_000)));
     assert_eq!(s.phase(), Phase::Streaming);
@@ -294,7 +313,7 @@ fn a_lost_welcome_is_recovered_and_audio_before_it_is_ignored() {
     s.handle_timeout(t0 + ms(250));
     assert_eq!(
         sent(&mut s, t0 + ms(250)),
-        vec![Message::Join(proto::Join { cookie: [1; 16] })]
+        vec![Message::Join(proto::Join::new([1; 16]))]
     );
     let mut i = info(48_000);
     i.start_seq = SEQ0 + 50;
@@ -311,7 +330,9 @@ fn rejections_are_terminal_and_send_no_leave() {
     for reason in [
         RejectReason::Full { max_clients: 3 },
         RejectReason::ShuttingDown,
-        RejectReason::UnsupportedVersion { supported: 2 },
+        RejectReason::UnsupportedVersion { supported: 3 },
+        RejectReason::BadKey,
+        RejectReason::CodecUnsupported { codec: 2 },
     ] {
         let t0 = Instant::now();
         let mut s = Session::new(config(Duration::from_secs(3)), t0);
@@ -330,17 +351,27 @@ fn rejections_are_terminal_and_send_no_leave() {
 
 #[test]
 fn an_answer_in_another_protocol_version_is_a_rejection_at_once() {
-    let t0 = Instant::now();
-    let mut s = Session::new(config(Duration::from_secs(3)), t0);
-    sent(&mut s, t0);
-    s.handle(t0 + ms(5), server(), b"ES\x02\x05\0\0\0\0\0\0\0\0future");
-    assert_eq!(
-        events(&mut s),
-        vec![Event::Rejected(RejectReason::UnsupportedVersion {
-            supported: 2
-        })]
-    );
-    assert!(s.is_closed());
+    // A v1 server's Reject{UnsupportedVersion{1}} (the same bytes in v1 and v2 but the
+    // version byte), and a datagram from some later version.
+    let mut v1 = enc(Message::Reject(Reject {
+        reason: RejectReason::UnsupportedVersion { supported: 1 },
+    }))
+    .to_vec();
+    v1[2] = 1;
+    for (datagram, version) in [(v1, 1), (b"ES\x03\x05\0\0\0\0\0\0\0\0future".to_vec(), 3)] {
+        let t0 = Instant::now();
+        let mut s = Session::new(config(Duration::from_secs(3)), t0);
+        sent(&mut s, t0);
+        s.handle(t0 + ms(5), server(), &datagram);
+        assert_eq!(
+            events(&mut s),
+            vec![Event::Rejected(RejectReason::UnsupportedVersion {
+                supported: version
+            })]
+        );
+        assert!(s.is_closed());
+        assert!(sent(&mut s, t0 + ms(5)).is_empty());
+    }
 }
 
 #[test]
@@ -379,6 +410,16 @@ fn welcome_bounds_refuse_unplayable_streams_with_a_reason_and_a_leave() {
         ),
         ("no channels", Box::new(|i| i.channels = 0), "0 channels"),
         (
+            "flac",
+            Box::new(|i| i.codec = proto::AudioCodec::Flac),
+            "codec flac",
+        ),
+        (
+            "opus",
+            Box::new(|i| i.codec = proto::AudioCodec::Opus { bitrate: 96_000 }),
+            "codec opus",
+        ),
+        (
             "too many channels",
             Box::new(|i| i.channels = MAX_WELCOME_CHANNELS + 1),
             "33 channels (expected 1..=32)",
@@ -397,7 +438,12 @@ fn welcome_bounds_refuse_unplayable_streams_with_a_reason_and_a_leave() {
             other => panic!("{name}: {other:?}"),
         }
         assert!(s.is_closed(), "{name}");
-        assert_eq!(sent(&mut s, t0 + ms(5)), vec![Message::Leave], "{name}");
+        // The Welcome made it a session: its Leave carries the token.
+        assert_eq!(
+            sent(&mut s, t0 + ms(5)),
+            vec![leave(LeaveReason::Done)],
+            "{name}"
+        );
     }
     // The bounds themselves are playable.
     let edges: Vec<Mutation> = vec![
@@ -446,7 +492,10 @@ fn silence_timeout_at_a_2s_interval_is_twice_the_interval_not_the_timeout() {
             Event::Ended(ExitReason::Timeout)
         ]
     );
-    assert_eq!(sent(&mut s, tw + ms(4000)), vec![Message::Leave]);
+    assert_eq!(
+        sent(&mut s, tw + ms(4000)),
+        vec![leave(LeaveReason::Timeout)]
+    );
     assert_eq!(s.stats().unwrap().end_reason, ExitReason::Timeout);
 }
 
@@ -483,7 +532,7 @@ fn error_not_joined_is_an_eviction_at_once() {
         matches!(ev.as_slice(), [Event::Evicted(e), Event::Ended(ExitReason::Evicted)] if e.code == ErrorCode::NotJoined),
         "{ev:?}"
     );
-    assert_eq!(sent(&mut s, tw + ms(10)), vec![Message::Leave]);
+    assert_eq!(sent(&mut s, tw + ms(10)), vec![leave(LeaveReason::Done)]);
     assert_eq!(s.exit_reason(), Some(ExitReason::Evicted));
     assert_eq!(s.poll_timeout(), None);
 }
@@ -528,7 +577,7 @@ fn end_is_played_out_before_the_session_ends() {
         ev.contains(&(now, Event::Playing { buffered: ms(20) })),
         "{ev:?}"
     );
-    assert_eq!(tx, vec![(now + ms(30), Message::Leave)]);
+    assert_eq!(tx, vec![(now + ms(30), leave(LeaveReason::Done))]);
     let st = s.stats().unwrap();
     assert_eq!(
         (
@@ -640,6 +689,7 @@ fn reports_go_out_every_second_with_the_counters_until_the_end() {
         })
         .collect();
     let want = Report {
+        token: TOKEN,
         received: 9,
         lost: 1,
         late: 0,
@@ -650,6 +700,8 @@ fn reports_go_out_every_second_with_the_counters_until_the_end() {
         // late (D = 480, J = 15 + 465/16 = 44.0625 frames = 0.918 ms).
         jitter_us: 918,
         buffered_ms: 50,
+        // Nothing played yet, so nothing concealed; no repair, no clock sync.
+        ..Report::default()
     };
     assert_eq!(
         reports,
@@ -668,27 +720,47 @@ fn reports_go_out_every_second_with_the_counters_until_the_end() {
 }
 
 #[test]
-fn leave_interrupts_the_handshake_or_the_stream_with_a_leave() {
+fn leave_interrupts_the_handshake_silently_and_the_stream_with_a_leave() {
+    // During the handshake there is no token yet, so nothing a server would take as a Leave.
     let t0 = Instant::now();
     let mut s = Session::new(config(Duration::from_secs(3)), t0);
     sent(&mut s, t0);
-    s.leave(t0 + ms(100));
+    s.handle(t0 + ms(10), server(), &challenge(1));
+    sent(&mut s, t0 + ms(10));
+    events(&mut s);
+    s.leave(t0 + ms(100), LeaveReason::Interrupted);
     assert_eq!(events(&mut s), vec![Event::Ended(ExitReason::Interrupted)]);
-    assert_eq!(sent(&mut s, t0 + ms(100)), vec![Message::Leave]);
+    assert!(sent(&mut s, t0 + ms(100)).is_empty());
     assert_eq!(s.stats().unwrap().end_reason, ExitReason::Interrupted);
     assert!(s.info().is_none());
-    // A second interrupt, or late datagrams, change nothing.
-    s.leave(t0 + ms(200));
+    assert_eq!(
+        s.poll_timeout(),
+        None,
+        "no retransmission after the interrupt"
+    );
+    // A second interrupt, or late datagrams (the Welcome too), change nothing.
+    s.leave(t0 + ms(200), LeaveReason::Interrupted);
     s.handle(t0 + ms(200), server(), &challenge(1));
+    s.handle(t0 + ms(200), server(), &welcome(&info(48_000)));
     assert!(events(&mut s).is_empty());
     assert!(sent(&mut s, t0 + ms(200)).is_empty());
 
-    let (mut s, _, tw) = joined(config(Duration::from_secs(3)), &info(48_000));
-    s.handle(tw, server(), &audio(0));
-    s.leave(tw + ms(10));
-    assert_eq!(events(&mut s), vec![Event::Ended(ExitReason::Interrupted)]);
-    assert_eq!(sent(&mut s, tw + ms(10)), vec![Message::Leave]);
-    assert_eq!(s.stats().unwrap().received, 1);
+    // Joined: the Leave carries the token and the reason given.
+    for why in [
+        LeaveReason::Interrupted,
+        LeaveReason::Terminated,
+        LeaveReason::DeviceError,
+    ] {
+        let (mut s, _, tw) = joined(config(Duration::from_secs(3)), &info(48_000));
+        s.handle(tw, server(), &audio(0));
+        s.leave(tw + ms(10), why);
+        assert_eq!(events(&mut s), vec![Event::Ended(ExitReason::Interrupted)]);
+        assert_eq!(sent(&mut s, tw + ms(10)), vec![leave(why)]);
+        assert_eq!(s.stats().unwrap().received, 1);
+        // Only once.
+        s.leave(tw + ms(20), LeaveReason::Interrupted);
+        assert!(sent(&mut s, tw + ms(20)).is_empty());
+    }
 }
 
 #[test]
@@ -696,10 +768,18 @@ fn garbage_and_foreign_datagrams_are_counted_and_dropped_never_a_panic() {
     let (mut s, t0, tw) = joined(config(Duration::from_secs(3)), &info(48_000));
     let other: SocketAddr = "[::1]:4000".parse().unwrap();
     s.handle(tw, other, &audio(0));
-    s.handle(tw, server(), b"ES\x01\x06garbage!");
+    s.handle(tw, server(), b"ES\x02\x06garbage!");
     s.handle(tw, server(), &[]);
     // Messages only a listener sends are out of place from a server.
-    s.handle(tw, server(), &enc(Message::Leave));
+    s.handle(tw, server(), &enc(leave(LeaveReason::Done)));
+    s.handle(
+        tw,
+        server(),
+        &enc(Message::Report(Report {
+            token: TOKEN,
+            ..Report::default()
+        })),
+    );
     // Random bytes, and random bytes behind a valid header, of every length up to 300.
     let mut x: u32 = 0x9e37_79b9;
     for len in 0..300 {
@@ -713,13 +793,15 @@ fn garbage_and_foreign_datagrams_are_counted_and_dropped_never_a_panic() {
             .collect();
         s.handle(tw, server(), &d);
         if d.len() >= 4 {
-            d[..3].copy_from_slice(b"ES\x01");
-            d[3] %= 10;
+            d[..3].copy_from_slice(b"ES\x02");
+            // The codes v2 defines (and some it does not).
+            d[3] %= 70;
             s.handle(tw, server(), &d);
         }
     }
     assert_eq!(s.tracker().foreign(), 1);
-    assert!(s.tracker().garbage() >= 3, "{}", s.tracker().garbage());
+    assert!(s.tracker().garbage() >= 4, "{}", s.tracker().garbage());
+    assert_eq!(s.phase(), Phase::Streaming, "garbage ended the session");
     assert_eq!(s.tracker().received(), 0);
     // Garbage and foreign datagrams from the handshake carry over.
     let mut h = Session::new(config(Duration::from_secs(3)), t0);
@@ -854,10 +936,12 @@ fn a_whole_stream_plays_into_a_memory_sink_on_simulated_time() {
         ]
     );
     assert_eq!(
-        log.iter().filter(|m| matches!(m, Message::Leave)).count(),
+        log.iter()
+            .filter(|m| matches!(m, Message::Leave(_)))
+            .count(),
         1
     );
-    assert_eq!(log.last(), Some(&Message::Leave));
+    assert_eq!(log.last(), Some(&leave(LeaveReason::Done)));
     let st = s.stats().unwrap();
     assert_eq!(
         (
@@ -946,7 +1030,7 @@ fn without_playout_audio_is_counted_and_reported_never_buffered_and_end_ends_at_
             Event::Ended(ExitReason::Finished)
         ]
     );
-    assert_eq!(sent(&mut s, te), vec![Message::Leave]);
+    assert_eq!(sent(&mut s, te), vec![leave(LeaveReason::Done)]);
     assert!(s.is_closed());
     let st = s.stats().unwrap();
     assert_eq!(

@@ -86,7 +86,10 @@ fn counts_by_definition() {
         (s.late, s.underruns, s.concealed_ms, s.played_ms),
         (1, 2, 500, 2000)
     );
-    let r = t.report(&p, 42);
+    let r = t.report([3; proto::TOKEN_LEN], &p, 42);
+    assert_eq!(r.token, [3; proto::TOKEN_LEN]);
+    // 500 frames at 1000 Hz.
+    assert_eq!(r.concealed_ms, 500);
     assert_eq!(
         (
             r.received,

@@ -12,7 +12,7 @@ use listen::jitter::JitterBuffer;
 use listen::schedule::{Epoch, Schedule, SyncedFeed};
 use listen::simclock::SimClock;
 use listen::sink::{MemorySink, Sink, VIRTUAL_LEAD};
-use proto::{SampleFormat, StreamInfo};
+use proto::{AudioCodec, Repair, StreamInfo, Timeline};
 
 const RATE: u32 = 48_000;
 const FPP: u64 = 480;
@@ -21,12 +21,23 @@ fn info() -> StreamInfo {
     StreamInfo {
         sample_rate: RATE,
         channels: 2,
-        format: SampleFormat::S16Le,
+        codec: AudioCodec::Pcm,
         interval_us: 10_000,
         frames_per_packet: FPP as u32,
         total_frames: None,
         start_seq: 0,
         start_ts: 0,
+        timeline: Timeline {
+            ts: 0,
+            server_us: 0,
+        },
+        playout_delay_us: 50_000,
+        min_delay_us: 20_000,
+        repair: Repair {
+            fec: None,
+            retransmit_ms: 0,
+        },
+        multicast: None,
         title: "t".into(),
     }
 }

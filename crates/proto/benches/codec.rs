@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use proto::{Audio, Message, Packet, Report, SampleFormat, StreamInfo};
+use proto::{Audio, Message, Packet, Report, StreamInfo, Welcome};
 
 fn audio() -> Packet {
     // 340 stereo s16 frames: 1360 B of PCM, 1388 B on the wire.
@@ -17,7 +17,7 @@ fn audio() -> Packet {
         42,
         Message::Audio(Audio {
             ts: 14_280,
-            pcm: Bytes::from(vec![0x5au8; 1360]),
+            payload: Bytes::from(vec![0x5au8; 1360]),
         }),
     )
 }
@@ -25,16 +25,25 @@ fn audio() -> Packet {
 fn welcome() -> Packet {
     Packet::new(
         3,
-        Message::Welcome(StreamInfo {
-            sample_rate: 44_100,
-            channels: 2,
-            format: SampleFormat::S16Le,
-            interval_us: 20_000,
-            frames_per_packet: 340,
-            total_frames: Some(44_100 * 180),
-            start_seq: 1_000,
-            start_ts: 340_000,
-            title: "A reasonably long stream title — with some non-ASCII".into(),
+        Message::Welcome(Welcome {
+            token: [0xa5; proto::TOKEN_LEN],
+            noise: Bytes::new(),
+            info: StreamInfo {
+                sample_rate: 44_100,
+                channels: 2,
+                codec: proto::AudioCodec::Pcm,
+                timeline: proto::Timeline::default(),
+                playout_delay_us: 50_000,
+                min_delay_us: 25_000,
+                repair: proto::Repair::default(),
+                multicast: None,
+                interval_us: 20_000,
+                frames_per_packet: 340,
+                total_frames: Some(44_100 * 180),
+                start_seq: 1_000,
+                start_ts: 340_000,
+                title: "A reasonably long stream title — with some non-ASCII".into(),
+            },
         }),
     )
 }
@@ -51,6 +60,15 @@ fn report() -> Packet {
             highest_seq: 9_002,
             jitter_us: 250,
             buffered_ms: 60,
+            token: [0xa5; proto::TOKEN_LEN],
+            recovered_fec: 2,
+            recovered_retransmit: 1,
+            concealed_ms: 0,
+            clock_offset_us: -1_250,
+            drift_ppb: 1_500,
+            playout_error_us: 180,
+            resyncs: 0,
+            flags: 0,
         }),
     )
 }

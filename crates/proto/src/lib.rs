@@ -1,4 +1,4 @@
-//! earshot wire protocol v1.
+//! earshot wire protocol v2.
 //!
 //! Every UDP datagram carries exactly one [`Packet`]: a fixed 12-byte header (magic, protocol
 //! version, message type, sequence number) followed by a body encoded with bincode 2 (fixed-width
@@ -21,14 +21,19 @@ mod wire;
 
 pub use codec::{Codec, CodecError};
 pub use message::{
-    Audio, COOKIE_LEN, Challenge, Connect, End, EndReason, ErrorCode, ErrorMsg, Join, Message,
-    MessageType, Packet, Reject, RejectReason, Report, SampleFormat, StreamInfo,
+    Audio, AudioCodec, COOKIE_LEN, Challenge, Connect, End, EndReason, ErrorCode, ErrorMsg,
+    FEATURE_FEC, FEATURE_MULTICAST, FEATURE_RETRANSMIT, FEATURE_SYNC, FLAG_UNICAST_FALLBACK, Fec,
+    Group, GroupAddr, Join, KEY_LEN, Leave, LeaveReason, Message, MessageType, Nack, Packet,
+    Parity, Reject, RejectReason, Rekey, Repair, Report, Sealed, StreamInfo, TIME_REQUEST_PAD,
+    TOKEN_LEN, TimeRequest, TimeResponse, Timeline, Token, Welcome,
 };
-pub use wire::{DecodeError, EncodeTooLarge, decode, encode, encode_audio, encode_to_bytes};
+pub use wire::{
+    DecodeError, EncodeTooLarge, decode, encode, encode_audio, encode_resent, encode_to_bytes,
+};
 
 /// The two bytes every earshot datagram starts with ("ES"): lets a peer drop foreign traffic
 /// before it looks at anything else.
 pub const MAGIC: [u8; 2] = *b"ES";
 
 /// The protocol version this crate speaks. A datagram with another version is never decoded.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;

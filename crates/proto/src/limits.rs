@@ -1,4 +1,4 @@
-//! Named limits and timers of protocol v1, each with the reason for its value.
+//! Named limits and timers of protocol v2, each with the reason for its value.
 //!
 //! Both peers use these; `docs/PROTOCOL.md` repeats them for implementers in other languages.
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 /// Bytes in the fixed header: magic (2) + version (1) + type (1) + seq (8).
 pub const HEADER_LEN: usize = 12;
 
-/// Largest datagram a v1 peer sends or accepts. It covers a 9000-byte jumbo frame's UDP payload
+/// Largest datagram a peer sends or accepts. It covers a 9000-byte jumbo frame's UDP payload
 /// (less IP/UDP headers) with room to spare, and keeps every receive buffer small. Anything
 /// larger is rejected unread as [`crate::DecodeError::TooLarge`].
 pub const MAX_DATAGRAM: usize = 8192;
@@ -28,6 +28,13 @@ pub const DEFAULT_MTU: usize = 1400;
 /// Longest stream title in a `Welcome`, in bytes; the server truncates longer titles at a char
 /// boundary. Keeps a `Welcome` well inside [`MIN_MTU`].
 pub const MAX_TITLE: usize = 200;
+
+/// Longest listener name in a `Join`, in bytes; a server truncates longer names.
+pub const MAX_NAME: usize = 64;
+
+/// Default playout delay of a room: frame F plays this long after the server's media clock made
+/// it due. Covers a 20 ms interval, a LAN's jitter and a retransmission round trip.
+pub const DEFAULT_PLAYOUT_DELAY: Duration = Duration::from_millis(50);
 
 /// Longest human-readable text in an `Error`, in bytes.
 pub const MAX_ERROR_TEXT: usize = 200;

@@ -20,7 +20,7 @@ fn cfg() -> Cfg {
         .with_limit::<MAX_DATAGRAM>()
 }
 
-/// Why a datagram was not a valid v1 packet. Every variant is something a receiver counts and
+/// Why a datagram was not a valid v2 packet. Every variant is something a receiver counts and
 /// drops; none is fatal.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -42,7 +42,7 @@ pub enum DecodeError {
         /// Header byte 3.
         msg_type: u8,
     },
-    /// A type code v1 does not define (reserved or unassigned).
+    /// A type code v2 does not define.
     #[error("unknown message type {0}")]
     UnknownType(u8),
     /// The body does not decode as its type says.
@@ -61,9 +61,6 @@ pub enum DecodeError {
         /// How many bytes were left.
         extra: usize,
     },
-    /// `Audio` whose payload is not a whole number of 2-byte samples.
-    #[error("audio payload of {0} bytes is not whole samples")]
-    OddPayload(usize),
 }
 
 /// Why a packet could not be encoded. Only a caller that builds oversized messages sees it.
@@ -91,7 +88,9 @@ pub fn encode(packet: &Packet, dst: &mut BytesMut) -> Result<(), EncodeTooLarge>
     let start = dst.len();
     let msg = &packet.msg;
     if let Message::Audio(a) = msg {
-        encode_audio(packet.seq, a.ts, &a.pcm, dst);
+        encode_audio(packet.seq, a.ts, &a.payload, dst);
+    } else if let Message::Resent(a) = msg {
+        encode_resent(packet.seq, a.ts, &a.payload, dst);
     } else {
         put_header(dst, msg.message_type(), packet.seq);
         match msg {
@@ -101,10 +100,16 @@ pub fn encode(packet: &Packet, dst: &mut BytesMut) -> Result<(), EncodeTooLarge>
             Message::Welcome(b) => put_body(dst, b),
             Message::Reject(b) => put_body(dst, b),
             Message::Report(b) => put_body(dst, b),
-            Message::Leave => {}
+            Message::Leave(b) => put_body(dst, b),
             Message::End(b) => put_body(dst, b),
             Message::Error(b) => put_body(dst, b),
-            Message::Audio(_) => unreachable!("handled above"),
+            Message::Rekey(b) => put_body(dst, b),
+            Message::Parity(b) => put_body(dst, b),
+            Message::Nack(b) => put_body(dst, b),
+            Message::TimeRequest(b) => put_body(dst, b),
+            Message::TimeResponse(b) => put_body(dst, b),
+            Message::Sealed(b) => put_body(dst, b),
+            Message::Audio(_) | Message::Resent(_) => unreachable!("handled above"),
         }
     }
     let len = dst.len() - start;
@@ -122,16 +127,26 @@ pub fn encode_to_bytes(packet: &Packet) -> Result<Bytes, EncodeTooLarge> {
     Ok(b.freeze())
 }
 
-/// Appends an `Audio` packet straight from a PCM slice: the fan-out path, with no intermediate
-/// [`Packet`] and no copy of the payload besides this one. Byte-for-byte what [`encode`] writes
-/// for the same packet (a golden test checks it). The caller keeps `pcm` under
-/// [`crate::limits::MAX_PAYLOAD`].
-pub fn encode_audio(seq: u64, ts: u64, pcm: &[u8], dst: &mut BytesMut) {
-    dst.reserve(AUDIO_OVERHEAD + pcm.len());
-    put_header(dst, MessageType::Audio, seq);
+/// Appends an `Audio` packet straight from a payload slice: the fan-out path, with no
+/// intermediate [`Packet`] and no copy of the payload besides this one. Byte-for-byte what
+/// [`encode`] writes for the same packet (a golden test checks it). The caller keeps `payload`
+/// under [`crate::limits::MAX_PAYLOAD`].
+pub fn encode_audio(seq: u64, ts: u64, payload: &[u8], dst: &mut BytesMut) {
+    put_audio(MessageType::Audio, seq, ts, payload, dst);
+}
+
+/// Appends a `Resent` packet (an audio datagram sent again, under its original `seq`), as
+/// [`encode_audio`] does for `Audio`.
+pub fn encode_resent(seq: u64, ts: u64, payload: &[u8], dst: &mut BytesMut) {
+    put_audio(MessageType::Resent, seq, ts, payload, dst);
+}
+
+fn put_audio(t: MessageType, seq: u64, ts: u64, payload: &[u8], dst: &mut BytesMut) {
+    dst.reserve(AUDIO_OVERHEAD + payload.len());
+    put_header(dst, t, seq);
     dst.put_u64_le(ts);
-    dst.put_u64_le(pcm.len() as u64);
-    dst.put_slice(pcm);
+    dst.put_u64_le(payload.len() as u64);
+    dst.put_slice(payload);
 }
 
 fn body<'a, T: Deserialize<'a>>(t: MessageType, b: &'a [u8]) -> Result<T, DecodeError> {
@@ -197,25 +212,18 @@ pub fn decode(datagram: &[u8]) -> Result<Packet, DecodeError> {
         MessageType::Join => Message::Join(body(t, rest)?),
         MessageType::Welcome => Message::Welcome(body(t, rest)?),
         MessageType::Reject => Message::Reject(body(t, rest)?),
-        MessageType::Audio => {
-            let a: crate::message::Audio = body(t, rest)?;
-            if a.pcm.len() % 2 != 0 {
-                return Err(DecodeError::OddPayload(a.pcm.len()));
-            }
-            Message::Audio(a)
-        }
+        MessageType::Audio => Message::Audio(body(t, rest)?),
         MessageType::Report => Message::Report(body(t, rest)?),
-        MessageType::Leave => {
-            if !rest.is_empty() {
-                return Err(DecodeError::TrailingBytes {
-                    msg_type: t,
-                    extra: rest.len(),
-                });
-            }
-            Message::Leave
-        }
+        MessageType::Leave => Message::Leave(body(t, rest)?),
         MessageType::End => Message::End(body(t, rest)?),
         MessageType::Error => Message::Error(body(t, rest)?),
+        MessageType::Rekey => Message::Rekey(body(t, rest)?),
+        MessageType::Parity => Message::Parity(body(t, rest)?),
+        MessageType::Nack => Message::Nack(body(t, rest)?),
+        MessageType::Resent => Message::Resent(body(t, rest)?),
+        MessageType::TimeRequest => Message::TimeRequest(body(t, rest)?),
+        MessageType::TimeResponse => Message::TimeResponse(body(t, rest)?),
+        MessageType::Sealed => Message::Sealed(body(t, rest)?),
     };
     Ok(Packet { seq, msg })
 }

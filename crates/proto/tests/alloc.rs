@@ -6,7 +6,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use bytes::Bytes;
 use proto::limits::MAX_DATAGRAM;
+use proto::*;
 
 struct Tracking;
 
@@ -59,7 +61,38 @@ unsafe impl GlobalAlloc for Tracking {
 static GLOBAL: Tracking = Tracking;
 
 fn header(t: u8) -> Vec<u8> {
-    vec![b'E', b'S', 1, t, 0, 0, 0, 0, 0, 0, 0, 0]
+    vec![b'E', b'S', proto::VERSION, t, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// A valid packet whose last field is an empty byte string or text, with that field's length
+/// prefix (its last 8 bytes) replaced by `claim`.
+fn claiming(msg: Message, claim: u64) -> Vec<u8> {
+    let mut b = proto::encode_to_bytes(&Packet::new(0, msg))
+        .unwrap()
+        .to_vec();
+    let n = b.len();
+    assert_eq!(b[n - 8..], [0; 8], "the last field is empty");
+    b[n - 8..].copy_from_slice(&claim.to_le_bytes());
+    b
+}
+
+fn info() -> StreamInfo {
+    StreamInfo {
+        sample_rate: 48_000,
+        channels: 2,
+        codec: AudioCodec::Pcm,
+        interval_us: 20_000,
+        frames_per_packet: 240,
+        total_frames: None,
+        start_seq: 0,
+        start_ts: 0,
+        timeline: Timeline::default(),
+        playout_delay_us: 50_000,
+        min_delay_us: 20_000,
+        repair: Repair::default(),
+        multicast: None,
+        title: String::new(),
+    }
 }
 
 #[test]
@@ -75,23 +108,64 @@ fn hostile_length_prefixes_allocate_nothing_large() {
         1 << 40,
         u64::MAX,
     ] {
-        // Audio payload, Connect padding, Welcome title, Error text: every length-prefixed field.
-        let mut a = header(6);
-        a.extend_from_slice(&0u64.to_le_bytes());
-        a.extend_from_slice(&claim.to_le_bytes());
-        inputs.push(a);
-        let mut c = header(1);
-        c.push(1);
-        c.extend_from_slice(&claim.to_le_bytes());
-        inputs.push(c);
-        let mut w = header(4);
-        w.extend_from_slice(&[0; 4 + 2 + 4 + 4 + 4 + 1 + 8 + 8]);
-        w.extend_from_slice(&claim.to_le_bytes());
-        inputs.push(w);
-        let mut e = header(10);
-        e.extend_from_slice(&[0; 4]);
-        e.extend_from_slice(&claim.to_le_bytes());
-        inputs.push(e);
+        // Every length-prefixed field of v2: Audio and Resent payload, Connect padding, Join
+        // name and noise, Welcome noise and title, Error text, Parity shard, Sealed ciphertext.
+        let empty = Bytes::new();
+        let audio = Audio {
+            ts: 0,
+            payload: empty.clone(),
+        };
+        inputs.push(claiming(Message::Audio(audio.clone()), claim));
+        inputs.push(claiming(Message::Resent(audio), claim));
+        inputs.push(claiming(
+            Message::Connect(Connect {
+                max_version: 2,
+                padding: empty.clone(),
+            }),
+            claim,
+        ));
+        inputs.push(claiming(Message::Join(Join::new([0; COOKIE_LEN])), claim));
+        let mut name = header(3);
+        name.extend_from_slice(&[0; COOKIE_LEN]);
+        name.extend_from_slice(&claim.to_le_bytes());
+        inputs.push(name);
+        let mut noise = header(4);
+        noise.extend_from_slice(&[0; TOKEN_LEN]);
+        noise.extend_from_slice(&claim.to_le_bytes());
+        inputs.push(noise);
+        inputs.push(claiming(
+            Message::Welcome(Welcome {
+                token: [0; TOKEN_LEN],
+                noise: empty.clone(),
+                info: info(),
+            }),
+            claim,
+        ));
+        inputs.push(claiming(
+            Message::Error(ErrorMsg {
+                code: ErrorCode::Internal,
+                text: String::new(),
+            }),
+            claim,
+        ));
+        inputs.push(claiming(
+            Message::Parity(Parity {
+                group_seq: 0,
+                k: 4,
+                m: 1,
+                index: 0,
+                shard: empty.clone(),
+            }),
+            claim,
+        ));
+        inputs.push(claiming(
+            Message::Sealed(Sealed {
+                key_id: 1,
+                inner_type: 6,
+                ciphertext: empty,
+            }),
+            claim,
+        ));
     }
     let longest = inputs.iter().map(Vec::len).max().unwrap();
     let mut results = Vec::with_capacity(inputs.len());

@@ -20,7 +20,13 @@ async fn framed_round_trip_and_garbage_does_not_stick() {
     raw.send_to(&[b'E', b'S', 9, 1, 0, 0, 0, 0, 0, 0, 0, 0], b_addr)
         .await
         .unwrap();
-    let leave = Packet::new(42, Message::Leave);
+    let leave = Packet::new(
+        42,
+        Message::Leave(Leave {
+            token: [3; TOKEN_LEN],
+            reason: LeaveReason::Terminated,
+        }),
+    );
     tx.send((leave.clone(), b_addr)).await.unwrap();
 
     let first = rx.next().await.unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use proto::{Connect, Join, Message, Packet, Report, SampleFormat, StreamInfo};
+use proto::{Connect, Join, Message, Packet, Report, StreamInfo};
 use streamd::pacing::MediaClock;
 use streamd::sessions::{LivePosition, Sessions};
 
@@ -17,7 +17,12 @@ fn info() -> StreamInfo {
     StreamInfo {
         sample_rate: 44100,
         channels: 2,
-        format: SampleFormat::S16Le,
+        codec: proto::AudioCodec::Pcm,
+        timeline: proto::Timeline::default(),
+        playout_delay_us: 50_000,
+        min_delay_us: 25_000,
+        repair: proto::Repair::default(),
+        multicast: None,
         interval_us: 20_000,
         frames_per_packet: 343,
         total_frames: None,
@@ -40,7 +45,7 @@ fn sessions(c: &mut Criterion) {
     for p in 0..1000u16 {
         let a = SocketAddr::from(([127, 0, 0, 1], 10_000 + p));
         let cookie = s.cookie(now, &a);
-        s.handle(now, a, &enc(Message::Join(Join { cookie })), &info, live);
+        s.handle(now, a, &enc(Message::Join(Join::new(cookie))), &info, live);
     }
     let report = enc(Message::Report(Report::default()));
     let from = SocketAddr::from(([127, 0, 0, 1], 10_500));

@@ -29,6 +29,16 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     )
 }
 
+/// Shortest `--latency`.
+pub const MIN_LATENCY: Duration = Duration::from_millis(10);
+/// Longest `--latency`.
+pub const MAX_LATENCY: Duration = Duration::from_secs(5);
+
+/// `--latency`: the room's playout delay, within [`MIN_LATENCY`]..=[`MAX_LATENCY`].
+pub fn parse_latency(s: &str) -> Result<Duration, String> {
+    parse_within(s, "--latency", Lower::Inclusive(MIN_LATENCY), MAX_LATENCY)
+}
+
 /// `--client-timeout`: more than zero, at most [`MAX_CLIENT_TIMEOUT`].
 pub fn parse_client_timeout(s: &str) -> Result<Duration, String> {
     parse_within(

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use proto::limits::{END_REPEAT, END_SPACING, MAX_TITLE};
-use proto::{EndReason, Message, Packet, SampleFormat, StreamInfo};
+use proto::{AudioCodec, EndReason, Message, Packet, Repair, StreamInfo, Timeline};
 
 use crate::pacing::{self, MediaClock};
 use crate::sessions::{self, LivePosition, Sessions};
@@ -93,6 +93,32 @@ pub struct EndpointConfig {
     pub mtu: usize,
     /// Keys of the cookie hash: random in the server ([`Sessions::random_key`]), fixed in tests.
     pub cookie_key: (u64, u64),
+    /// The room's playout delay every Welcome states (raised to the interval's minimum).
+    pub playout_delay: Duration,
+}
+
+impl Default for EndpointConfig {
+    /// streamd's defaults: 20 ms ticks, 64 listeners, 5 s client timeout, start with the
+    /// first listener, 1400-byte datagrams, a 50 ms room delay, a fixed cookie key (the
+    /// server passes a random one).
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(20),
+            max_clients: 64,
+            client_timeout: proto::limits::DEFAULT_CLIENT_TIMEOUT,
+            start: StartMode::FirstClient,
+            looping: false,
+            mtu: proto::limits::DEFAULT_MTU,
+            cookie_key: (0, 0),
+            playout_delay: proto::limits::DEFAULT_PLAYOUT_DELAY,
+        }
+    }
+}
+
+/// The least playout delay a server ticking every `interval` can promise: a frame's datagram
+/// leaves up to one interval after the frame became due, and the network needs a little more.
+pub fn min_playout_delay(interval: Duration) -> Duration {
+    interval + Duration::from_millis(5)
 }
 
 /// Where the audio comes from: "give me the next N frames". The server's is the decoded file
@@ -301,10 +327,12 @@ impl<S: AudioSource> Endpoint<S> {
             }
             title.truncate(cut);
         }
+        let us = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+        let min_delay = min_playout_delay(config.interval);
         let info = StreamInfo {
             sample_rate: si.sample_rate,
             channels: si.channels,
-            format: SampleFormat::S16Le,
+            codec: AudioCodec::Pcm,
             interval_us: u32::try_from(config.interval.as_micros()).unwrap_or(u32::MAX),
             frames_per_packet: u32::try_from(fpp).unwrap_or(u32::MAX),
             total_frames: if config.looping {
@@ -314,6 +342,11 @@ impl<S: AudioSource> Endpoint<S> {
             },
             start_seq: 0,
             start_ts: 0,
+            timeline: Timeline::default(),
+            playout_delay_us: us(config.playout_delay.max(min_delay)),
+            min_delay_us: us(min_delay),
+            repair: Repair::default(),
+            multicast: None,
             title,
         };
         let sessions = Sessions::new(
@@ -371,6 +404,7 @@ impl<S: AudioSource> Endpoint<S> {
             return;
         }
         let live = self.live();
+        self.info.timeline = self.timeline(now);
         let h = self.sessions.handle(now, from, datagram, &self.info, live);
         if let Some(reply) = h.reply {
             self.queue.push_back(Queued::One(from, reply));
@@ -495,6 +529,20 @@ impl<S: AudioSource> Endpoint<S> {
     /// Frames per Audio datagram.
     pub fn frames_per_packet(&self) -> usize {
         self.fpp
+    }
+
+    /// The media timeline at `now`: the server-clock instant at which a frame is due. Before
+    /// the stream starts, the next frame is due now (a Join that starts the stream starts it
+    /// at this instant).
+    pub fn timeline(&self, now: Instant) -> Timeline {
+        let (at, ts) = self
+            .clock
+            .anchor()
+            .unwrap_or((now, self.clock.frames_sent()));
+        Timeline {
+            ts,
+            server_us: self.sessions.server_us(at),
+        }
     }
 
     /// Where the stream is: seq and ts of the next Audio datagram.
@@ -661,20 +709,20 @@ impl<S: AudioSource> Endpoint<S> {
         }
     }
 
-    /// Evicts `addr` at an operator's request (the control plane's kick), at `now`: it gets
-    /// `End{Evicted}` like a silent listener, and its slot is free at once. False if `addr`
+    /// Removes `addr` at an operator's request (the control plane's kick), at `now`: it gets
+    /// `End{Kicked}` (three copies, like an eviction), and its slot is free at once. False if `addr`
     /// is not joined or the stream is already ending.
     pub fn kick(&mut self, now: Instant, addr: SocketAddr) -> bool {
         if self.phase != Phase::Running {
             return false;
         }
-        let Some(start_seq) = self.sessions.kick(&addr) else {
+        let Some(start_seq) = self.sessions.kick(now, &addr) else {
             return false;
         };
         let mut evicted = std::mem::take(&mut self.evicted);
         evicted.clear();
         evicted.push((addr, start_seq));
-        self.send_evictions(now, evicted, false);
+        self.send_evictions(now, evicted, EndReason::Kicked);
         true
     }
 
@@ -690,18 +738,18 @@ impl<S: AudioSource> Endpoint<S> {
         let mut evicted = std::mem::take(&mut self.evicted);
         evicted.clear();
         self.sessions.evict_expired(now, &mut evicted);
-        self.send_evictions(now, evicted, true);
+        self.send_evictions(now, evicted, EndReason::Evicted);
     }
 
-    /// `End{Evicted}` ×3 to each of `evicted` (removed from the table already); `silent`:
-    /// an [`Event::Evicted`] each (a kick is logged by whoever asked for it).
-    fn send_evictions(&mut self, now: Instant, evicted: Vec<(SocketAddr, u64)>, silent: bool) {
+    /// `End{reason}` ×3 to each of `evicted` (removed from the table already); for
+    /// `Evicted`, an [`Event::Evicted`] each (a kick is logged by whoever asked for it).
+    fn send_evictions(&mut self, now: Instant, evicted: Vec<(SocketAddr, u64)>, reason: EndReason) {
         let cap = MAX_PENDING_ENDS * (END_REPEAT as usize).saturating_sub(1);
         for &(addr, start_seq) in &evicted {
-            if silent {
+            if reason == EndReason::Evicted {
                 self.events.push_back(Event::Evicted { addr });
             }
-            let end = sessions::end_after(start_seq, EndReason::Evicted, self.last_audio());
+            let end = sessions::end_after(start_seq, reason, self.last_audio());
             let Some(bytes) = self.encode_end(end) else {
                 continue;
             };

@@ -75,6 +75,11 @@ impl MediaClock {
         self.anchor.is_some()
     }
 
+    /// The instant at which frame `.1` was (or is) due, once started: the media timeline.
+    pub fn anchor(&self) -> Option<(Instant, u64)> {
+        self.anchor.map(|a| (a, self.anchor_frames))
+    }
+
     /// Frames handed out so far (= the `ts` of the next frame).
     pub fn frames_sent(&self) -> u64 {
         self.sent

@@ -69,6 +69,8 @@ pub struct Config {
     pub max_clients: usize,
     /// `--client-timeout`: a listener silent this long is evicted.
     pub client_timeout: Duration,
+    /// `--latency`: the room's playout delay, stated in every Welcome.
+    pub playout_delay: Duration,
     /// `--start`: first listener or now.
     pub start: StartMode,
     /// `--loop`: repeat the file forever.
@@ -99,6 +101,7 @@ impl Config {
             interval: DEFAULT_INTERVAL,
             max_clients: DEFAULT_MAX_CLIENTS,
             client_timeout: proto::limits::DEFAULT_CLIENT_TIMEOUT,
+            playout_delay: proto::limits::DEFAULT_PLAYOUT_DELAY,
             start: StartMode::FirstClient,
             looping: false,
             mtu: proto::limits::DEFAULT_MTU,
@@ -144,6 +147,7 @@ impl Config {
             looping: self.looping,
             mtu: self.mtu,
             cookie_key: Sessions::random_key(),
+            playout_delay: self.playout_delay,
         }
     }
 }
@@ -378,6 +382,7 @@ struct IgnoredCounts {
     short_connect: u64,
     unexpected: u64,
     not_joined: u64,
+    bad_token: u64,
 }
 
 impl IgnoredCounts {
@@ -388,11 +393,17 @@ impl IgnoredCounts {
             Ignored::ShortConnect => self.short_connect += 1,
             Ignored::Unexpected => self.unexpected += 1,
             Ignored::NotJoined => self.not_joined += 1,
+            Ignored::BadToken => self.bad_token += 1,
         }
     }
 
     fn total(&self) -> u64 {
-        self.malformed + self.wrong_version + self.short_connect + self.unexpected + self.not_joined
+        self.malformed
+            + self.wrong_version
+            + self.short_connect
+            + self.unexpected
+            + self.not_joined
+            + self.bad_token
     }
 }
 
@@ -604,8 +615,8 @@ impl Shell {
             E::BadCookie => self.log_handshake(format_args!(
                 "join from {from} with an invalid or expired cookie; challenged again"
             )),
-            E::Accepted { start } => tracing::info!(
-                "accepted {from} at seq {} ts {} ({} of {} listeners)",
+            E::Accepted { start, name } => tracing::info!(
+                "accepted {from} \"{name}\" at seq {} ts {} ({} of {} listeners)",
                 start.seq,
                 start.ts,
                 self.endpoint.sessions().len(),
@@ -630,7 +641,12 @@ impl Shell {
                 r.jitter_us,
                 r.buffered_ms
             ),
-            E::Left => tracing::info!("{from} left ({} listeners)", self.endpoint.sessions().len()),
+            E::Left { reason, name } => tracing::info!(
+                "{from} \"{name}\" left: {} ({} listeners)",
+                reason.name(),
+                self.endpoint.sessions().len()
+            ),
+            E::Nack(_) | E::TimeAnswered => {}
             E::Ignored(why) => self.ignored_period.add(why),
         }
     }
@@ -641,7 +657,7 @@ impl Shell {
         tracing::info!(
             "summary: {} listeners, sent {} datagrams / {} bytes ({} dropped) in {} calls by {}, audio seq {}, \
              ignored {} since the last summary (malformed {}, wrong version {}, short connect {}, \
-             unexpected {}, not joined {}), {} handshakes not logged",
+             unexpected {}, not joined {}, bad token {}), {} handshakes not logged",
             self.endpoint.sessions().len(),
             f.datagrams,
             f.bytes,
@@ -655,6 +671,7 @@ impl Shell {
             ig.short_connect,
             ig.unexpected,
             ig.not_joined,
+            ig.bad_token,
             self.handshake_unlogged,
         );
         self.log_rtp("rtp");

@@ -10,17 +10,23 @@
 //!
 //! Anti-amplification (RFC 9000 §8): until an address has echoed a valid cookie, no reply to it
 //! is larger than the datagram that caused it; see [`Sessions::handle`].
+//!
+//! Each session has a random 128-bit token, handed out in its `Welcome`: a `Report`, `Leave`,
+//! `Nack` or `TimeRequest` counts only when it carries it, so a host that spoofs a listener's
+//! address cannot make it leave or keep its session alive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hasher;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use proto::limits::MAX_NAME;
 use proto::limits::{COOKIE_EPOCH, MIN_CONNECT_LEN};
 use proto::{
-    COOKIE_LEN, Challenge, DecodeError, End, EndReason, ErrorCode, ErrorMsg, Message, MessageType,
-    Packet, Reject, RejectReason, Report, StreamInfo,
+    COOKIE_LEN, Challenge, DecodeError, End, EndReason, ErrorCode, ErrorMsg, Join, LeaveReason,
+    Message, MessageType, Nack, Packet, Reject, RejectReason, Report, StreamInfo, TimeResponse,
+    Token, Welcome,
 };
 use siphasher::sip128::{Hasher128, SipHasher24};
 
@@ -49,8 +55,20 @@ pub enum Ignored {
     ShortConnect,
     /// A message only a server sends (Challenge, Welcome, Audio, ...).
     Unexpected,
-    /// `Report`/`Leave` from an address with no session.
+    /// `Report`/`Leave`/`Nack`/`TimeRequest` from an address with no session.
     NotJoined,
+    /// A listener message from a joined address without that session's token: spoofed, or
+    /// from an earlier session; never answered and not a keepalive.
+    BadToken,
+}
+
+/// Why a listener message did not count (see [`Sessions::heard`]).
+#[derive(Debug, Clone, Copy)]
+enum Heard {
+    /// No session at that address.
+    NotJoined,
+    /// A session, but not that token.
+    BadToken,
 }
 
 /// What [`Sessions::handle`] did, for the log and the counters.
@@ -64,6 +82,8 @@ pub enum Event {
     Accepted {
         /// Where it joins the stream.
         start: LivePosition,
+        /// The name it gave.
+        name: String,
     },
     /// A listener already in the table joined again (its `Welcome` was probably lost).
     Rejoined,
@@ -72,7 +92,16 @@ pub enum Event {
     /// A keepalive with the listener's counters.
     Report(Report),
     /// A listener left; its slot is free.
-    Left,
+    Left {
+        /// Why, as it said.
+        reason: LeaveReason,
+        /// Its name.
+        name: String,
+    },
+    /// A listener asked for audio to be resent.
+    Nack(Nack),
+    /// A clock exchange was answered.
+    TimeAnswered,
     /// Nothing but a counter.
     Ignored(Ignored),
 }
@@ -99,6 +128,29 @@ struct Session {
     last_report: Option<Report>,
     /// When it joined, for the control plane.
     joined: Instant,
+    /// The token every later message from it must carry.
+    token: Token,
+    /// The name it gave in its Join (sanitised).
+    name: String,
+    /// `FEATURE_*` bits from its Join.
+    features: u32,
+}
+
+/// Departures kept for the control plane: enough for an operator to see who left lately.
+pub const DEPARTURES_KEPT: usize = 16;
+
+/// A listener that left the table, and why (for the control plane).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departure {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The name it gave.
+    pub name: String,
+    /// Why: a `Leave` reason ("interrupted", "terminated", "device error", "timeout", "done"),
+    /// "evicted" or "kicked".
+    pub reason: &'static str,
+    /// When.
+    pub at: Instant,
 }
 
 /// Counters over the life of the table.
@@ -116,8 +168,11 @@ pub struct SessionStats {
     pub left: u64,
     /// Listeners evicted for silence.
     pub evicted: u64,
-    /// Datagrams ignored (malformed, wrong version, short Connect, unexpected, not joined).
+    /// Datagrams ignored (malformed, wrong version, short Connect, unexpected, not joined,
+    /// bad token).
     pub ignored: u64,
+    /// Listener messages dropped for a wrong session token.
+    pub bad_tokens: u64,
 }
 
 /// The listener table.
@@ -139,6 +194,8 @@ pub struct Sessions {
     accepting: bool,
     /// Counter for the `seq` of control messages we send (informational only).
     control_seq: u64,
+    /// The latest departures, oldest first, at most [`DEPARTURES_KEPT`].
+    departures: VecDeque<Departure>,
     /// Counters.
     stats: SessionStats,
 }
@@ -163,6 +220,7 @@ impl Sessions {
             addrs: Vec::with_capacity(max_clients),
             accepting: true,
             control_seq: 0,
+            departures: VecDeque::with_capacity(DEPARTURES_KEPT),
             stats: SessionStats::default(),
         }
     }
@@ -213,6 +271,27 @@ impl Sessions {
         self.table.get(addr).map(|s| s.joined)
     }
 
+    /// The name `addr` gave when it joined.
+    pub fn name(&self, addr: &SocketAddr) -> Option<&str> {
+        self.table.get(addr).map(|s| s.name.as_str())
+    }
+
+    /// The `FEATURE_*` bits `addr` announced when it joined.
+    pub fn features(&self, addr: &SocketAddr) -> Option<u32> {
+        self.table.get(addr).map(|s| s.features)
+    }
+
+    /// The session token of `addr`.
+    pub fn token(&self, addr: &SocketAddr) -> Option<Token> {
+        self.table.get(addr).map(|s| s.token)
+    }
+
+    /// Microseconds on this table's clock (its epoch is its creation): the server clock of
+    /// the clock exchange and of the media timeline.
+    pub fn server_us(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_micros()).unwrap_or(u64::MAX)
+    }
+
     /// The capacity: joins beyond it get `Reject{Full}`.
     pub fn max_clients(&self) -> usize {
         self.max_clients
@@ -226,12 +305,35 @@ impl Sessions {
 
     /// Removes `addr` at an operator's request (counted as evicted) and returns its start seq,
     /// or `None` if it is not joined.
-    pub fn kick(&mut self, addr: &SocketAddr) -> Option<u64> {
+    pub fn kick(&mut self, now: Instant, addr: &SocketAddr) -> Option<u64> {
         let start = self.start_seq(addr)?;
-        if self.remove(addr) {
+        if self.depart(now, addr, "kicked") {
             self.stats.evicted += 1;
         }
         Some(start)
+    }
+
+    /// The latest departures, oldest first.
+    pub fn departures(&self) -> impl Iterator<Item = &Departure> {
+        self.departures.iter()
+    }
+
+    /// Removes `addr` and records why.
+    fn depart(&mut self, now: Instant, addr: &SocketAddr, reason: &'static str) -> bool {
+        let name = match self.table.get_mut(addr) {
+            Some(s) => std::mem::take(&mut s.name),
+            None => return false,
+        };
+        if self.departures.len() == DEPARTURES_KEPT {
+            self.departures.pop_front();
+        }
+        self.departures.push_back(Departure {
+            addr: *addr,
+            name,
+            reason,
+            at: now,
+        });
+        self.remove(addr)
     }
 
     /// Stop accepting: later joins get `Reject{ShuttingDown}`.
@@ -275,6 +377,28 @@ impl Sessions {
         let cur = eq(&self.cookie_for(addr, e));
         let prev = e > 0 && eq(&self.cookie_for(addr, e - 1));
         cur | prev
+    }
+
+    /// A new session's token: a keyed hash of the address and the count of sessions so far,
+    /// unpredictable without the process's random key (and reproducible in tests).
+    fn token_for(&self, addr: &SocketAddr) -> Token {
+        let mut h = SipHasher24::new_with_keys(self.key.1, self.key.0);
+        h.write(b"token");
+        h.write(addr.to_string().as_bytes());
+        h.write_u64(self.stats.accepted);
+        h.finish128().as_bytes()
+    }
+
+    /// The session of `from` if `token` is its token (compared without early exit).
+    fn authentic(&mut self, from: &SocketAddr, token: &Token) -> Option<&mut Session> {
+        let s = self.table.get_mut(from)?;
+        let same = s
+            .token
+            .iter()
+            .zip(token)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0;
+        same.then_some(s)
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -329,10 +453,9 @@ impl Sessions {
             }
             Err(_) => return self.ignored(Ignored::Malformed),
         };
-        if let Some(s) = self.table.get_mut(&from) {
-            // Any valid datagram from a listener keeps it alive.
-            s.last_heard = now;
-        }
+        // A message carrying the session's token keeps it alive (below, per message); so does
+        // a Join with a valid cookie (in `join`). Nothing else does: an address is easy to
+        // spoof, a token is not.
         match packet.msg {
             Message::Connect(_) => {
                 if received < MIN_CONNECT_LEN {
@@ -348,36 +471,95 @@ impl Sessions {
                     event: Event::Challenged,
                 }
             }
-            Message::Join(j) => self.join(now, from, received, &j.cookie, info, live),
-            Message::Report(r) => match self.table.get_mut(&from) {
-                Some(s) => {
+            Message::Join(j) => self.join(now, from, received, &j, info, live),
+            Message::Report(r) => match self.heard(now, &from, &r.token) {
+                Ok(s) => {
                     s.last_report = Some(r);
                     Handled {
                         reply: None,
                         event: Event::Report(r),
                     }
                 }
-                None => self.not_joined(received),
+                Err(Heard::NotJoined) => self.not_joined(received),
+                Err(Heard::BadToken) => self.bad_token(),
             },
-            Message::Leave => {
-                if self.remove(&from) {
+            // Never answered, whatever it carries: a Leave is smaller than any Error, so an
+            // answer would amplify (RFC 9000 §8).
+            Message::Leave(l) => match self.heard(now, &from, &l.token) {
+                Ok(s) => {
+                    let name = s.name.clone();
+                    self.depart(now, &from, l.reason.name());
                     self.stats.left += 1;
                     Handled {
                         reply: None,
-                        event: Event::Left,
+                        event: Event::Left {
+                            reason: l.reason,
+                            name,
+                        },
                     }
-                } else {
-                    // Never answered: a Leave is a bare 12-byte header, smaller than any
-                    // Error, so an answer would amplify (RFC 9000 §8).
-                    self.ignored(Ignored::NotJoined)
+                }
+                Err(why) => self.refused(why),
+            },
+            Message::Nack(n) => match self.heard(now, &from, &n.token) {
+                Ok(_) => Handled {
+                    reply: None,
+                    event: Event::Nack(n),
+                },
+                Err(why) => self.refused(why),
+            },
+            Message::TimeRequest(t) => {
+                if let Err(why) = self.heard(now, &from, &t.token) {
+                    return self.refused(why);
+                }
+                let t2 = self.server_us(now);
+                let reply = self.encode(Message::TimeResponse(TimeResponse {
+                    t1: t.t1,
+                    t2,
+                    t3: t2,
+                    timeline: info.timeline,
+                }));
+                // Never more than the request (§5.2), though the address is validated.
+                let reply = reply.filter(|r| r.len() <= received);
+                Handled {
+                    reply,
+                    event: Event::TimeAnswered,
                 }
             }
             _ => self.ignored(Ignored::Unexpected),
         }
     }
 
+    /// The session of `from` if `token` is its token, now heard from (a keepalive); else why
+    /// not.
+    fn heard(
+        &mut self,
+        now: Instant,
+        from: &SocketAddr,
+        token: &Token,
+    ) -> Result<&mut Session, Heard> {
+        if !self.table.contains_key(from) {
+            return Err(Heard::NotJoined);
+        }
+        let s = self.authentic(from, token).ok_or(Heard::BadToken)?;
+        s.last_heard = now;
+        Ok(s)
+    }
+
+    /// A listener message that [`Sessions::heard`] refused, dropped unanswered.
+    fn refused(&mut self, why: Heard) -> Handled {
+        match why {
+            Heard::NotJoined => self.ignored(Ignored::NotJoined),
+            Heard::BadToken => self.bad_token(),
+        }
+    }
+
+    fn bad_token(&mut self) -> Handled {
+        self.stats.bad_tokens += 1;
+        self.ignored(Ignored::BadToken)
+    }
+
     /// The answer to a Report from an address with no session: `Error{NotJoined}` with
-    /// [`NOT_JOINED_TEXT`], 49 bytes against the Report's 68.
+    /// [`NOT_JOINED_TEXT`], 49 bytes against the Report's 132.
     fn not_joined(&mut self, received: usize) -> Handled {
         self.stats.ignored += 1;
         let reply = self.encode(Message::Error(ErrorMsg {
@@ -397,11 +579,11 @@ impl Sessions {
         now: Instant,
         from: SocketAddr,
         received: usize,
-        cookie: &[u8; COOKIE_LEN],
+        join: &Join,
         info: &StreamInfo,
         live: LivePosition,
     ) -> Handled {
-        if !self.cookie_valid(now, &from, cookie) {
+        if !self.cookie_valid(now, &from, &join.cookie) {
             self.stats.bad_cookies += 1;
             let cookie = self.cookie(now, &from);
             let reply = self.encode(Message::Challenge(Challenge { cookie }));
@@ -413,22 +595,34 @@ impl Sessions {
             };
         }
         // From here the address is validated: it echoed our cookie.
-        let welcome = |this: &mut Self| {
+        let welcome = |this: &mut Self, token: Token| {
             let mut w = info.clone();
             w.start_seq = live.seq;
             w.start_ts = live.ts;
-            this.encode(Message::Welcome(w))
+            this.encode(Message::Welcome(Welcome {
+                token,
+                noise: Bytes::new(),
+                info: w,
+            }))
         };
         // Once the stream is ending every valid Join is refused, a listener already in the
         // table included: no more audio will come, and its End is on the way.
-        if self.accepting && self.table.contains_key(&from) {
+        if self.accepting
+            && let Some(s) = self.table.get_mut(&from)
+        {
+            s.last_heard = now;
+            let token = s.token;
             return Handled {
-                reply: welcome(self),
+                reply: welcome(self, token),
                 event: Event::Rejoined,
             };
         }
         let reason = if !self.accepting {
             Some(RejectReason::ShuttingDown)
+        } else if join.codecs & info.codec.bit() == 0 {
+            Some(RejectReason::CodecUnsupported {
+                codec: info.codec.index(),
+            })
         } else if self.addrs.len() >= self.max_clients {
             Some(RejectReason::Full {
                 max_clients: u32::try_from(self.max_clients).unwrap_or(u32::MAX),
@@ -443,6 +637,8 @@ impl Sessions {
                 event: Event::Rejected(reason),
             };
         }
+        let token = self.token_for(&from);
+        let name = sanitise_name(&join.name);
         self.stats.accepted += 1;
         self.table.insert(
             from,
@@ -452,12 +648,15 @@ impl Sessions {
                 start_seq: live.seq,
                 last_report: None,
                 joined: now,
+                token,
+                name: name.clone(),
+                features: join.features,
             },
         );
         self.addrs.push(from);
         Handled {
-            reply: welcome(self),
-            event: Event::Accepted { start: live },
+            reply: welcome(self, token),
+            event: Event::Accepted { start: live, name },
         }
     }
 
@@ -489,8 +688,8 @@ impl Sessions {
         // The table iterates in a random order (per-process hash keys): sorted, the removals
         // (which reorder `addrs`) and the caller's evictions are the same in every run.
         out[start..].sort_unstable();
-        for (a, _) in &out[start..] {
-            if self.remove(a) {
+        for &(a, _) in &out[start..] {
+            if self.depart(now, &a, "evicted") {
                 self.stats.evicted += 1;
             }
         }
@@ -501,6 +700,20 @@ impl Sessions {
     pub fn end_for(&self, addr: &SocketAddr, reason: EndReason, last_audio: Option<u64>) -> End {
         end_after(self.start_seq(addr).unwrap_or(0), reason, last_audio)
     }
+}
+
+/// A listener's name as the log, the API and the dashboard show it: at most [`MAX_NAME`] bytes,
+/// control characters replaced, so a hostile name cannot forge log lines or break a terminal.
+pub fn sanitise_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len().min(MAX_NAME));
+    for c in name.chars() {
+        let c = if c.is_control() { '?' } else { c };
+        if out.len() + c.len_utf8() > MAX_NAME {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The `End` for a listener that joined at `start_seq`: `last_seq` is the last Audio sent, or
@@ -517,7 +730,7 @@ pub fn end_after(start_seq: u64, reason: EndReason, last_audio: Option<u64>) -> 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use proto::{Connect, Join, SampleFormat};
+    use proto::Connect;
 
     const KEY: (u64, u64) = (1, 2);
 
@@ -525,7 +738,12 @@ mod tests {
         StreamInfo {
             sample_rate: 44100,
             channels: 2,
-            format: SampleFormat::S16Le,
+            codec: proto::AudioCodec::Pcm,
+            timeline: proto::Timeline::default(),
+            playout_delay_us: 50_000,
+            min_delay_us: 25_000,
+            repair: proto::Repair::default(),
+            multicast: None,
             interval_us: 20_000,
             frames_per_packet: 343,
             total_frames: Some(88200),
@@ -561,6 +779,29 @@ mod tests {
         Sessions::new(now, KEY, max, Duration::from_secs(5))
     }
 
+    /// Connect + Join, and the token of the Welcome.
+    fn join(s: &mut Sessions, now: Instant, from: SocketAddr) -> Token {
+        let h = handshake(s, now, from, LivePosition::default());
+        let Message::Welcome(w) = decode(&h.reply) else {
+            panic!("expected welcome, got {:?}", h.event)
+        };
+        w.token
+    }
+
+    fn leave(token: Token) -> Vec<u8> {
+        enc(Message::Leave(proto::Leave {
+            token,
+            reason: LeaveReason::Interrupted,
+        }))
+    }
+
+    fn report(token: Token) -> Vec<u8> {
+        enc(Message::Report(Report {
+            token,
+            ..Report::default()
+        }))
+    }
+
     /// Connect + Join; returns the Join's result.
     fn handshake(s: &mut Sessions, now: Instant, from: SocketAddr, live: LivePosition) -> Handled {
         let h = s.handle(now, from, &connect(), &info(), live);
@@ -571,7 +812,7 @@ mod tests {
         s.handle(
             now,
             from,
-            &enc(Message::Join(Join { cookie: c.cookie })),
+            &enc(Message::Join(Join::new(c.cookie))),
             &info(),
             live,
         )
@@ -583,12 +824,20 @@ mod tests {
         let mut s = table(now, 4);
         let live = LivePosition { seq: 17, ts: 5000 };
         let h = handshake(&mut s, now, addr(1000), live);
-        assert_eq!(h.event, Event::Accepted { start: live });
+        assert_eq!(
+            h.event,
+            Event::Accepted {
+                start: live,
+                name: String::new()
+            }
+        );
         let Message::Welcome(w) = decode(&h.reply) else {
             panic!("expected welcome")
         };
-        assert_eq!((w.start_seq, w.start_ts), (17, 5000));
-        assert_eq!(w.sample_rate, 44100);
+        assert_eq!((w.info.start_seq, w.info.start_ts), (17, 5000));
+        assert_eq!(w.info.sample_rate, 44100);
+        assert_eq!(s.token(&addr(1000)), Some(w.token));
+        assert_ne!(w.token, [0; 16]);
         assert_eq!(s.addrs(), &[addr(1000)]);
         assert_eq!(s.stats().accepted, 1);
     }
@@ -616,7 +865,7 @@ mod tests {
     fn forged_cookie_gets_a_fresh_challenge_no_bigger_than_the_join() {
         let now = Instant::now();
         let mut s = table(now, 4);
-        let join = enc(Message::Join(Join { cookie: [7; 16] }));
+        let join = enc(Message::Join(Join::new([7; 16])));
         let h = s.handle(now, addr(2), &join, &info(), LivePosition::default());
         assert_eq!(h.event, Event::BadCookie);
         assert!(h.reply.as_ref().unwrap().len() <= join.len());
@@ -624,14 +873,12 @@ mod tests {
         assert!(s.is_empty());
         // A cookie made for another address does not work either.
         let other = s.cookie(now, &addr(3));
-        let join = enc(Message::Join(Join { cookie: other }));
+        let join = enc(Message::Join(Join::new(other)));
         let h = s.handle(now, addr(2), &join, &info(), LivePosition::default());
         assert_eq!(h.event, Event::BadCookie);
         // Nor one made with another key (another server process).
         let s2 = Sessions::new(now, (9, 9), 4, Duration::from_secs(5));
-        let join = enc(Message::Join(Join {
-            cookie: s2.cookie(now, &addr(2)),
-        }));
+        let join = enc(Message::Join(Join::new(s2.cookie(now, &addr(2)))));
         let h = s.handle(now, addr(2), &join, &info(), LivePosition::default());
         assert_eq!(h.event, Event::BadCookie);
         assert_eq!(s.stats().bad_cookies, 3);
@@ -643,14 +890,14 @@ mod tests {
         let mut s = table(t0, 8);
         let made = t0 + COOKIE_EPOCH / 2;
         let cookie = s.cookie(made, &addr(5));
-        let join = enc(Message::Join(Join { cookie }));
+        let join = enc(Message::Join(Join::new(cookie)));
         // Next epoch: still valid.
         let later = made + COOKIE_EPOCH;
         let h = s.handle(later, addr(5), &join, &info(), LivePosition::default());
         assert!(matches!(h.event, Event::Accepted { .. }));
         // Two epochs on: expired.
         let cookie = s.cookie(made, &addr(6));
-        let join = enc(Message::Join(Join { cookie }));
+        let join = enc(Message::Join(Join::new(cookie)));
         let h = s.handle(
             made + 2 * COOKIE_EPOCH,
             addr(6),
@@ -678,14 +925,21 @@ mod tests {
         assert_eq!(decode(&h.reply), Message::Reject(Reject { reason: full }));
         assert_eq!(s.len(), 2);
         // Leaving frees the slot at once.
+        let token = s.token(&addr(1)).unwrap();
         let h = s.handle(
             now,
             addr(1),
-            &enc(Message::Leave),
+            &leave(token),
             &info(),
             LivePosition::default(),
         );
-        assert_eq!(h.event, Event::Left);
+        assert_eq!(
+            h.event,
+            Event::Left {
+                reason: LeaveReason::Interrupted,
+                name: String::new()
+            }
+        );
         assert!(matches!(
             handshake(&mut s, now, addr(3), LivePosition::default()).event,
             Event::Accepted { .. }
@@ -697,14 +951,15 @@ mod tests {
     fn duplicate_join_is_welcomed_again_not_counted_twice() {
         let now = Instant::now();
         let mut s = table(now, 1);
-        handshake(&mut s, now, addr(1), LivePosition::default());
+        let token = join(&mut s, now, addr(1));
         let live = LivePosition { seq: 9, ts: 900 };
         let h = handshake(&mut s, now, addr(1), live);
         assert_eq!(h.event, Event::Rejoined);
         let Message::Welcome(w) = decode(&h.reply) else {
             panic!("expected welcome")
         };
-        assert_eq!(w.start_seq, 9);
+        assert_eq!(w.info.start_seq, 9);
+        assert_eq!(w.token, token, "the same session, the same token");
         assert_eq!(s.len(), 1);
         assert_eq!(s.stats().accepted, 1);
     }
@@ -713,14 +968,15 @@ mod tests {
     fn silent_listener_is_evicted_reporting_one_is_not() {
         let t0 = Instant::now();
         let mut s = table(t0, 4);
-        handshake(&mut s, t0, addr(1), LivePosition::default());
-        handshake(&mut s, t0, addr(2), LivePosition::default());
-        let report = enc(Message::Report(Report::default()));
+        let t1 = join(&mut s, t0, addr(1));
+        let t2 = join(&mut s, t0, addr(2));
+        assert_ne!(t1, t2);
+        let report = report(t2);
         let mut out = Vec::new();
         for i in 1..=8u32 {
             let now = t0 + Duration::from_secs(u64::from(i));
             let h = s.handle(now, addr(2), &report, &info(), LivePosition::default());
-            assert_eq!(h.event, Event::Report(Report::default()));
+            assert!(matches!(h.event, Event::Report(r) if r.token == t2));
             s.evict_expired(now, &mut out);
         }
         assert_eq!(out, vec![(addr(1), 0)]);
@@ -765,14 +1021,15 @@ mod tests {
     fn not_joined_error_never_exceeds_the_request() {
         let now = Instant::now();
         let mut s = table(now, 4);
-        // A Leave is 12 bytes: never answered.
-        let leave = enc(Message::Leave);
+        // A Leave (32 bytes) is never answered.
+        let leave = leave([3; 16]);
+        assert_eq!(leave.len(), 32);
         let h = s.handle(now, addr(1), &leave, &info(), LivePosition::default());
         assert_eq!(h.event, Event::Ignored(Ignored::NotJoined));
         assert_eq!(h.reply, None);
-        // A Report (68 bytes) gets the 49-byte Error with its text.
-        let report = enc(Message::Report(Report::default()));
-        assert_eq!(report.len(), 68);
+        // A Report (132 bytes) gets the 49-byte Error with its text.
+        let report = report([3; 16]);
+        assert_eq!(report.len(), 132);
         let h = s.handle(now, addr(1), &report, &info(), LivePosition::default());
         let reply = h.reply.unwrap();
         assert_eq!(reply.len(), 49);
@@ -790,18 +1047,21 @@ mod tests {
         let now = Instant::now();
         let mut s = table(now, 4);
         let mut c = connect();
-        c[2] = 2; // version byte
+        c[2] = 1; // version byte: a v1 listener
         let h = s.handle(now, addr(1), &c, &info(), LivePosition::default());
         assert_eq!(h.event, Event::Ignored(Ignored::WrongVersion));
         assert_eq!(
             decode(&h.reply),
             Message::Reject(Reject {
-                reason: RejectReason::UnsupportedVersion { supported: 1 }
+                reason: RejectReason::UnsupportedVersion { supported: 2 }
             })
         );
         let reply = h.reply.unwrap();
         assert!(reply.len() <= c.len());
-        assert_eq!(reply[2], 1, "the Reject carries a version-1 header");
+        assert_eq!(
+            reply[2], 2,
+            "the Reject carries the server's version-2 header"
+        );
         // A bare 12-byte header of another version: the Reject would not fit.
         let h = s.handle(now, addr(1), &c[..12], &info(), LivePosition::default());
         assert_eq!(h.reply, None);
@@ -834,7 +1094,7 @@ mod tests {
             &b""[..],
             b"hello",
             &[0xff; 300],
-            &[b'E', b'S', 1, 99, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[b'E', b'S', 2, 99, 0, 0, 0, 0, 0, 0, 0, 0],
         ] {
             let h = s.handle(now, addr(1), g, &info(), LivePosition::default());
             assert_eq!(h.reply, None);
@@ -844,7 +1104,11 @@ mod tests {
         let h = s.handle(
             now,
             addr(1),
-            &enc(Message::Welcome(info())),
+            &enc(Message::Welcome(Welcome {
+                token: [0; 16],
+                noise: Bytes::new(),
+                info: info(),
+            })),
             &info(),
             LivePosition::default(),
         );
@@ -887,14 +1151,15 @@ mod tests {
     fn removal_keeps_the_address_slice_consistent() {
         let now = Instant::now();
         let mut s = table(now, 8);
+        let mut tokens = HashMap::new();
         for p in 1..=5 {
-            handshake(&mut s, now, addr(p), LivePosition::default());
+            tokens.insert(p, join(&mut s, now, addr(p)));
         }
         for p in [2, 5, 1] {
             s.handle(
                 now,
                 addr(p),
-                &enc(Message::Leave),
+                &leave(tokens[&p]),
                 &info(),
                 LivePosition::default(),
             );
@@ -903,17 +1168,17 @@ mod tests {
         a.sort();
         assert_eq!(a, vec![addr(3), addr(4)]);
         for p in [3, 4] {
-            assert_eq!(
+            assert!(matches!(
                 s.handle(
                     now,
                     addr(p),
-                    &enc(Message::Leave),
+                    &leave(tokens[&p]),
                     &info(),
                     LivePosition::default()
                 )
                 .event,
-                Event::Left
-            );
+                Event::Left { .. }
+            ));
         }
         assert!(s.is_empty());
     }
@@ -926,9 +1191,7 @@ mod tests {
         let a = |i: u32| SocketAddr::from(([127, 0, (i >> 8) as u8, i as u8], 40_000));
         for i in 0..10_000 {
             let from = a(i);
-            let join = enc(Message::Join(Join {
-                cookie: s.cookie(now, &from),
-            }));
+            let join = enc(Message::Join(Join::new(s.cookie(now, &from))));
             let h = s.handle(now, from, &join, &info(), live);
             assert!(
                 matches!(h.event, Event::Accepted { .. }),
@@ -939,9 +1202,7 @@ mod tests {
         assert_eq!(s.len(), 10_000);
         // Full at exactly --max-clients.
         let extra = SocketAddr::from(([127, 1, 0, 1], 1));
-        let join = enc(Message::Join(Join {
-            cookie: s.cookie(now, &extra),
-        }));
+        let join = enc(Message::Join(Join::new(s.cookie(now, &extra))));
         assert!(matches!(
             s.handle(now, extra, &join, &info(), live).event,
             Event::Rejected(RejectReason::Full {
@@ -949,12 +1210,12 @@ mod tests {
             })
         ));
         // Every third leaves; the rest are still found by address and in the fan-out slice.
-        let leave = enc(Message::Leave);
         for i in (0..10_000).step_by(3) {
-            assert_eq!(
-                s.handle(now, a(i), &leave, &info(), live).event,
-                Event::Left
-            );
+            let l = leave(s.token(&a(i)).unwrap());
+            assert!(matches!(
+                s.handle(now, a(i), &l, &info(), live).event,
+                Event::Left { .. }
+            ));
         }
         assert_eq!(s.len(), 10_000 - 3334);
         let mut fan: Vec<SocketAddr> = s.addrs().to_vec();
@@ -965,13 +1226,149 @@ mod tests {
         assert!((0..10_000).all(|i| s.contains(&a(i)) == (i % 3 != 0)));
     }
 
+    #[test]
+    fn a_wrong_token_neither_ends_nor_keeps_alive_a_session() {
+        let t0 = Instant::now();
+        let mut s = table(t0, 4);
+        let token = join(&mut s, t0, addr(1));
+        let mut forged = token;
+        forged[0] ^= 1;
+        // A spoofed Leave from the victim's own address: counted, unanswered, no effect.
+        let h = s.handle(
+            t0,
+            addr(1),
+            &leave(forged),
+            &info(),
+            LivePosition::default(),
+        );
+        assert_eq!(h.event, Event::Ignored(Ignored::BadToken));
+        assert_eq!(h.reply, None);
+        assert!(s.contains(&addr(1)));
+        // Spoofed Reports do not keep it alive: it is evicted on time.
+        let mut out = Vec::new();
+        for i in 1..=6u64 {
+            let now = t0 + Duration::from_secs(i);
+            let h = s.handle(
+                now,
+                addr(1),
+                &report(forged),
+                &info(),
+                LivePosition::default(),
+            );
+            assert_eq!(h.event, Event::Ignored(Ignored::BadToken));
+            assert_eq!(h.reply, None);
+            s.evict_expired(now, &mut out);
+        }
+        assert_eq!(out, vec![(addr(1), 0)]);
+        assert_eq!(s.stats().bad_tokens, 7);
+        // The departure says why.
+        let d: Vec<_> = s.departures().collect();
+        assert_eq!((d.len(), d[0].reason), (1, "evicted"));
+    }
+
+    #[test]
+    fn time_requests_are_answered_for_the_token_only_and_never_larger() {
+        let t0 = Instant::now();
+        let mut s = table(t0, 4);
+        let token = join(&mut s, t0, addr(1));
+        let mut i = info();
+        i.timeline = proto::Timeline {
+            ts: 441,
+            server_us: 1234,
+        };
+        let req = |token| {
+            enc(Message::TimeRequest(proto::TimeRequest {
+                token,
+                t1: 99,
+                pad: [0; proto::TIME_REQUEST_PAD],
+            }))
+        };
+        let at = t0 + Duration::from_micros(2_500_000);
+        let h = s.handle(at, addr(1), &req(token), &i, LivePosition::default());
+        assert_eq!(h.event, Event::TimeAnswered);
+        let r = h.reply.unwrap();
+        assert!(r.len() <= req(token).len(), "{} bytes", r.len());
+        assert_eq!(
+            proto::decode(&r).unwrap().msg,
+            Message::TimeResponse(proto::TimeResponse {
+                t1: 99,
+                t2: 2_500_000,
+                t3: 2_500_000,
+                timeline: i.timeline
+            })
+        );
+        // Wrong token, or no session: no answer.
+        let h = s.handle(at, addr(1), &req([0; 16]), &i, LivePosition::default());
+        assert_eq!(
+            (h.event, h.reply),
+            (Event::Ignored(Ignored::BadToken), None)
+        );
+        let h = s.handle(at, addr(2), &req(token), &i, LivePosition::default());
+        assert_eq!(
+            (h.event, h.reply),
+            (Event::Ignored(Ignored::NotJoined), None)
+        );
+    }
+
+    #[test]
+    fn names_are_kept_sanitised_and_leaves_recorded_with_their_reason() {
+        let now = Instant::now();
+        let mut s = table(now, 4);
+        let mut j = Join::new(s.cookie(now, &addr(1)));
+        j.name = format!("kitchen\u{1b}[31m{}", "x".repeat(100));
+        let h = s.handle(
+            now,
+            addr(1),
+            &enc(Message::Join(j)),
+            &info(),
+            LivePosition::default(),
+        );
+        let Event::Accepted { name, .. } = h.event else {
+            panic!("{:?}", h.event)
+        };
+        assert!(name.starts_with("kitchen?[31m"), "{name}");
+        assert_eq!(name.len(), proto::limits::MAX_NAME);
+        assert_eq!(s.name(&addr(1)), Some(name.as_str()));
+        let token = s.token(&addr(1)).unwrap();
+        let l = enc(Message::Leave(proto::Leave {
+            token,
+            reason: LeaveReason::DeviceError,
+        }));
+        s.handle(now, addr(1), &l, &info(), LivePosition::default());
+        let d: Vec<_> = s.departures().collect();
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            (d[0].name.as_str(), d[0].reason),
+            (name.as_str(), "device error")
+        );
+    }
+
+    #[test]
+    fn a_listener_that_cannot_decode_the_codec_is_refused() {
+        let now = Instant::now();
+        let mut s = table(now, 4);
+        let mut j = Join::new(s.cookie(now, &addr(1)));
+        j.codecs = proto::AudioCodec::Flac.bit();
+        let h = s.handle(
+            now,
+            addr(1),
+            &enc(Message::Join(j)),
+            &info(),
+            LivePosition::default(),
+        );
+        let want = RejectReason::CodecUnsupported { codec: 0 };
+        assert_eq!(h.event, Event::Rejected(want));
+        assert_eq!(decode(&h.reply), Message::Reject(Reject { reason: want }));
+        assert!(s.is_empty());
+    }
+
     proptest::proptest! {
         /// Whatever arrives, from whomever: no panic, and no reply to an address that has not
         /// echoed a cookie is larger than what it sent (RFC 9000 §8).
         #[test]
         fn never_amplifies_to_unvalidated_addresses(
             dgrams in proptest::collection::vec(
-                (0u16..4, 0u8..12, 0u8..3, proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+                (0u16..4, 0u8..70, 0u8..3, proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
                 1..60,
             )
         ) {
@@ -981,7 +1378,7 @@ mod tests {
                 // Mostly well-formed headers (so every message type is reached), with bodies
                 // that are random, and sometimes a valid Connect or Join.
                 let from = addr(port);
-                let version = [1, 1, 2][usize::from(ver)]; // mostly v1, sometimes a future version
+                let version = [2, 2, 3][usize::from(ver)]; // mostly v2, sometimes a future version
                 let mut d = vec![b'E', b'S', version, ty];
                 d.extend_from_slice(&[0; 8]);
                 d.extend_from_slice(&body);
@@ -989,7 +1386,7 @@ mod tests {
                     d = connect();
                 }
                 if ty == 3 && body.len() > 250 {
-                    d = enc(Message::Join(Join { cookie: s.cookie(now, &from) }));
+                    d = enc(Message::Join(Join::new(s.cookie(now, &from))));
                 }
                 let joined_before = s.contains(&from);
                 let h = s.handle(now, from, &d, &info(), LivePosition::default());

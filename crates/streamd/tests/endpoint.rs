@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use proto::limits::{END_REPEAT, END_SPACING, MIN_CONNECT_LEN};
 use proto::{
-    Connect, End, EndReason, Join, Message, Packet, Reject, RejectReason, Report, StreamInfo,
+    Connect, End, EndReason, Join, Leave, LeaveReason, Message, Packet, Reject, RejectReason,
+    Report, StreamInfo, Timeline, Token,
 };
 use streamd::endpoint::{
     AudioSource, Endpoint, EndpointConfig, Event, HOUSEKEEPING, StartMode, Transmit,
@@ -78,6 +79,7 @@ fn config() -> EndpointConfig {
         // 28 bytes of overhead + 100 mono frames.
         mtu: 228,
         cookie_key: (1, 2),
+        ..EndpointConfig::default()
     }
 }
 
@@ -104,6 +106,8 @@ struct Sim {
     now: Instant,
     sent: Vec<Sent>,
     events: Vec<Event>,
+    /// The token of the last Welcome each address got.
+    tokens: std::collections::HashMap<SocketAddr, Token>,
 }
 
 impl Sim {
@@ -115,6 +119,7 @@ impl Sim {
             now: t0,
             sent: Vec::new(),
             events: Vec::new(),
+            tokens: std::collections::HashMap::new(),
         };
         s.drain();
         s
@@ -179,7 +184,7 @@ impl Sim {
         self.send(
             from,
             Message::Connect(Connect {
-                max_version: 1,
+                max_version: proto::VERSION,
                 padding: Bytes::from(vec![0u8; MIN_CONNECT_LEN]),
             }),
         );
@@ -196,7 +201,7 @@ impl Sim {
     fn join(&mut self, from: SocketAddr) -> Message {
         let cookie = self.connect(from);
         let mark = self.sent.len();
-        self.send(from, Message::Join(Join { cookie }));
+        self.send(from, Message::Join(Join::new(cookie)));
         let replies = self.to(from, mark);
         assert_eq!(replies.len(), 1, "{replies:?}");
         replies[0].packet.msg.clone()
@@ -204,10 +209,52 @@ impl Sim {
 
     fn welcome(&mut self, from: SocketAddr) -> StreamInfo {
         match self.join(from) {
-            Message::Welcome(w) => w,
+            Message::Welcome(w) => {
+                self.tokens.insert(from, w.token);
+                w.info
+            }
             m => panic!("expected Welcome, got {m:?}"),
         }
     }
+
+    /// The token `from`'s last Welcome carried.
+    fn token(&self, from: SocketAddr) -> Token {
+        self.tokens[&from]
+    }
+
+    /// A keepalive from `from` carrying `token`.
+    fn report(&mut self, from: SocketAddr, token: Token) {
+        self.send(
+            from,
+            Message::Report(Report {
+                token,
+                ..Report::default()
+            }),
+        );
+    }
+
+    /// A Leave from `from` carrying `token`.
+    fn leave(&mut self, from: SocketAddr, token: Token) {
+        self.send(
+            from,
+            Message::Leave(Leave {
+                token,
+                reason: LeaveReason::Interrupted,
+            }),
+        );
+    }
+}
+
+/// A token that is not `t`.
+fn forged(t: Token) -> Token {
+    let mut f = t;
+    f[0] ^= 1;
+    f
+}
+
+/// When frame `f` is due on the server's clock, by `t`, in µs.
+fn due_us(t: Timeline, f: u64) -> i128 {
+    i128::from(t.server_us) + (i128::from(f) - i128::from(t.ts)) * 1_000_000 / i128::from(RATE)
 }
 
 fn audio_seqs(s: &[Sent]) -> Vec<u64> {
@@ -299,8 +346,8 @@ fn pacing_sends_exactly_the_media_clock_in_bursts_of_one_interval() {
     for x in &got {
         if let Message::Audio(a) = &x.packet.msg {
             assert_eq!(a.ts, frames, "ts contiguous");
-            frames += (a.pcm.len() / 2) as u64;
-            *per_tick.entry(x.at).or_default() += (a.pcm.len() / 2) as u64;
+            frames += (a.payload.len() / 2) as u64;
+            *per_tick.entry(x.at).or_default() += (a.payload.len() / 2) as u64;
             assert_eq!(
                 (x.at - t_join).as_nanos() % TICK.as_nanos(),
                 0,
@@ -410,7 +457,7 @@ fn shutdown_sends_end_three_times_and_answers_joins_with_shutting_down_until_clo
         for who in [2, 1] {
             let c = if who == 2 { cookie } else { s.connect(addr(1)) };
             let mark = s.sent.len();
-            s.send(addr(who), Message::Join(Join { cookie: c }));
+            s.send(addr(who), Message::Join(Join::new(c)));
             let r = s.to(addr(who), mark);
             assert_eq!(r.len(), 1, "+{ms} ms, listener {who}: {r:?}");
             assert_eq!(r[0].packet.msg, shutting_down, "+{ms} ms, listener {who}");
@@ -434,7 +481,7 @@ fn shutdown_sends_end_three_times_and_answers_joins_with_shutting_down_until_clo
     assert_eq!(s.ep.end_reason(), Some(EndReason::Shutdown));
     // Closed: nothing is answered any more.
     let before = s.sent.len();
-    s.send(addr(2), Message::Join(Join { cookie }));
+    s.send(addr(2), Message::Join(Join::new(cookie)));
     assert_eq!(s.sent.len(), before);
 }
 
@@ -474,11 +521,29 @@ fn a_silent_listener_is_evicted_after_the_timeout_with_end_three_times() {
     let mut s = Sim::new(config(), Synth::new(10_000_000, None));
     s.welcome(addr(1));
     s.welcome(addr(2));
-    // Listener 2 reports every second; listener 1 never does.
+    let (t1, t2) = (s.token(addr(1)), s.token(addr(2)));
+    assert_ne!(t1, t2, "every session has its own token");
+    // Listener 2 reports every second; listener 1 never does, but Reports with a wrong token
+    // come from its address (a spoofer keeping it alive): they are neither answered nor a
+    // keepalive.
+    let mut forged_while_joined = 0;
     for sec in 1..=7u64 {
         s.run_to(sec * 1000);
-        s.send(addr(2), Message::Report(Report::default()));
+        s.report(addr(2), t2);
+        if s.ep.sessions().contains(&addr(1)) {
+            let mark = s.sent.len();
+            s.report(addr(1), forged(t1));
+            s.report(addr(1), t2);
+            assert!(
+                s.to(addr(1), mark).is_empty(),
+                "a Report with a wrong token was answered"
+            );
+            forged_while_joined += 2;
+        }
     }
+    // Joined until the eviction after 5 s: forged at 1..=5 s.
+    assert_eq!(forged_while_joined, 10);
+    assert_eq!(s.ep.stats().sessions.bad_tokens, forged_while_joined);
     let evicted_at = s
         .events
         .iter()
@@ -514,9 +579,9 @@ fn a_silent_listener_is_evicted_after_the_timeout_with_end_three_times() {
         got.iter()
             .all(|x| x.at <= first || !matches!(x.packet.msg, Message::Audio(_)))
     );
-    // Its Report now gets Error{NotJoined}.
+    // Its Report (with the token it had) now gets Error{NotJoined}.
     let mark = s.sent.len();
-    s.send(addr(1), Message::Report(Report::default()));
+    s.report(addr(1), t1);
     let r = s.to(addr(1), mark);
     assert!(
         matches!(r[0].packet.msg, Message::Error(ref e) if e.code == proto::ErrorCode::NotJoined)
@@ -542,9 +607,26 @@ fn capacity_rejects_with_full_and_a_leave_frees_the_slot() {
             .iter()
             .all(|x| !matches!(x.packet.msg, Message::Audio(_)))
     );
-    s.send(addr(1), Message::Leave);
+    // A Leave without listener 1's token (spoofed, or listener 2's) frees nothing.
+    let (t1, t2) = (s.token(addr(1)), s.token(addr(2)));
+    let mark = s.sent.len();
+    s.leave(addr(1), forged(t1));
+    s.leave(addr(1), t2);
+    s.leave(addr(1), [0; proto::TOKEN_LEN]);
+    assert_eq!(
+        s.sent.len(),
+        mark,
+        "a Leave with a wrong token was answered"
+    );
+    assert_eq!(s.ep.sessions().len(), 2);
+    assert!(matches!(s.join(addr(3)), Message::Reject(_)));
+    assert_eq!(s.ep.stats().sessions.left, 0);
+    // Its own token does.
+    s.leave(addr(1), t1);
+    assert_eq!(s.ep.stats().sessions.left, 1);
+    assert!(!s.ep.sessions().contains(&addr(1)));
     assert!(matches!(s.join(addr(3)), Message::Welcome(_)));
-    assert_eq!(s.ep.stats().sessions.rejected, 1);
+    assert_eq!(s.ep.stats().sessions.rejected, 2);
     assert_eq!(s.ep.stats().peak_listeners, 2);
 }
 
@@ -552,17 +634,24 @@ fn capacity_rejects_with_full_and_a_leave_frees_the_slot() {
 fn a_repeated_join_gets_the_live_position_while_audio_goes_on_from_the_first() {
     let mut s = Sim::new(config(), Synth::new(10_000_000, None));
     let w1 = s.welcome(addr(1));
+    let token = s.token(addr(1));
     assert_eq!((w1.start_seq, w1.start_ts), (0, 0));
     s.run_to(500);
     let live = s.ep.live();
     // Its Welcome was "lost": it joins again.
     let w2 = s.welcome(addr(1));
+    assert_eq!(s.token(addr(1)), token, "the same session keeps its token");
     assert_eq!((w2.start_seq, w2.start_ts), (live.seq, live.ts));
     assert!(w2.start_seq > 0);
+    // Both Welcomes describe one media timeline: every frame is due at the same instant.
+    for f in [0, live.ts, 1_000_000] {
+        assert_eq!(due_us(w1.timeline, f), due_us(w2.timeline, f), "frame {f}");
+    }
     assert_eq!(
         StreamInfo {
             start_seq: 0,
             start_ts: 0,
+            timeline: w1.timeline,
             ..w2.clone()
         },
         w1,
@@ -576,7 +665,7 @@ fn a_repeated_join_gets_the_live_position_while_audio_goes_on_from_the_first() {
     assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
     let after: Vec<u64> = got
         .iter()
-        .skip_while(|x| !matches!(x.packet.msg, Message::Welcome(ref w) if w.start_seq > 0))
+        .skip_while(|x| !matches!(x.packet.msg, Message::Welcome(ref w) if w.info.start_seq > 0))
         .filter(|x| matches!(x.packet.msg, Message::Audio(_)))
         .map(|x| x.packet.seq)
         .collect();
@@ -598,9 +687,9 @@ fn loop_keeps_ts_counting_across_passes() {
     for x in s.to(addr(1), 0) {
         if let Message::Audio(a) = &x.packet.msg {
             assert_eq!(a.ts, ts);
-            ts += (a.pcm.len() / 2) as u64;
+            ts += (a.payload.len() / 2) as u64;
             samples.extend(
-                a.pcm
+                a.payload
                     .chunks_exact(2)
                     .map(|b| i16::from_le_bytes([b[0], b[1]])),
             );
@@ -630,7 +719,7 @@ fn garbage_is_counted_and_unanswered() {
 }
 
 #[test]
-fn a_kick_sends_end_evicted_three_times_and_frees_the_slot() {
+fn a_kick_sends_end_kicked_three_times_and_frees_the_slot() {
     let mut cfg = config();
     cfg.max_clients = 2;
     let mut s = Sim::new(cfg, Synth::new(10_000_000, None));
@@ -658,7 +747,7 @@ fn a_kick_sends_end_evicted_three_times_and_frees_the_slot() {
         &ends(&got),
         at,
         End {
-            reason: EndReason::Evicted,
+            reason: EndReason::Kicked,
             last_seq: Some(last),
         },
     );
@@ -700,8 +789,22 @@ fn the_control_snapshot_shows_the_stream_and_every_listener() {
     s.welcome(addr(2));
     s.run_to(1000);
     s.welcome(addr(1));
+    // A third listener came and went 100 ms before the snapshot: it shows among the
+    // departures, with the reason its Leave gave (not the forged one's).
+    s.welcome(addr(3));
+    let t3 = s.token(addr(3));
+    s.run_to(1400);
+    s.leave(addr(3), forged(t3));
+    s.send(
+        addr(3),
+        Message::Leave(Leave {
+            token: t3,
+            reason: LeaveReason::Terminated,
+        }),
+    );
     s.run_to(1500);
     let report = Report {
+        token: s.token(addr(2)),
         received: 40,
         lost: 3,
         late: 1,
@@ -710,8 +813,25 @@ fn the_control_snapshot_shows_the_stream_and_every_listener() {
         highest_seq: 42,
         jitter_us: 1500,
         buffered_ms: 120,
+        recovered_fec: 4,
+        recovered_retransmit: 5,
+        concealed_ms: 6,
+        clock_offset_us: -7,
+        drift_ppb: 8,
+        playout_error_us: 9,
+        resyncs: 10,
+        flags: 0,
     };
     s.send(addr(2), Message::Report(report));
+    // The same counters with another token are not listener 2's.
+    s.send(
+        addr(2),
+        Message::Report(Report {
+            token: forged(report.token),
+            received: 999,
+            ..report
+        }),
+    );
     let wall = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
     let mut lateness = Histogram::default();
     lateness.observe(Duration::from_millis(1));
@@ -752,7 +872,14 @@ fn the_control_snapshot_shows_the_stream_and_every_listener() {
         (c.drops.buffer_full, c.drops.unreachable, c.drops.other),
         (1, 2, 3)
     );
-    assert_eq!((c.handshakes.challenged, c.handshakes.accepted), (2, 2));
+    assert_eq!((c.handshakes.challenged, c.handshakes.accepted), (3, 3));
+    let d = &snap.departures;
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        (d[0].address.as_str(), d[0].reason.as_str()),
+        ("127.0.0.1:3", "terminated")
+    );
+    assert_eq!(d[0].at_ms, 1_000_000_000 - 100);
     assert_eq!(c.audio_datagrams, s.ep.stats().audio_datagrams);
     assert_eq!(snap.lateness, lateness);
     // Sorted by address; join times from the simulated clock mapped onto the wall clock.
@@ -770,6 +897,19 @@ fn the_control_snapshot_shows_the_stream_and_every_listener() {
         (40, 3, 1, 2, 1)
     );
     assert_eq!((r.highest_seq, r.jitter_us, r.buffered_ms), (42, 1500, 120));
+    assert_eq!(
+        (r.recovered_fec, r.recovered_retransmit, r.concealed_ms),
+        (4, 5, 6)
+    );
+    assert_eq!(
+        (
+            r.clock_offset_us,
+            r.drift_ppb,
+            r.playout_error_us,
+            r.resyncs
+        ),
+        (-7, 8, 9, 10)
+    );
     // The JSON has the documented field names.
     let json = serde_json::to_value(&snap).unwrap();
     assert_eq!(json["status"]["counters"]["drops"]["unreachable"], 2);

@@ -40,6 +40,7 @@ fn config() -> EndpointConfig {
         // 28 bytes of overhead + 100 mono frames.
         mtu: 228,
         cookie_key: (1, 2),
+        ..EndpointConfig::default()
     }
 }
 
@@ -92,7 +93,7 @@ impl Sim {
                 match &p.msg {
                     Message::Audio(a) => {
                         let s = a
-                            .pcm
+                            .payload
                             .chunks_exact(2)
                             .map(|b| i16::from_le_bytes([b[0], b[1]]))
                             .collect();
@@ -125,7 +126,7 @@ impl Sim {
             })
             .unwrap();
         self.ep
-            .handle(self.now, from, &enc(Message::Join(Join { cookie })));
+            .handle(self.now, from, &enc(Message::Join(Join::new(cookie))));
         self.drain();
     }
 

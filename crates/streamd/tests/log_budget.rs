@@ -54,9 +54,7 @@ async fn a_handshake_and_garbage_flood_stays_within_the_log_budget() {
     const N: usize = 100;
     for i in 0..N {
         f.send_to(&encode(connect_msg()), addr).await.unwrap();
-        let join = Message::Join(proto::Join {
-            cookie: [i as u8; 16],
-        });
+        let join = Message::Join(proto::Join::new([i as u8; 16]));
         f.send_to(&encode(join), addr).await.unwrap();
         f.send_to(&[0xAB; 64], addr).await.unwrap();
     }

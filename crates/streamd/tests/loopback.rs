@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use common::{WAIT, audio, connect_msg, fixture, join, join_with};
 use listen::ExitReason;
-use proto::{End, EndReason, ErrorCode, ErrorMsg, Join, Message, RejectReason, Report};
+use proto::{
+    End, EndReason, ErrorCode, ErrorMsg, Join, Leave, LeaveReason, Message, RejectReason, Report,
+};
 use streamd::server::{Config, Server, StartMode, Summary};
 use testkit::peer::{Listener, PeerConfig};
 use tokio::sync::oneshot;
@@ -50,7 +52,7 @@ async fn full_stream(file: &str, mtu: usize) {
     let (c, w) = join(addr).await;
     assert_eq!(w.sample_rate, info.sample_rate);
     assert_eq!(w.channels, info.channels);
-    assert_eq!(w.format, proto::SampleFormat::S16Le);
+    assert_eq!(w.codec, proto::AudioCodec::Pcm);
     assert_eq!(w.interval_us, 20_000);
     let bpf = usize::from(info.channels) * 2;
     assert_eq!(
@@ -80,13 +82,13 @@ async fn full_stream(file: &str, mtu: usize) {
             "seq contiguous from 0 (loopback loses nothing here)"
         );
         assert_eq!(a.ts, ts, "ts = index of the first frame");
-        assert!(a.pcm.len() % bpf == 0, "whole frames");
+        assert!(a.payload.len() % bpf == 0, "whole frames");
         assert!(
-            a.pcm.len() + proto::limits::AUDIO_OVERHEAD <= mtu,
+            a.payload.len() + proto::limits::AUDIO_OVERHEAD <= mtu,
             "fits the mtu"
         );
-        assert!(a.pcm.len() / bpf <= w.frames_per_packet as usize);
-        ts += (a.pcm.len() / bpf) as u64;
+        assert!(a.payload.len() / bpf <= w.frames_per_packet as usize);
+        ts += (a.payload.len() / bpf) as u64;
     }
     assert!(
         seen.wire_samples() == expected,
@@ -143,7 +145,7 @@ async fn rejoin(l: &Listener) -> Message {
         .await
         .expect("Challenge");
     let before = l.seen().control.len();
-    l.send(Message::Join(Join { cookie })).unwrap();
+    l.send(Message::Join(Join::new(cookie))).unwrap();
     l.wait_async(WAIT, move |s| {
         s.control[before..]
             .iter()
@@ -221,8 +223,13 @@ async fn silent_listener_is_evicted_with_end() {
     let (c, _) = join_with(addr, quiet).await;
     let (_, end) = c.wait_async(WAIT, |s| s.end()).await.expect("End{Evicted}");
     assert_eq!(end.reason, EndReason::Evicted);
-    // Now it is a stranger: a Report gets Error{NotJoined}.
-    c.send(Message::Report(Report::default())).unwrap();
+    // Now it is a stranger: a Report, even with the token it had, gets Error{NotJoined}.
+    let token = c.seen().token().expect("the Welcome's token");
+    c.send(Message::Report(Report {
+        token,
+        ..Report::default()
+    }))
+    .unwrap();
     let reply = c
         .wait_async(WAIT, |s| {
             s.control
@@ -281,6 +288,24 @@ async fn leave_frees_the_slot_and_stops_audio() {
     let (addr, stop, run) = start(cfg).await;
     let (a, _) = join(addr).await;
     audio(&a, 1).await;
+    // A Leave from its address without its token is not its Leave: the slot stays taken.
+    let mut forged = a.seen().token().expect("the Welcome's token");
+    forged[15] ^= 0x80;
+    a.send(Message::Leave(Leave {
+        token: forged,
+        reason: LeaveReason::Interrupted,
+    }))
+    .unwrap();
+    let full = Listener::join(addr, PeerConfig::default()).unwrap();
+    assert_eq!(
+        full.wait_async(WAIT, |s| s.joined()).await,
+        Some(Err(listen::Event::Rejected(RejectReason::Full {
+            max_clients: 1
+        })))
+    );
+    drop(full);
+    let n = a.seen().audio.len();
+    audio(&a, n + 1).await;
     a.leave();
     // The session ends and sends its Leave in the same step: once it has ended, the Leave is
     // on its way, ahead of anything sent below.
@@ -302,6 +327,7 @@ async fn leave_frees_the_slot_and_stops_audio() {
     let s = run.await.unwrap();
     assert_eq!(s.left, 1);
     assert_eq!(s.listeners_served, 2);
+    assert_eq!(s.rejected, 1);
 }
 
 #[tokio::test]
@@ -335,6 +361,7 @@ async fn garbage_and_unreachable_listeners_do_not_disturb_the_stream() {
         b"x",
         &[0u8; 12],
         &[b'E', b'S', 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        &[b'E', b'S', proto::VERSION, 3, 0, 0, 0, 0, 0, 0, 0, 0, 1],
         &[0xAB; 9000],
     ] {
         g.send_to(junk, addr).await.unwrap();
@@ -343,7 +370,7 @@ async fn garbage_and_unreachable_listeners_do_not_disturb_the_stream() {
     let short = proto::encode_to_bytes(&proto::Packet::new(
         0,
         Message::Connect(proto::Connect {
-            max_version: 1,
+            max_version: proto::VERSION,
             padding: bytes::Bytes::new(),
         }),
     ))
@@ -371,7 +398,7 @@ async fn garbage_and_unreachable_listeners_do_not_disturb_the_stream() {
     }
     let s = run.await.unwrap();
     assert_eq!(s.listeners_served, 2);
-    assert!(s.ignored >= 6, "{s:?}");
+    assert!(s.ignored >= 7, "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,7 +453,7 @@ async fn loop_repeats_the_file_seamlessly() {
     // Collect a little more than one pass (2 s of audio).
     let want = expected.len() + 22050 / 2;
     c.wait_async(WAIT, move |s| {
-        let samples: usize = s.audio.iter().map(|a| a.pcm.len() / 2).sum();
+        let samples: usize = s.audio.iter().map(|a| a.payload.len() / 2).sum();
         (samples >= want).then_some(())
     })
     .await
@@ -437,7 +464,7 @@ async fn loop_repeats_the_file_seamlessly() {
         let mut ok = true;
         for a in &seen.audio {
             ok &= a.ts == ts;
-            ts += (a.pcm.len() / 2) as u64;
+            ts += (a.payload.len() / 2) as u64;
         }
         (seen.wire_samples(), ok)
     };
@@ -514,7 +541,7 @@ async fn audio_is_sent_in_real_time() {
         .wait_async(WAIT, move |s| {
             let first = s.audio.first()?.at;
             let last = s.audio.last()?.at;
-            let frames: usize = s.audio.iter().map(|a| a.pcm.len() / bpf).sum();
+            let frames: usize = s.audio.iter().map(|a| a.payload.len() / bpf).sum();
             (last - first >= Duration::from_secs(3)).then_some((frames, last - first))
         })
         .await

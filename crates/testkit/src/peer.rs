@@ -65,8 +65,8 @@ pub struct AudioIn {
     pub seq: u64,
     /// Its first frame's index.
     pub ts: u64,
-    /// Its interleaved s16le samples.
-    pub pcm: Bytes,
+    /// Its payload: the stream's codec data (PCM: interleaved s16le samples).
+    pub payload: Bytes,
     /// When the driver read it.
     pub at: Instant,
 }
@@ -89,6 +89,9 @@ pub struct Seen {
     pub audio_before_end: Option<usize>,
     /// Every other message from the server (Challenge, Welcome, Reject, Error), with its seq.
     pub control: Vec<(u64, Message)>,
+    /// `control.len()` when the first `End` arrived: what the server answered while the
+    /// listener was joined is `control[..this]`.
+    pub control_before_end: Option<usize>,
     /// Datagrams from the server that did not decode.
     pub undecodable: u64,
     /// Datagrams from any other address.
@@ -125,7 +128,7 @@ impl Seen {
     pub fn wire_samples(&self) -> Vec<i16> {
         self.audio
             .iter()
-            .flat_map(|a| a.pcm.chunks_exact(2))
+            .flat_map(|a| a.payload.chunks_exact(2))
             .map(|b| i16::from_le_bytes([b[0], b[1]]))
             .collect()
     }
@@ -139,6 +142,15 @@ impl Seen {
     pub fn cookie(&self) -> Option<[u8; proto::COOKIE_LEN]> {
         self.control.iter().rev().find_map(|(_, m)| match m {
             Message::Challenge(c) => Some(c.cookie),
+            _ => None,
+        })
+    }
+
+    /// The session token of the last `Welcome` received, for a hand-built `Report` or `Leave`
+    /// that the server should take as this listener's.
+    pub fn token(&self) -> Option<proto::Token> {
+        self.control.iter().rev().find_map(|(_, m)| match m {
+            Message::Welcome(w) => Some(w.token),
             _ => None,
         })
     }
@@ -211,6 +223,7 @@ impl Listener {
                 ends: Vec::new(),
                 audio_before_end: None,
                 control: Vec::new(),
+                control_before_end: None,
                 undecodable: 0,
                 foreign: 0,
                 largest: 0,
@@ -362,7 +375,9 @@ impl Driver {
                 let mut seen = self.shared.lock();
                 loop {
                     match self.commands.try_recv() {
-                        Ok(Command::Leave) => seen.session.leave(now),
+                        Ok(Command::Leave) => {
+                            seen.session.leave(now, proto::LeaveReason::Interrupted)
+                        }
                         Ok(Command::Sync(done)) => {
                             self.drain(&mut seen, &mut buf);
                             let _ = done.send(());
@@ -428,7 +443,7 @@ impl Driver {
                 }) => seen.audio.push(AudioIn {
                     seq,
                     ts: a.ts,
-                    pcm: a.pcm,
+                    payload: a.payload,
                     at: now,
                 }),
                 Ok(Packet {
@@ -436,6 +451,7 @@ impl Driver {
                     msg: Message::End(e),
                 }) => {
                     seen.audio_before_end.get_or_insert(seen.audio.len());
+                    seen.control_before_end.get_or_insert(seen.control.len());
                     seen.ends.push((seq, e));
                 }
                 Ok(Packet { seq, msg }) => seen.control.push((seq, msg)),

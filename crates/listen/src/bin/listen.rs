@@ -53,6 +53,10 @@ struct Cli {
     /// No live status line; only warnings in the stderr log.
     #[arg(long)]
     quiet: bool,
+    /// This listener's name in the server's log, listener list and dashboard (at most 64
+    /// bytes, no control characters) [default: the host name].
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    name: Option<String>,
     /// Stay on: rejoin after a server restart, an eviction, an outage or the end of the stream,
     /// until Ctrl-C or SIGTERM; the statistics cover every session.
     #[arg(long)]
@@ -87,6 +91,11 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         Lower::Exclusive(Duration::ZERO),
         MAX_TIMEOUT,
     )
+}
+
+/// `--name`: printable, at most `MAX_NAME` bytes.
+fn parse_name(s: &str) -> Result<String, String> {
+    listen::config::check_name(s).map(str::to_owned)
 }
 
 /// `--latency`: at most [`MAX_LATENCY`].
@@ -277,6 +286,7 @@ fn main() -> ExitCode {
             cli.sim_clock_ppm.unwrap_or(0),
         ),
         playout_log: cli.playout_log.clone(),
+        name: cli.name.clone().unwrap_or_else(listen::config::host_name),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

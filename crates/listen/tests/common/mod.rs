@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proto::limits::AUDIO_OVERHEAD;
-use proto::{Challenge, Message, Packet, Reject, RejectReason, Report, SampleFormat, StreamInfo};
+use proto::{
+    Challenge, Leave, LeaveReason, Message, Packet, Reject, RejectReason, Report, StreamInfo,
+    Token, Welcome,
+};
 use streamd::endpoint::{AudioSource, Endpoint, EndpointConfig, Event, StartMode, Transmit};
 use streamd::sessions;
 use streamd::source::SourceInfo;
@@ -187,8 +190,14 @@ pub struct Log {
     pub joins: usize,
     /// `Report`s received.
     pub reports: Vec<Report>,
-    /// `Leave`s received.
+    /// `Leave`s received that carry the listener's token (a Leave the server acts on).
     pub leaves: usize,
+    /// The reason of every `Leave` received, in order (whatever its token).
+    pub leave_reasons: Vec<LeaveReason>,
+    /// `Report`s and `Leave`s whose token is not the one the listener was welcomed with.
+    pub bad_tokens: usize,
+    /// The token of the last `Welcome` sent.
+    pub token: Option<Token>,
     /// Audio seqs sent, in send order (copies included).
     pub sent: Vec<u64>,
     /// seq of the endpoint's next Audio datagram (its live position).
@@ -291,6 +300,7 @@ impl Shell {
             looping: false,
             mtu: MTU,
             cookie_key: (7, 9),
+            ..EndpointConfig::default()
         };
         let mut ep = Endpoint::new(
             t0,
@@ -334,8 +344,20 @@ impl Shell {
                 }
             }
             Ok(Message::Join(_)) => log.joins += 1,
-            Ok(Message::Report(r)) => log.reports.push(r),
-            Ok(Message::Leave) => log.leaves += 1,
+            Ok(Message::Report(r)) => {
+                if log.token != Some(r.token) {
+                    log.bad_tokens += 1;
+                }
+                log.reports.push(r);
+            }
+            Ok(Message::Leave(l)) => {
+                if log.token == Some(l.token) {
+                    log.leaves += 1;
+                } else {
+                    log.bad_tokens += 1;
+                }
+                log.leave_reasons.push(l.reason);
+            }
             _ => {}
         }
         drop(log);
@@ -374,7 +396,14 @@ impl Shell {
             && let Some(l) = self.listener
         {
             self.script.forget_after_tick = None;
-            ep.handle(now, l, &enc(Message::Leave));
+            // Forged with the listener's token: the server can only take it as the listener's.
+            let token = ep.sessions().token(&l).unwrap();
+            let leave = Message::Leave(Leave {
+                token,
+                reason: LeaveReason::Done,
+            });
+            ep.handle(now, l, &enc(leave));
+            assert!(!ep.sessions().contains(&l), "the forged Leave was refused");
             Box::pin(self.flush(ep, now)).await;
         }
         self.log.lock().unwrap().live_seq = ep.live().seq;
@@ -407,6 +436,13 @@ impl Shell {
         for dest in dests {
             for (i, d) in datagrams.iter().enumerate() {
                 let Some((seq, a)) = audio_seq(d) else {
+                    if let Ok(Packet {
+                        msg: Message::Welcome(w),
+                        ..
+                    }) = proto::decode(d)
+                    {
+                        self.log.lock().unwrap().token = Some(w.token);
+                    }
                     let d = self.tamper(d);
                     self.sock.send_to(&d, dest).await.unwrap();
                     continue;
@@ -427,13 +463,13 @@ impl Shell {
                     && let Some(f) = &self.foreign
                 {
                     let mut out = bytes::BytesMut::new();
-                    proto::encode_audio(seq, a.ts, &vec![0x55u8; a.pcm.len()], &mut out);
+                    proto::encode_audio(seq, a.ts, &vec![0x55u8; a.payload.len()], &mut out);
                     f.send_to(&out, dest).await.unwrap();
                 }
             }
             if is_audio && self.script.garbage {
                 self.sock
-                    .send_to(b"ES\x01\x06garbage!", dest)
+                    .send_to(b"ES\x02\x06garbage!", dest)
                     .await
                     .unwrap();
             }
@@ -465,7 +501,7 @@ impl Shell {
 pub async fn occupy(addr: SocketAddr) -> UdpSocket {
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let connect = Message::Connect(proto::Connect {
-        max_version: 1,
+        max_version: proto::VERSION,
         padding: Bytes::from(vec![0u8; proto::limits::MIN_CONNECT_LEN]),
     });
     sock.send_to(&enc(connect), addr).await.unwrap();
@@ -477,7 +513,7 @@ pub async fn occupy(addr: SocketAddr) -> UdpSocket {
             .unwrap();
         match proto::decode(&buf[..n]).unwrap().msg {
             Message::Challenge(c) => {
-                let join = Message::Join(proto::Join { cookie: c.cookie });
+                let join = Message::Join(proto::Join::new(c.cookie));
                 sock.send_to(&enc(join), addr).await.unwrap();
             }
             Message::Welcome(_) => return sock,
@@ -516,7 +552,7 @@ pub async fn real_server(
 }
 
 /// The servers streamd never is, scripted: each answers `Connect` with a `Challenge` (or, for
-/// [`Answer::FutureVersion`], with a header of version 2) and `Join` with one hand-built datagram.
+/// [`Answer::FutureVersion`], with a header of version 3) and `Join` with one hand-built datagram.
 #[derive(Clone, Debug)]
 pub enum Answer {
     /// A `Welcome` with this (hostile) sample rate and channel count.
@@ -528,7 +564,7 @@ pub enum Answer {
     },
     /// A `Reject` streamd would not send (another protocol version).
     Reject(RejectReason),
-    /// A server of protocol version 2 answering in its own version.
+    /// A server of protocol version 3 answering in its own version.
     FutureVersion,
 }
 
@@ -542,22 +578,31 @@ pub async fn responder(answer: Answer) -> SocketAddr {
         while let Ok((n, from)) = sock.recv_from(&mut buf).await {
             let reply = match (proto::decode(&buf[..n]).map(|p| p.msg), &answer) {
                 (Ok(Message::Connect(_)), Answer::FutureVersion) => {
-                    Bytes::from_static(b"ES\x02\x05\0\0\0\0\0\0\0\0future")
+                    Bytes::from_static(b"ES\x03\x05\0\0\0\0\0\0\0\0future")
                 }
                 (Ok(Message::Connect(_)), _) => {
                     enc(Message::Challenge(Challenge { cookie: [7; 16] }))
                 }
                 (Ok(Message::Join(_)), Answer::Welcome { rate, channels }) => {
-                    enc(Message::Welcome(StreamInfo {
-                        sample_rate: *rate,
-                        channels: *channels,
-                        format: SampleFormat::S16Le,
-                        interval_us: 20_000,
-                        frames_per_packet: FPP as u32,
-                        total_frames: Some(48_000),
-                        start_seq: 0,
-                        start_ts: 0,
-                        title: "hostile".into(),
+                    enc(Message::Welcome(Welcome {
+                        token: [0x77; proto::TOKEN_LEN],
+                        noise: Bytes::new(),
+                        info: StreamInfo {
+                            sample_rate: *rate,
+                            channels: *channels,
+                            codec: proto::AudioCodec::Pcm,
+                            timeline: proto::Timeline::default(),
+                            playout_delay_us: 50_000,
+                            min_delay_us: 25_000,
+                            repair: proto::Repair::default(),
+                            multicast: None,
+                            interval_us: 20_000,
+                            frames_per_packet: FPP as u32,
+                            total_frames: Some(48_000),
+                            start_seq: 0,
+                            start_ts: 0,
+                            title: "hostile".into(),
+                        },
                     }))
                 }
                 (Ok(Message::Join(_)), Answer::Reject(reason)) => {

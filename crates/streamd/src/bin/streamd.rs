@@ -14,7 +14,8 @@ use clap::{Parser, ValueEnum};
 use futures::Stream;
 use logfile::LogFile;
 use streamd::cli::{
-    parse_client_timeout, parse_format, parse_http_token, parse_interval, parse_rtp_dest,
+    parse_client_timeout, parse_format, parse_http_token, parse_interval, parse_latency,
+    parse_rtp_dest,
 };
 use streamd::live::{OnIdle as LiveOnIdle, RawFormat};
 use streamd::server::{Config, Server, StartError, StartMode};
@@ -79,6 +80,10 @@ struct Cli {
     /// Evict a listener silent this long.
     #[arg(long, default_value = "5s", value_parser = parse_client_timeout, value_name = "DURATION")]
     client_timeout: Duration,
+    /// The room's playout delay: every listener plays each frame this long after it became
+    /// due, 10ms..5s (raised to the interval + 5 ms when shorter).
+    #[arg(long, default_value = "50ms", value_parser = parse_latency, value_name = "DURATION")]
+    latency: Duration,
     /// When streaming starts [default: first-client; now with --rtp].
     #[arg(long, value_enum)]
     start: Option<Start>,
@@ -128,6 +133,7 @@ impl Cli {
         c.interval = self.interval;
         c.max_clients = self.max_clients as usize;
         c.client_timeout = self.client_timeout;
+        c.playout_delay = self.latency;
         // RTP players do not join: with --rtp the stream starts at once unless told otherwise.
         let start = self.start.unwrap_or(if self.rtp.is_empty() {
             Start::FirstClient

@@ -155,6 +155,20 @@ pub struct ReportView {
     pub jitter_us: u32,
     /// Audio buffered ahead of playout, milliseconds.
     pub buffered_ms: u32,
+    /// Datagrams rebuilt from parity.
+    pub recovered_fec: u64,
+    /// Datagrams recovered by retransmission.
+    pub recovered_retransmit: u64,
+    /// Audio that reached the speaker missing, milliseconds.
+    pub concealed_ms: u64,
+    /// The listener's clock minus the server's, microseconds.
+    pub clock_offset_us: i64,
+    /// The listener's clock rate against the server's, parts per billion.
+    pub drift_ppb: i32,
+    /// Its playout error (p99 since its previous report), microseconds.
+    pub playout_error_us: i32,
+    /// Hard resynchronisations.
+    pub resyncs: u32,
 }
 
 impl From<proto::Report> for ReportView {
@@ -168,6 +182,13 @@ impl From<proto::Report> for ReportView {
             highest_seq: r.highest_seq,
             jitter_us: r.jitter_us,
             buffered_ms: r.buffered_ms,
+            recovered_fec: r.recovered_fec,
+            recovered_retransmit: r.recovered_retransmit,
+            concealed_ms: r.concealed_ms,
+            clock_offset_us: r.clock_offset_us,
+            drift_ppb: r.drift_ppb,
+            playout_error_us: r.playout_error_us,
+            resyncs: r.resyncs,
         }
     }
 }
@@ -177,12 +198,28 @@ impl From<proto::Report> for ReportView {
 pub struct ListenerView {
     /// Its address (`ip:port`, `[ip6]:port`): the `{addr}` of the kick route.
     pub address: String,
+    /// The name it gave (`listen --name`).
+    pub name: String,
     /// When it joined, milliseconds since the Unix epoch.
     pub joined_at_ms: u64,
     /// How long it has been joined, milliseconds.
     pub connected_ms: u64,
     /// Its last report; `None` until the first one arrives.
     pub report: Option<ReportView>,
+}
+
+/// A listener that left lately, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DepartureView {
+    /// Its address.
+    pub address: String,
+    /// The name it gave.
+    pub name: String,
+    /// Why: what its `Leave` said ("interrupted", "terminated", "device error", "timeout",
+    /// "done"), or "evicted" (silent) or "kicked" (by an operator).
+    pub reason: String,
+    /// When, milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// Everything the HTTP side serves, built by the shell (see the module documentation).
@@ -192,6 +229,8 @@ pub struct Snapshot {
     pub status: Status,
     /// Every joined listener, sorted by address.
     pub listeners: Vec<ListenerView>,
+    /// The latest listeners to leave, oldest first.
+    pub departures: Vec<DepartureView>,
     /// Tick lateness (for `/metrics`).
     #[serde(skip)]
     pub lateness: Histogram,
@@ -232,6 +271,7 @@ pub fn build_snapshot<S: AudioSource>(ep: &Endpoint<S>, view: ShellView<'_>) -> 
             let joined_wall = view.wall.checked_sub(connected).unwrap_or(view.wall);
             ListenerView {
                 address: a.to_string(),
+                name: sessions.name(a).unwrap_or_default().to_string(),
                 joined_at_ms: millis(joined_wall.duration_since(UNIX_EPOCH).unwrap_or_default()),
                 connected_ms: millis(connected),
                 report: sessions.last_report(a).map(ReportView::from),
@@ -239,6 +279,19 @@ pub fn build_snapshot<S: AudioSource>(ep: &Endpoint<S>, view: ShellView<'_>) -> 
         })
         .collect();
     listeners.sort_by(|a, b| a.address.cmp(&b.address));
+    let departures = sessions
+        .departures()
+        .map(|d| {
+            let ago = view.now.saturating_duration_since(d.at);
+            let wall = view.wall.checked_sub(ago).unwrap_or(view.wall);
+            DepartureView {
+                address: d.addr.to_string(),
+                name: d.name.clone(),
+                reason: d.reason.to_string(),
+                at_ms: millis(wall.duration_since(UNIX_EPOCH).unwrap_or_default()),
+            }
+        })
+        .collect();
     Snapshot {
         status: Status {
             source: view.source.to_string(),
@@ -277,6 +330,7 @@ pub fn build_snapshot<S: AudioSource>(ep: &Endpoint<S>, view: ShellView<'_>) -> 
             },
         },
         listeners,
+        departures,
         lateness: view.lateness.clone(),
     }
 }
@@ -457,13 +511,14 @@ mod tests {
             looping: false,
             mtu: 1400,
             cookie_key: (1, 2),
+            ..EndpointConfig::default()
         };
         Endpoint::new(now, config, Silence(info))
     }
 
     fn join(ep: &mut Endpoint<Silence>, now: Instant, from: SocketAddr) {
         let cookie = ep.sessions().cookie(now, &from);
-        let d = proto::encode_to_bytes(&Packet::new(0, Message::Join(Join { cookie }))).unwrap();
+        let d = proto::encode_to_bytes(&Packet::new(0, Message::Join(Join::new(cookie)))).unwrap();
         ep.handle(now, from, &d);
         assert!(ep.sessions().contains(&from));
     }

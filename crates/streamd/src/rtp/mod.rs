@@ -163,7 +163,7 @@ impl Packetizer {
             let Message::Audio(a) = p.msg else {
                 continue;
             };
-            if a.pcm.len() % bpf != 0 {
+            if a.payload.len() % bpf != 0 {
                 continue;
             }
             let run_end = run_ts.map(|t| t + (self.run.len() / bpf) as u64);
@@ -176,7 +176,7 @@ impl Packetizer {
                 }
                 run_ts = Some(a.ts);
             }
-            self.run.extend_from_slice(&a.pcm);
+            self.run.extend_from_slice(&a.payload);
         }
         if let Some(t) = run_ts {
             let run = std::mem::take(&mut self.run);
@@ -457,6 +457,7 @@ mod tests {
                 looping: false,
                 mtu: 1400,
                 cookie_key: (1, 2),
+                ..EndpointConfig::default()
             };
             let mut ep = Endpoint::new(t0, config, Ramp(info, 800));
             ep.set_emit_always(emit);

@@ -46,7 +46,7 @@ pub async fn audio(l: &Listener, n: usize) {
 /// A `Connect` padded as the protocol asks, for hand-built handshakes.
 pub fn connect_msg() -> Message {
     Message::Connect(Connect {
-        max_version: 1,
+        max_version: proto::VERSION,
         padding: Bytes::from(vec![0u8; MIN_CONNECT_LEN]),
     })
 }

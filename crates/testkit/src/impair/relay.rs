@@ -209,7 +209,7 @@ mod tests {
             seq,
             Message::Audio(Audio {
                 ts: seq * 10,
-                pcm: Bytes::from_static(&[0; 40]),
+                payload: Bytes::from_static(&[0; 40]),
             }),
         ))
         .unwrap()

@@ -170,6 +170,7 @@ pub fn serve(
         looping: false,
         mtu: DEFAULT_MTU,
         cookie_key: Sessions::random_key(),
+        ..EndpointConfig::default()
     };
     let mut ep = Endpoint::new(Instant::now(), config, Silence::new(duration));
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;

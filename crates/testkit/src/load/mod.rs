@@ -477,7 +477,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
 /// stopped is also owed everything up to `cutoff` (the highest seq any listener had then).
 fn audio_counts(session: &Session, ended_by_server: bool, cutoff: Option<u64>) -> AudioCounts {
     let t = session.tracker();
-    let r = t.report(&PlayoutCounters::default(), 0);
+    let r = t.report(proto::Token::default(), &PlayoutCounters::default(), 0);
     let short_at_end = match (ended_by_server, cutoff, t.highest()) {
         (false, Some(c), Some(h)) => c.saturating_sub(h),
         (false, Some(c), None) => session
@@ -621,7 +621,7 @@ mod tests {
     /// A session joined at `start_seq` 100 that received `seqs`, then `end` (an `End.last_seq`)
     /// if any.
     fn session_with(seqs: &[u64], end: Option<Option<u64>>) -> Session {
-        use proto::{Challenge, End, EndReason, Message, Packet, SampleFormat, StreamInfo};
+        use proto::{Challenge, End, EndReason, Message, Packet, StreamInfo, Welcome};
         let server: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut cfg = SessionConfig::new(server);
         cfg.playout = false;
@@ -636,7 +636,12 @@ mod tests {
         let info = StreamInfo {
             sample_rate: 44_100,
             channels: 2,
-            format: SampleFormat::S16Le,
+            codec: proto::AudioCodec::Pcm,
+            timeline: proto::Timeline::default(),
+            playout_delay_us: 50_000,
+            min_delay_us: 25_000,
+            repair: proto::Repair::default(),
+            multicast: None,
             interval_us: 20_000,
             frames_per_packet: 10,
             total_frames: None,
@@ -644,7 +649,12 @@ mod tests {
             start_ts: 0,
             title: "t".into(),
         };
-        s.handle(t0, server, &enc(Message::Welcome(info)));
+        let welcome = Welcome {
+            token: [9; proto::TOKEN_LEN],
+            noise: bytes::Bytes::new(),
+            info,
+        };
+        s.handle(t0, server, &enc(Message::Welcome(welcome)));
         for &q in seqs {
             let mut b = bytes::BytesMut::new();
             proto::encode_audio(q, (q - 100) * 10, &[0u8; 40], &mut b);

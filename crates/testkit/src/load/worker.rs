@@ -168,8 +168,9 @@ fn realtime_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// The seq of a well-formed `Audio` datagram, read without copying the payload: the same checks
-/// as `proto::decode` (header, length prefix equal to what is there, whole samples).
+/// The seq of a well-formed PCM `Audio` datagram, read without copying the payload: the checks
+/// of `proto::decode` (header, length prefix equal to what is there) and whole 16-bit samples,
+/// which the listener's session asks of a PCM payload.
 pub fn audio_seq(d: &[u8]) -> Option<u64> {
     if d.len() < AUDIO_OVERHEAD
         || d.len() > MAX_DATAGRAM
@@ -261,7 +262,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
             for (slot, sock) in slots.iter_mut().zip(&sockets) {
                 match slot.session.as_mut() {
                     Some(s) if matches!(s.phase(), Phase::Streaming | Phase::PlayingOut) => {
-                        s.leave(now);
+                        s.leave(now, proto::LeaveReason::Done);
                         slot.drain(now, sock, &mut r.send_errors);
                         sent += 1;
                         if sent % LEAVE_CHUNK == 0 {
@@ -386,16 +387,22 @@ mod tests {
         assert_eq!(b.len(), 1388);
         assert_eq!(audio_seq(&b), Some(77));
         assert!(proto::decode(&b).is_ok());
-        // Truncated, odd, wrong type: neither path accepts them.
+        // Truncated, another version, wrong type: neither path accepts them.
         assert_eq!(audio_seq(&b[..1387]), None);
         assert!(proto::decode(&b[..1387]).is_err());
+        let mut v1 = b.to_vec();
+        v1[2] = 1;
+        assert_eq!(audio_seq(&v1), None);
+        assert!(proto::decode(&v1).is_err());
+        assert_eq!(
+            audio_seq(b"ES\x02\x07garbage-garbage-garbage-garbage"),
+            None
+        );
+        // An odd payload is a valid datagram (codec data) but not whole PCM samples: the fast
+        // path, like the session, does not take it as audio.
         let mut odd = BytesMut::new();
         proto::encode_audio(1, 0, &[1u8; 3], &mut odd);
         assert_eq!(audio_seq(&odd), None);
-        assert!(proto::decode(&odd).is_err());
-        assert_eq!(
-            audio_seq(b"ES\x01\x07garbage-garbage-garbage-garbage"),
-            None
-        );
+        assert!(proto::decode(&odd).is_ok());
     }
 }

@@ -123,6 +123,7 @@ pub fn server_config(interval: Duration) -> EndpointConfig {
         looping: false,
         mtu: proto::limits::DEFAULT_MTU,
         cookie_key: (0x5eed, 0xc00c1e),
+        ..EndpointConfig::default()
     }
 }
 
@@ -563,7 +564,7 @@ impl Listener {
         }
         let local = self.local(now);
         if let Some(s) = self.session.as_mut() {
-            s.leave(local);
+            s.leave(local, proto::LeaveReason::Interrupted);
         }
         self.drain(now);
     }
@@ -635,7 +636,7 @@ impl Listener {
             Err(_) => {
                 // The room's sink never fails; a failure would stop the listener, as in listen.
                 self.refill = None;
-                s.leave(local);
+                s.leave(local, proto::LeaveReason::DeviceError);
             }
         }
     }

@@ -199,16 +199,23 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn leave() -> proto::Message {
+        proto::Message::Leave(proto::Leave {
+            token: [1; proto::TOKEN_LEN],
+            reason: proto::LeaveReason::Done,
+        })
+    }
+
     #[test]
     fn peek_reads_type_and_seq() {
-        let b = proto::encode_to_bytes(&proto::Packet::new(77, proto::Message::Leave)).unwrap();
+        let b = proto::encode_to_bytes(&proto::Packet::new(77, leave())).unwrap();
         assert_eq!(peek(&b), Some((MessageType::Leave, 77)));
         assert_eq!(peek(b"ES"), None);
     }
 
     #[test]
     fn delay_is_fifo_and_rules_drop_the_nth_of_a_type() {
-        let leave = || proto::encode_to_bytes(&proto::Packet::new(1, proto::Message::Leave));
+        let leave = || proto::encode_to_bytes(&proto::Packet::new(1, leave()));
         let mut p = Path::new(
             &Impairment::none(),
             0,
