@@ -471,6 +471,7 @@ pub(crate) fn new_session(config: &Config, server: SocketAddr, now: Instant) -> 
             sink_lead: sink_lead(config),
             playout: true,
             name: ListenerName::new(&config.name),
+            sync: config.sync,
         },
         now,
     )

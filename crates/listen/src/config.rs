@@ -45,6 +45,9 @@ pub struct Config {
     pub clock: SimClock,
     /// Write when each stream frame left the output to this CSV file (`--playout-log`).
     pub playout_log: Option<PathBuf>,
+    /// Play in step with the room (`--sync`): every listener plays each frame at the same
+    /// instant, whatever its clock and its device.
+    pub sync: bool,
     /// The name the Join carries (`--name`, default the host name).
     pub name: String,
 }
@@ -91,6 +94,7 @@ impl Config {
             discovered: None,
             clock: SimClock::real_clock(),
             playout_log: None,
+            sync: false,
             name: String::new(),
         }
     }

@@ -55,11 +55,11 @@ use bytes::{Bytes, BytesMut};
 use proto::limits::{HEADER_LEN, MAX_PAYLOAD, MIN_CONNECT_LEN, REPORT_INTERVAL};
 use proto::{
     COOKIE_LEN, Connect, DecodeError, ErrorCode, ErrorMsg, Join, Leave, LeaveReason, Message,
-    Packet, RejectReason, StreamInfo, Token,
+    Packet, RejectReason, StreamInfo, TIME_REQUEST_PAD, TimeRequest, Token,
 };
 
 use crate::jitter::{JitterBuffer, PlayoutCounters, duration_of};
-use crate::schedule::Fed;
+use crate::schedule::{Fed, Schedule};
 use crate::sink::{Sink, SinkError, VIRTUAL_LEAD};
 use crate::stats::{Arrival, ExitReason, Stats, Tracker};
 use crate::sync::ClockSync;
@@ -107,6 +107,9 @@ pub struct SessionConfig {
     pub playout: bool,
     /// The name the `Join` carries, for the server's operator.
     pub name: ListenerName,
+    /// Synchronised playout (`--sync`): exchange clocks with the server and play every frame
+    /// at the room's instant ([`crate::sync`]) instead of when the jitter buffer fills.
+    pub sync: bool,
 }
 
 /// The codecs this listener decodes, as `Join.codecs` bits.
@@ -167,6 +170,7 @@ impl SessionConfig {
             sink_lead: VIRTUAL_LEAD,
             playout: true,
             name: ListenerName::default(),
+            sync: false,
         }
     }
 }
@@ -411,7 +415,7 @@ impl Session {
     /// after a failed handshake.
     pub fn stats(&self) -> Option<Stats> {
         self.exit
-            .map(|r| Stats::new(&self.tracker, &self.playout(), r))
+            .map(|r| Stats::new(&self.tracker, &self.playout(), r).with_sync(self.sync.summary()))
     }
 
     /// Takes one datagram that arrived at `now` from `from`.
@@ -466,7 +470,12 @@ impl Session {
             cookie,
             name: self.config.name.as_str().to_owned(),
             codecs: SUPPORTED_CODECS,
-            features: SUPPORTED_FEATURES,
+            features: SUPPORTED_FEATURES
+                | if self.config.sync {
+                    proto::FEATURE_SYNC
+                } else {
+                    0
+                },
             noise: Bytes::new(),
         })
     }
@@ -497,6 +506,25 @@ impl Session {
             playing: false,
             underruns: 0,
         }));
+        if self.config.playout && self.config.sync && info.playout_delay_us > 0 {
+            // Every listener plays frame F at due(F) + the room's delay; one that asked for more
+            // buffering than that (its latency and its sink's lead) plays that much later.
+            let target = self
+                .stream
+                .as_ref()
+                .map_or(self.config.latency, |s| s.jb.target());
+            let own = (target + self.config.sink_lead).as_micros();
+            let delay = u64::from(info.playout_delay_us).max(own as u64);
+            self.sync.start(
+                Schedule {
+                    ts: info.timeline.ts,
+                    server_us: info.timeline.server_us,
+                    rate: info.sample_rate,
+                    playout_delay_us: delay,
+                },
+                info.channels,
+            );
+        }
         self.phase = Phase::Streaming;
         self.events.push_back(Event::Joined(info));
     }
@@ -527,6 +555,10 @@ impl Session {
                         s.jb.push(a.ts, a.payload);
                     }
                 }
+            }
+            Message::TimeResponse(r) => {
+                // An answer to no request of ours (forged, stale, duplicated) is dropped.
+                let _ = self.sync.on_response(now, r.t1, r.t2, r.t3);
             }
             Message::End(e) if s.end.is_none() => {
                 // Trailing loss of a finished stream is concealed to the end, but never past
@@ -581,7 +613,14 @@ impl Session {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match (self.phase, self.stream.as_deref()) {
             (Phase::Handshake, _) => Some(self.handshake.retry_at),
-            (Phase::Streaming, Some(s)) => Some((s.last_heard + s.silence).min(s.next_report)),
+            (Phase::Streaming, Some(s)) => {
+                let t = (s.last_heard + s.silence).min(s.next_report);
+                Some(if self.sync.is_synchronised() {
+                    t.min(self.sync.next_request_at())
+                } else {
+                    t
+                })
+            }
             (Phase::PlayingOut, Some(s)) => s.end.map(|(_, at)| at),
             _ => None,
         }
@@ -622,10 +661,24 @@ impl Session {
                     self.close(ExitReason::Timeout);
                     return;
                 }
+                if self.sync.is_synchronised()
+                    && let Some(t1) = self.sync.poll_request(now)
+                {
+                    self.transmits.push_back(Message::TimeRequest(TimeRequest {
+                        token: s.token,
+                        t1,
+                        pad: [0; TIME_REQUEST_PAD],
+                    }));
+                }
                 if now >= s.next_report {
                     s.next_report = now + REPORT_INTERVAL;
                     let buffered_ms = s.jb.buffered().as_millis().min(u128::from(u32::MAX)) as u32;
-                    let r = self.tracker.report(s.token, &s.jb.counters(), buffered_ms);
+                    let mut r = self.tracker.report(s.token, &s.jb.counters(), buffered_ms);
+                    let sync = self.sync.report();
+                    r.clock_offset_us = sync.clock_offset_us;
+                    r.drift_ppb = sync.drift_ppb;
+                    r.playout_error_us = sync.playout_error_us;
+                    r.resyncs = sync.resyncs;
                     self.transmits.push_back(Message::Report(r));
                 }
             }

@@ -337,9 +337,17 @@ fn total(sessions: &[Stats], end_reason: ExitReason) -> Stats {
         end_reason,
         garbage: 0,
         foreign: 0,
+        clock_offset_ms: 0.0,
+        drift_ppm: 0.0,
+        sync_error_ms_p99: 0.0,
+        resyncs: 0,
     };
     let mut weighted = 0.0;
     for s in sessions {
+        t.clock_offset_ms = s.clock_offset_ms;
+        t.drift_ppm = s.drift_ppm;
+        t.sync_error_ms_p99 = t.sync_error_ms_p99.max(s.sync_error_ms_p99);
+        t.resyncs += s.resyncs;
         t.expected += s.expected;
         t.received += s.received;
         t.lost += s.lost;
@@ -379,6 +387,10 @@ mod tests {
             end_reason: end,
             garbage: 0,
             foreign: 3,
+            clock_offset_ms: 0.0,
+            drift_ppm: 0.0,
+            sync_error_ms_p99: 0.0,
+            resyncs: 0,
         }
     }
 

@@ -73,6 +73,11 @@ struct Cli {
     /// output plays each stream frame, a line at least every 5 ms of playback.
     #[arg(long, value_name = "FILE")]
     playout_log: Option<PathBuf>,
+    /// Play in step with the room: exchange clocks with the server and play every frame at
+    /// the room's instant (its playout delay, or this listener's latency if longer), with
+    /// drift compensated to within a frame.
+    #[arg(long)]
+    sync: bool,
 }
 
 /// Longest `--timeout`: a day. Longer is no use to anyone and, near `Duration::MAX`, would
@@ -286,6 +291,7 @@ fn main() -> ExitCode {
             cli.sim_clock_ppm.unwrap_or(0),
         ),
         playout_log: cli.playout_log.clone(),
+        sync: cli.sync,
         name: cli.name.clone().unwrap_or_else(listen::config::host_name),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
