@@ -128,3 +128,89 @@ fn the_playout_log_runs_at_the_simulated_device_rate() {
     }
     assert_eq!(server.proc.exit_code(SLOW), 0);
 }
+
+/// Writes a 20 s 48 kHz stereo tone: long enough for the clocks to settle, short for the suite.
+fn clip(path: &Path) {
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 48_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for f in 0..48_000 * 20u32 {
+        let v = ((f as f64 * 440.0 * std::f64::consts::TAU / 48_000.0).sin() * 8_000.0) as i16;
+        w.write_sample(v).unwrap();
+        w.write_sample(v).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+/// The real instant (ns) at which a log plays `frame`, interpolated between its lines.
+fn when(lines: &[(i128, u64)], frame: u64) -> Option<f64> {
+    let i = lines.partition_point(|l| l.1 <= frame);
+    let (a, b) = (lines.get(i.checked_sub(1)?)?, lines.get(i)?);
+    if b.1 - a.1 > 480 {
+        return None;
+    }
+    let k = (frame - a.1) as f64 / (b.1 - a.1) as f64;
+    Some(a.0 as f64 + k * (b.0 - a.0) as f64)
+}
+
+#[test]
+fn two_listeners_on_skewed_clocks_play_in_step() {
+    let dir = tempdir();
+    let file = dir.path().join("clip.wav");
+    clip(&file);
+    let mut server = Server::start(&file, &["--interval", "20ms", "--latency", "50ms"]);
+    let knobs = [("0.4s", "-120", -120.0), ("-0.3s", "150", 150.0)];
+    let mut listeners = Vec::new();
+    for (i, (off, ppm, _)) in knobs.iter().enumerate() {
+        let log = dir.path().join(format!("s{i}.csv"));
+        let l = Listener::start(
+            server.addr,
+            dir.path(),
+            &format!("s{i}"),
+            &[
+                "--sync",
+                "--latency",
+                "50ms",
+                "--sim-clock-offset",
+                off,
+                "--sim-clock-ppm",
+                ppm,
+                "--playout-log",
+                log.to_str().unwrap(),
+            ],
+        );
+        listeners.push((l, log));
+    }
+    let mut logs = Vec::new();
+    for (i, (l, log)) in listeners.iter_mut().enumerate() {
+        assert_eq!(l.proc.exit_code(SLOW), 0, "{}", l.proc.stderr());
+        let s = l.stats();
+        let drift = s["drift_ppm"].as_f64().unwrap();
+        eprintln!("listener {i}: {s}");
+        assert!(
+            (drift - knobs[i].2).abs() < 2.0,
+            "listener {i}: drift {drift} ppm"
+        );
+        logs.push(read_log(log));
+    }
+    // After 5 s, the same frame leaves both outputs at the same instant.
+    let t0 = logs[0][0].0 + 5_000_000_000;
+    let mut diffs: Vec<f64> = logs[0]
+        .iter()
+        .filter(|l| l.0 > t0)
+        .filter_map(|&(t, f)| when(&logs[1], f).map(|u| (t as f64 - u).abs() / 1e6))
+        .collect();
+    assert!(diffs.len() > 1_000, "{} common frames", diffs.len());
+    diffs.sort_by(f64::total_cmp);
+    let p99 = diffs[diffs.len() * 99 / 100];
+    eprintln!(
+        "playout difference p99 {p99:.3} ms over {} frames",
+        diffs.len()
+    );
+    assert!(p99 < 0.2, "p99 {p99} ms");
+    assert_eq!(server.proc.exit_code(SLOW), 0);
+}

@@ -22,6 +22,9 @@ use crate::sink::{Sink, SinkError};
 /// How long to wait before asking again while the clock has no estimate yet (µs).
 pub const UNSYNCED_RETRY_US: u64 = 5_000;
 
+/// Clock exchanges taken before the playout starts.
+pub const START_SAMPLES: usize = 3;
+
 /// The room's timeline on the server's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Schedule {
@@ -128,6 +131,13 @@ impl SyncedPlayout {
         };
         let rate = f64::from(self.schedule.rate.max(1));
         let mut start_at = None;
+        if !self.started && clock.samples() < START_SAMPLES {
+            // One exchange delayed by a busy machine can put the estimate milliseconds off;
+            // the start waits for a few (a late start is skipped up to schedule).
+            return Step::Wait {
+                until: out_at + UNSYNCED_RETRY_US,
+            };
+        }
         if !self.started {
             let due = self.schedule.play_at(next as f64);
             let Some(due_local) = clock.server_to_local(due.round().max(0.0) as u64) else {
@@ -466,10 +476,11 @@ mod tests {
             }
         );
         // Listener = server + 1 s, exactly.
-        clock.on_request_sent(2_000_000);
-        clock
-            .on_sample(2_000_000, 1_000_000, 1_000_000, 2_000_000)
-            .unwrap();
+        for k in 0..START_SAMPLES as u64 {
+            let t = 2_000_000 - 2 + k;
+            clock.on_request_sent(t);
+            clock.on_sample(t, t - 1_000_000, t - 1_000_000, t).unwrap();
+        }
         // Frame 0 plays at server 1.05 s = local 2.05 s.
         assert_eq!(
             sp.step(&clock, 2_000_000, 0, 480),
