@@ -25,6 +25,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::config::fmt_secs;
 use crate::jitter::duration_of;
+use crate::playlog::PlayoutLog;
 use crate::session::{Event, ListenerName, Session, SessionConfig};
 use crate::sink::{CpalSink, DEVICE_LEAD, Sink, SinkError, VIRTUAL_LEAD, WavSink};
 use crate::stats::{ExitReason, Stats, render_table};
@@ -218,6 +219,8 @@ pub(crate) struct OpenSink {
     pub(crate) sink: Box<dyn Sink>,
     /// Sample rate and channels it was opened with.
     format: (u32, u16),
+    /// `--playout-log`: when each frame written to it left the output.
+    pub(crate) log: Option<PlayoutLog>,
 }
 
 /// Gives the session a sink for the stream it joined: the open one when the format is the same,
@@ -249,9 +252,26 @@ fn sink_for(
         Some(_) => tracing::info!("the stream's format changed: reopening the audio device"),
         None => {}
     }
-    *sink = None;
+    let log = match sink.take().and_then(|s| s.log) {
+        Some(log) => Some(log),
+        None => match &config.playout_log {
+            Some(path) => {
+                Some(
+                    PlayoutLog::create(path).map_err(|source| ListenError::PlayoutLog {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        },
+    };
     let s = open_sink(config, info)?;
-    *sink = Some(OpenSink { sink: s, format });
+    *sink = Some(OpenSink {
+        sink: s,
+        format,
+        log,
+    });
     Ok(())
 }
 
@@ -284,16 +304,24 @@ pub(crate) async fn drive_session(
     let timer = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(timer);
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-    let mut now = Instant::now();
+    let mut now = config.clock.now();
     let mut joined = false;
     loop {
         if joined
             && let Some(s) = sink.as_mut()
             && !session.is_closed()
         {
-            match session.feed(now, s.sink.as_mut()) {
+            let fed = session.feed(now, s.sink.as_mut());
+            if let (Some(log), Some(f), Some(info)) =
+                (s.log.as_mut(), session.take_fed(), session.info())
+                && let Err(e) = log.played(&config.clock, info.sample_rate, f.first, f.frames, f.at)
+            {
+                tracing::warn!("--playout-log: {e}; no longer written");
+                s.log = None;
+            }
+            match fed {
                 Ok(Some(at)) => {
-                    let at = tokio::time::Instant::from_std(at);
+                    let at = tokio::time::Instant::from_std(config.clock.real(at));
                     if !refill_armed || refill.deadline() != at {
                         // A new timer rather than `reset`: tokio moves a timer to a later
                         // deadline lazily, leaving its old slot to wake the runtime for nothing.
@@ -383,7 +411,7 @@ pub(crate) async fn drive_session(
             return Ok(());
         }
         if let Some(at) = session.poll_timeout() {
-            let at = tokio::time::Instant::from_std(at);
+            let at = tokio::time::Instant::from_std(config.clock.real(at));
             if timer.deadline() != at {
                 timer.set(tokio::time::sleep_until(at));
             }
@@ -396,7 +424,7 @@ pub(crate) async fn drive_session(
             _ = status_tick.tick(), if status.is_on() => Wake::Status,
         };
         // The one clock read of this wake-up.
-        now = Instant::now();
+        now = config.clock.now();
         match wake {
             Wake::Interrupt => {
                 *interrupted = true;
@@ -443,6 +471,7 @@ pub(crate) fn new_session(config: &Config, server: SocketAddr, now: Instant) -> 
             sink_lead: sink_lead(config),
             playout: true,
             name: ListenerName::new(&config.name),
+            sync: config.sync,
         },
         now,
     )
@@ -494,13 +523,19 @@ pub async fn run(
         Some(p) => check_writable(p)?,
         None => CpalSink::probe(config.device.as_deref())?,
     }
+    if let Some(p) = &config.playout_log {
+        std::fs::File::create(p).map_err(|source| ListenError::PlayoutLog {
+            path: p.clone(),
+            source,
+        })?;
+    }
     let server = resolve(&config.server).await?;
     let sock = bind_socket(server)?;
     tracing::info!("connecting to {} ({server})", config.server);
     if config.stay {
         return crate::staying::run_staying(&config, server, sock, &mut interrupt).await;
     }
-    let mut session = new_session(&config, server, Instant::now());
+    let mut session = new_session(&config, server, config.clock.now());
     let mut sink: Option<OpenSink> = None;
     let mut failure: Option<SinkError> = None;
     let mut interrupted = false;
@@ -529,7 +564,15 @@ pub async fn run(
         });
     };
     // Let the sink play what it holds (the device's tail), unless the user wants out now.
-    match sink.sink.finish(Instant::now()) {
+    if let Some(log) = sink.log.as_mut()
+        && let Err(source) = log.flush()
+    {
+        return Err(ListenError::PlayoutLog {
+            path: config.playout_log.clone().unwrap_or_default(),
+            source,
+        });
+    }
+    match sink.sink.finish(config.clock.now()) {
         Ok(wait) if end_reason != ExitReason::Interrupted => tokio::time::sleep(wait).await,
         Ok(_) => {}
         Err(e) => failure = failure.or(Some(e)),

@@ -9,6 +9,7 @@ use proto::StreamInfo;
 
 use crate::discover::Chosen;
 use crate::session::{DEFAULT_LATENCY, DEFAULT_TIMEOUT};
+use crate::simclock::SimClock;
 use crate::sink::SinkError;
 use crate::stats::{ExitReason, Stats};
 use crate::stay::StayStats;
@@ -39,6 +40,14 @@ pub struct Config {
     /// The server was found by mDNS (no `--server`): with `stay`, it is looked for again when
     /// it may have moved.
     pub discovered: Option<Chosen>,
+    /// The listener's clock: the real one, or offset and skewed by `--sim-clock-offset` and
+    /// `--sim-clock-ppm` (tests of clock synchronisation).
+    pub clock: SimClock,
+    /// Write when each stream frame left the output to this CSV file (`--playout-log`).
+    pub playout_log: Option<PathBuf>,
+    /// Play in step with the room (`--sync`): every listener plays each frame at the same
+    /// instant, whatever its clock and its device.
+    pub sync: bool,
     /// The name the Join carries (`--name`, default the host name).
     pub name: String,
 }
@@ -83,6 +92,9 @@ impl Config {
             quiet: false,
             stay: false,
             discovered: None,
+            clock: SimClock::real_clock(),
+            playout_log: None,
+            sync: false,
             name: String::new(),
         }
     }
@@ -122,6 +134,14 @@ pub enum ListenError {
         server: String,
         /// What failed.
         detail: String,
+    },
+    /// `--playout-log` could not be created or written.
+    #[error("cannot write {}: {source}", path.display())]
+    PlayoutLog {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
     },
     /// The local UDP socket failed.
     #[error("UDP socket: {0}")]

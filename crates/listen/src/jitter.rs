@@ -274,6 +274,43 @@ impl JitterBuffer {
                 return 0;
             }
         }
+        self.pull_playing(max_frames, out, false, codec)
+    }
+
+    /// Synchronised playout ([`crate::schedule`]): the room's schedule, not the buffer's
+    /// fill, decides when frames play. Hands out exactly `max_frames` frames (fewer only once
+    /// the stream has finished): audio missing now is concealed, never waited for, so the
+    /// output keeps the schedule; running empty counts one underrun per gap.
+    pub fn pull_due(&mut self, max_frames: usize, out: &mut Vec<i16>) -> usize {
+        if self.state == State::Buffering {
+            self.state = State::Playing;
+        }
+        self.pull_playing(max_frames, out, true, &mut Fade)
+    }
+
+    /// Synchronised playout: drops the next `frames` frames unplayed (the output is that far
+    /// behind the schedule).
+    pub fn skip(&mut self, frames: u64) {
+        if self.state == State::Finished {
+            return;
+        }
+        self.play_ts += frames;
+        self.max_end = self.max_end.max(self.play_ts);
+        while let Some((&ts, pcm)) = self.packets.first_key_value() {
+            if ts + (pcm.len() / (self.channels * 2)) as u64 > self.play_ts {
+                break;
+            }
+            self.packets.pop_first();
+        }
+    }
+
+    fn pull_playing(
+        &mut self,
+        max_frames: usize,
+        out: &mut Vec<i16>,
+        live: bool,
+        codec: &mut dyn Conceal,
+    ) -> usize {
         let mut produced = 0usize;
         while produced < max_frames && self.state == State::Playing {
             let want = (max_frames - produced) as u64;
@@ -286,6 +323,12 @@ impl JitterBuffer {
                 }
                 if self.ended {
                     self.state = State::Finished;
+                } else if live {
+                    if self.fade_pos == 0 {
+                        self.counters.underruns += 1;
+                    }
+                    produced += self.conceal(want, out, codec);
+                    continue;
                 } else {
                     self.counters.underruns += 1;
                     self.state = State::Buffering;

@@ -14,17 +14,23 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod discover;
+pub mod drift;
 pub mod jitter;
 pub mod multicast;
+pub mod playlog;
+pub mod schedule;
 pub mod session;
+pub mod simclock;
 pub mod sink;
 pub mod stats;
 pub mod status;
 pub mod stay;
 mod staying;
+pub mod sync;
 
 pub use client::run;
 pub use config::{Config, ListenError, Outcome, parse_duration};

@@ -56,13 +56,15 @@ use bytes::{Bytes, BytesMut};
 use proto::limits::{HEADER_LEN, MAX_PAYLOAD, MIN_CONNECT_LEN, REPORT_INTERVAL};
 use proto::{
     COOKIE_LEN, Connect, DecodeError, ErrorCode, ErrorMsg, Join, Leave, LeaveReason, Message,
-    Packet, RejectReason, StreamInfo, Token,
+    Packet, RejectReason, StreamInfo, TIME_REQUEST_PAD, TimeRequest, Token,
 };
 
 use crate::decode::DecodeStage;
 use crate::jitter::{JitterBuffer, PlayoutCounters, duration_of};
+use crate::schedule::{Fed, Schedule};
 use crate::sink::{Sink, SinkError, VIRTUAL_LEAD};
 use crate::stats::{Arrival, ExitReason, Stats, Tracker};
+use crate::sync::ClockSync;
 
 /// Default jitter-buffer target (`--latency`).
 pub const DEFAULT_LATENCY: Duration = Duration::from_millis(100);
@@ -107,6 +109,9 @@ pub struct SessionConfig {
     pub playout: bool,
     /// The name the `Join` carries, for the server's operator.
     pub name: ListenerName,
+    /// Synchronised playout (`--sync`): exchange clocks with the server and play every frame
+    /// at the room's instant ([`crate::sync`]) instead of when the jitter buffer fills.
+    pub sync: bool,
 }
 
 /// The codecs this listener decodes (PCM, FLAC, Opus), as `Join.codecs` bits.
@@ -167,6 +172,7 @@ impl SessionConfig {
             sink_lead: VIRTUAL_LEAD,
             playout: true,
             name: ListenerName::default(),
+            sync: false,
         }
     }
 }
@@ -353,6 +359,10 @@ pub struct Session {
     scratch: Vec<i16>,
     /// Bytes of every datagram from the server (all types, UDP payload).
     bytes_received: u64,
+    /// Clock synchronisation and the synchronised playout ([`crate::sync`]).
+    sync: ClockSync,
+    /// What the last [`Session::feed`] played, for `--playout-log`.
+    fed: Option<Fed>,
     /// What the `Leave` says when the session closes.
     leave_reason: Option<LeaveReason>,
     /// A private room's keys ([`Session::with_room_key`]); `Open` without a key.
@@ -407,6 +417,8 @@ impl Session {
             buf: BytesMut::with_capacity(256),
             scratch: Vec::new(),
             bytes_received: 0,
+            sync: ClockSync::new(now),
+            fed: None,
             leave_reason: None,
             keys: Keys::Open,
         };
@@ -423,6 +435,17 @@ impl Session {
             msg1: Bytes::from(msg1),
         };
         Ok(self)
+    }
+
+    /// Clock synchronisation and the synchronised playout.
+    pub fn sync(&self) -> &ClockSync {
+        &self.sync
+    }
+
+    /// What the last [`Self::feed`] played (first stream frame, frames, when the first leaves
+    /// the output), once: for `--playout-log`.
+    pub fn take_fed(&mut self) -> Option<Fed> {
+        self.fed.take()
     }
 
     /// The configuration it was made with.
@@ -476,7 +499,8 @@ impl Session {
     /// after a failed handshake.
     pub fn stats(&self) -> Option<Stats> {
         self.exit.map(|r| {
-            let mut st = Stats::new(&self.tracker, &self.playout(), r);
+            let mut st =
+                Stats::new(&self.tracker, &self.playout(), r).with_sync(self.sync.summary());
             st.bytes_received = self.bytes_received;
             if let Some(s) = self.stream.as_deref() {
                 st.codec = audiocodec::codec_label(s.decode.codec());
@@ -542,7 +566,12 @@ impl Session {
             cookie,
             name: self.config.name.as_str().to_owned(),
             codecs: SUPPORTED_CODECS,
-            features: SUPPORTED_FEATURES,
+            features: SUPPORTED_FEATURES
+                | if self.config.sync {
+                    proto::FEATURE_SYNC
+                } else {
+                    0
+                },
             noise: match &self.keys {
                 Keys::Handshake { msg1, .. } => msg1.clone(),
                 _ => Bytes::new(),
@@ -635,6 +664,25 @@ impl Session {
             ),
             deliveries: Vec::new(),
         }));
+        if self.config.playout && self.config.sync && info.playout_delay_us > 0 {
+            // Every listener plays frame F at due(F) + the room's delay; one that asked for more
+            // buffering than that (its latency and its sink's lead) plays that much later.
+            let target = self
+                .stream
+                .as_ref()
+                .map_or(self.config.latency, |s| s.jb.target());
+            let own = (target + self.config.sink_lead).as_micros();
+            let delay = u64::from(info.playout_delay_us).max(own as u64);
+            self.sync.start(
+                Schedule {
+                    ts: info.timeline.ts,
+                    server_us: info.timeline.server_us,
+                    rate: info.sample_rate,
+                    playout_delay_us: delay,
+                },
+                info.channels,
+            );
+        }
         self.phase = Phase::Streaming;
         self.events.push_back(Event::Joined(info));
     }
@@ -738,6 +786,10 @@ impl Session {
                 s.deliveries = out;
             }
             Message::Resent(_) | Message::Parity(_) => {}
+            Message::TimeResponse(r) => {
+                // An answer to no request of ours (forged, stale, duplicated) is dropped.
+                let _ = self.sync.on_response(now, r.t1, r.t2, r.t3);
+            }
             Message::End(e) if s.end.is_none() => {
                 // Trailing loss of a finished stream is concealed to the end, but never past
                 // what the missing datagrams could have held: a truncated file (whose header
@@ -814,6 +866,11 @@ impl Session {
             (Phase::Handshake, _) => Some(self.handshake.retry_at),
             (Phase::Streaming, Some(s)) => {
                 let t = (s.last_heard + s.silence).min(s.next_report);
+                let t = if self.sync.is_synchronised() {
+                    t.min(self.sync.next_request_at())
+                } else {
+                    t
+                };
                 Some(s.repair.poll_timeout().map_or(t, |r| r.min(t)))
             }
             (Phase::PlayingOut, Some(s)) => {
@@ -863,10 +920,24 @@ impl Session {
                     self.close(ExitReason::Timeout);
                     return;
                 }
+                if self.sync.is_synchronised()
+                    && let Some(t1) = self.sync.poll_request(now)
+                {
+                    self.transmits.push_back(Message::TimeRequest(TimeRequest {
+                        token: s.token,
+                        t1,
+                        pad: [0; TIME_REQUEST_PAD],
+                    }));
+                }
                 if now >= s.next_report {
                     s.next_report = now + REPORT_INTERVAL;
                     let buffered_ms = s.jb.buffered().as_millis().min(u128::from(u32::MAX)) as u32;
-                    let r = self.tracker.report(s.token, &s.jb.counters(), buffered_ms);
+                    let mut r = self.tracker.report(s.token, &s.jb.counters(), buffered_ms);
+                    let sync = self.sync.report();
+                    r.clock_offset_us = sync.clock_offset_us;
+                    r.drift_ppb = sync.drift_ppb;
+                    r.playout_error_us = sync.playout_error_us;
+                    r.resyncs = sync.resyncs;
                     self.transmits.push_back(Message::Report(r));
                 }
             }
@@ -970,8 +1041,13 @@ impl Session {
         now: Instant,
         sink: &mut dyn Sink,
     ) -> Result<Option<Instant>, SinkError> {
+        if self.sync.is_synchronised() {
+            return self.feed_synced(now, sink);
+        }
         let want = sink.demand(now);
         let mut got = 0;
+        let first = self.stream.as_ref().map(|s| s.jb.position());
+        let at = sink.output_at(now);
         if want > 0 {
             let mut out = std::mem::take(&mut self.scratch);
             out.clear();
@@ -984,7 +1060,57 @@ impl Session {
             self.scratch = out;
             written?;
         }
+        if let Some(first) = first
+            && got > 0
+        {
+            self.fed = Some(Fed {
+                first,
+                frames: got as u64,
+                at,
+            });
+        }
         Ok((got == want).then(|| sink.refill_at(now)))
+    }
+
+    /// [`Self::feed`] on the room's schedule ([`crate::schedule`]).
+    fn feed_synced(
+        &mut self,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) -> Result<Option<Instant>, SinkError> {
+        if self.phase == Phase::Closed {
+            return Ok(None);
+        }
+        let Some(s) = self.stream.as_deref_mut() else {
+            return Ok(None);
+        };
+        let Some(result) = self.sync.feed(now, &mut s.jb, sink) else {
+            return Ok(None);
+        };
+        let (next, fed) = result?;
+        if let Some(f) = fed {
+            self.fed = Some(f);
+            if !s.playing {
+                s.playing = true;
+                self.events.push_back(Event::Playing {
+                    buffered: s.jb.buffered(),
+                });
+            }
+        }
+        let u = s.jb.counters().underruns;
+        if u > s.underruns {
+            s.underruns = u;
+            self.events.push_back(Event::Underrun {
+                at: duration_of(s.jb.position(), s.info.sample_rate),
+                target: s.jb.target(),
+            });
+        }
+        if let Some((reason, _)) = s.end
+            && s.jb.is_finished()
+        {
+            self.close(reason);
+        }
+        Ok(next)
     }
 
     /// Ends the stream for `reason`: queues `Leave` (when joined) and [`Event::Ended`].

@@ -114,6 +114,20 @@ pub trait Sink: Send {
     /// No more audio will come: flush, and return how long the caller must wait before dropping
     /// the sink for everything written to be heard.
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError>;
+
+    /// When a frame written at `now` will leave the output: after what the sink still holds
+    /// (the playout schedule and `--playout-log` need it). A sink that cannot tell says `now`.
+    fn output_at(&self, now: Instant) -> Instant {
+        now
+    }
+
+    /// Synchronised playout: the next write (at `now`) is the first frame of a playout that
+    /// should have begun at `at` (at most a few milliseconds before the write). A virtual device starts
+    /// its clock there, so the schedule is kept to the frame; a device that cannot go back
+    /// ignores it (the schedule's servo absorbs the difference).
+    fn start_at(&mut self, now: Instant, at: Instant) {
+        let _ = (now, at);
+    }
 }
 
 /// A device that plays `rate` frames per second from a buffer of `capacity` frames, on the
@@ -126,6 +140,8 @@ pub struct VirtualDevice {
     capacity: u64,
     /// When everything written so far will have been played.
     busy_until: Option<Instant>,
+    /// `busy_until` is a start instant set by [`Self::start_at`] for the next write.
+    start_pending: bool,
 }
 
 impl VirtualDevice {
@@ -135,6 +151,7 @@ impl VirtualDevice {
             rate,
             capacity: frames_in(lead, rate).max(1),
             busy_until: None,
+            start_pending: false,
         }
     }
 
@@ -152,7 +169,10 @@ impl VirtualDevice {
 
     /// `frames` were written at `now`.
     pub fn wrote(&mut self, now: Instant, frames: u64) {
-        let from = self.busy_until.map_or(now, |b| b.max(now));
+        let from = match self.busy_until {
+            Some(b) if std::mem::take(&mut self.start_pending) => b,
+            b => b.map_or(now, |b| b.max(now)),
+        };
         self.busy_until = Some(from + duration_of(frames, self.rate));
     }
 
@@ -162,6 +182,20 @@ impl VirtualDevice {
         self.busy_until
             .and_then(|b| b.checked_sub(VIRTUAL_REFILL_MARGIN))
             .map_or(now, |t| t.max(now))
+    }
+
+    /// When a frame written at `now` will be played: once everything written before it has.
+    pub fn output_at(&self, now: Instant) -> Instant {
+        self.busy_until.map_or(now, |b| b.max(now))
+    }
+
+    /// The next write starts playing at `at`, even if that is already past (a synchronised
+    /// start that woke a little late); ignored while something is still playing.
+    pub fn start_at(&mut self, now: Instant, at: Instant) {
+        if self.busy_until.is_none_or(|b| b <= now) {
+            self.busy_until = Some(at);
+            self.start_pending = true;
+        }
     }
 
     /// Time until everything written has been played.
@@ -203,6 +237,14 @@ impl Sink for NullSink {
     }
     fn refill_at(&self, now: Instant) -> Instant {
         self.dev.refill_at(now)
+    }
+
+    fn output_at(&self, now: Instant) -> Instant {
+        self.dev.output_at(now)
+    }
+
+    fn start_at(&mut self, now: Instant, at: Instant) {
+        self.dev.start_at(now, at);
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         Ok(self.dev.remaining(now))
@@ -251,6 +293,14 @@ impl Sink for MemorySink {
     }
     fn refill_at(&self, now: Instant) -> Instant {
         self.dev.refill_at(now)
+    }
+
+    fn output_at(&self, now: Instant) -> Instant {
+        self.dev.output_at(now)
+    }
+
+    fn start_at(&mut self, now: Instant, at: Instant) {
+        self.dev.start_at(now, at);
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         Ok(self.dev.remaining(now))
@@ -336,6 +386,14 @@ impl Sink for WavSink {
     }
     fn refill_at(&self, now: Instant) -> Instant {
         self.dev.refill_at(now)
+    }
+
+    fn output_at(&self, now: Instant) -> Instant {
+        self.dev.output_at(now)
+    }
+
+    fn start_at(&mut self, now: Instant, at: Instant) {
+        self.dev.start_at(now, at);
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         if let Some(w) = self.writer.take() {
@@ -609,6 +667,9 @@ struct DeviceCounters {
     /// Samples of silence the data callback played after the first audio because the ring was
     /// short: rebuffering, or the client thread starved of CPU.
     starved: AtomicU64,
+    /// The device's own latency as the last callback predicted it (ns): from the callback to
+    /// the instant its first sample is played.
+    latency_ns: AtomicU64,
 }
 
 fn build_stream<T>(
@@ -628,7 +689,12 @@ where
         // available count is always a multiple of the channel count), converts the format,
         // pads with silence on a shortfall and counts it. No locks, allocation, logging or
         // blocking.
-        move |data: &mut [T], _| {
+        move |data: &mut [T], info: &cpal::OutputCallbackInfo| {
+            let ts = info.timestamp();
+            let latency = ts.playback.duration_since(ts.callback);
+            counters
+                .latency_ns
+                .store(latency.as_nanos() as u64, Ordering::Relaxed);
             let n = consumer.slots().min(data.len());
             let mut filled = 0;
             if let Ok(chunk) = consumer.read_chunk(n) {
@@ -775,6 +841,13 @@ impl Sink for CpalSink {
 
     fn refill_at(&self, now: Instant) -> Instant {
         now + DEVICE_REFILL
+    }
+
+    fn output_at(&self, now: Instant) -> Instant {
+        // What the ring holds, then the device's own latency as its callback last saw it.
+        let queued = (self.capacity - self.producer.slots()) / self.dev_ch;
+        let device = Duration::from_nanos(self.counters.latency_ns.load(Ordering::Relaxed));
+        now + duration_of(queued as u64, self.dev_rate) + device
     }
 
     fn finish(&mut self, _now: Instant) -> Result<Duration, SinkError> {

@@ -309,6 +309,14 @@ pub struct Stats {
     pub codec: String,
     /// Bytes of every datagram received from the server (UDP payloads, all types).
     pub bytes_received: u64,
+    /// Listener minus server clock at the end, ms (0 without clock exchanges).
+    pub clock_offset_ms: f64,
+    /// How fast the listener's clock ran against the server's, ppm (listener fast: +).
+    pub drift_ppm: f64,
+    /// p99 of |playout error| against the room's schedule, ms (0 unsynchronised).
+    pub sync_error_ms_p99: f64,
+    /// Hard resyncs of the synchronised playout (skips or waits past 50 ms).
+    pub resyncs: u64,
 }
 
 impl Stats {
@@ -333,7 +341,25 @@ impl Stats {
             foreign: tracker.foreign,
             codec: String::new(),
             bytes_received: 0,
+            clock_offset_ms: 0.0,
+            drift_ppm: 0.0,
+            sync_error_ms_p99: 0.0,
+            resyncs: 0,
         }
+    }
+
+    /// These statistics with the clock synchronisation's summary: offset (ms), drift (ppm),
+    /// p99 playout error (ms), resyncs.
+    pub fn with_sync(
+        mut self,
+        (offset_ms, drift_ppm, p99_ms, resyncs): (f64, f64, f64, u64),
+    ) -> Self {
+        let r3 = |v: f64| (v * 1000.0).round() / 1000.0;
+        self.clock_offset_ms = r3(offset_ms);
+        self.drift_ppm = r3(drift_ppm);
+        self.sync_error_ms_p99 = r3(p99_ms);
+        self.resyncs = resyncs;
+        self
     }
 
     /// The JSON object of `--stats-json`.

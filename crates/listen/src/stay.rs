@@ -341,9 +341,17 @@ fn total(sessions: &[Stats], end_reason: ExitReason) -> Stats {
         foreign: 0,
         codec: sessions.last().map(|s| s.codec.clone()).unwrap_or_default(),
         bytes_received: 0,
+        clock_offset_ms: 0.0,
+        drift_ppm: 0.0,
+        sync_error_ms_p99: 0.0,
+        resyncs: 0,
     };
     let mut weighted = 0.0;
     for s in sessions {
+        t.clock_offset_ms = s.clock_offset_ms;
+        t.drift_ppm = s.drift_ppm;
+        t.sync_error_ms_p99 = t.sync_error_ms_p99.max(s.sync_error_ms_p99);
+        t.resyncs += s.resyncs;
         t.expected += s.expected;
         t.received += s.received;
         t.lost += s.lost;
@@ -390,6 +398,10 @@ mod tests {
             foreign: 3,
             codec: "pcm".into(),
             bytes_received: received * 100,
+            clock_offset_ms: 0.0,
+            drift_ppm: 0.0,
+            sync_error_ms_p99: 0.0,
+            resyncs: 0,
         }
     }
 

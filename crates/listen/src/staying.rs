@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use tokio::net::UdpSocket;
 
@@ -46,7 +45,7 @@ pub(crate) async fn run_staying(
     // The server joined can move (rediscovery): the logs name the address in use.
     let mut config = config.clone();
     let config = &mut config;
-    let mut stay = Stay::new(Instant::now());
+    let mut stay = Stay::new(config.clock.now());
     if config.discovered.is_some() {
         stay = stay.with_rediscovery();
     }
@@ -56,7 +55,7 @@ pub(crate) async fn run_staying(
     let mut info = None;
     let mut fatal = None;
     while !interrupted {
-        let mut session = new_session(config, server, Instant::now());
+        let mut session = new_session(config, server, config.clock.now());
         let res = drive_session(
             config,
             &mut session,
@@ -68,7 +67,7 @@ pub(crate) async fn run_staying(
             Some(&mut stay),
         )
         .await;
-        let now = Instant::now();
+        let now = config.clock.now();
         if session.info().is_some() {
             info = session.info().cloned();
         }
@@ -99,7 +98,7 @@ pub(crate) async fn run_staying(
             && let Some(chosen) = config.discovered.clone()
         {
             let Some(found) = browse_again(&chosen, interrupt).await else {
-                stay.interrupt(Instant::now(), None);
+                stay.interrupt(config.clock.now(), None);
                 break;
             };
             let mut moved = false;
@@ -136,24 +135,24 @@ pub(crate) async fn run_staying(
                 Some(_) => tracing::debug!("mDNS: {server} is still where it was"),
                 None => tracing::debug!("mDNS: {:?} not found", chosen.found.instance),
             }
-            stay.rediscovered(Instant::now(), moved);
+            stay.rediscovered(config.clock.now(), moved);
         }
         // Wait for the rejoin, or the interrupt.
         let Some(at) = stay.rejoin_at() else { break };
         tokio::select! {
             () = interrupt.as_mut() => {
                 interrupted = true;
-                stay.interrupt(Instant::now(), None);
+                stay.interrupt(config.clock.now(), None);
             }
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
-                stay.poll_rejoin(Instant::now().max(at));
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(config.clock.real(at))) => {
+                stay.poll_rejoin(config.clock.now().max(at));
             }
         }
     }
     let all = stay.stats();
     let config = &*config;
     if let Some(mut s) = sink {
-        if let Err(e) = s.sink.finish(Instant::now()) {
+        if let Err(e) = s.sink.finish(config.clock.now()) {
             failure = failure.or(Some(e));
         }
     }

@@ -63,6 +63,7 @@ pub fn session_config(upstream: SocketAddr, interval: Duration) -> SessionConfig
         sink_lead: interval,
         playout: true,
         name: listen::session::ListenerName::new(RELAY_NAME),
+        ..SessionConfig::new(upstream)
     }
 }
 

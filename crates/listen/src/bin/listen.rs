@@ -61,6 +61,23 @@ struct Cli {
     /// until Ctrl-C or SIGTERM; the statistics cover every session.
     #[arg(long)]
     stay: bool,
+    /// Test knob: this listener's clock reads D ahead of the real one (e.g. 400ms, -0.3s;
+    /// within ±10 s).
+    #[arg(long, value_name = "D", allow_hyphen_values = true, value_parser = listen::simclock::parse_offset)]
+    sim_clock_offset: Option<i64>,
+    /// Test knob: this listener's clock, and with it a WAV or null output's playback rate,
+    /// runs X parts per million fast (negative: slow; within ±500).
+    #[arg(long, value_name = "X", allow_hyphen_values = true, value_parser = listen::simclock::parse_ppm)]
+    sim_clock_ppm: Option<i64>,
+    /// Write CSV `realtime_ns,frame` to this file: the CLOCK_REALTIME instant at which the
+    /// output plays each stream frame, a line at least every 5 ms of playback.
+    #[arg(long, value_name = "FILE")]
+    playout_log: Option<PathBuf>,
+    /// Play in step with the room: exchange clocks with the server and play every frame at
+    /// the room's instant (its playout delay, or this listener's latency if longer), with
+    /// drift compensated to within a frame.
+    #[arg(long)]
+    sync: bool,
 }
 
 /// Longest `--timeout`: a day. Longer is no use to anyone and, near `Duration::MAX`, would
@@ -268,6 +285,13 @@ fn main() -> ExitCode {
         quiet: cli.quiet,
         stay: cli.stay,
         discovered,
+        clock: listen::simclock::SimClock::new(
+            std::time::Instant::now(),
+            cli.sim_clock_offset.unwrap_or(0),
+            cli.sim_clock_ppm.unwrap_or(0),
+        ),
+        playout_log: cli.playout_log.clone(),
+        sync: cli.sync,
         name: cli.name.clone().unwrap_or_else(listen::config::host_name),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -43,10 +43,14 @@
 //! Something that becomes due at the current instant (a zero delay) is processed by the next
 //! step at the same instant.
 //!
+//! Each listener has its own clock ([`ListenerSpec::clock`]: an offset and a rate, listen's
+//! `SimClock`): every instant it sees goes through `Listener::local`, and the instants it asks
+//! to be woken at come back through the inverse. Its virtual device runs on that clock.
+//!
 //! # Extension points
-//! - Clock sync: every instant a listener sees goes through `Listener::local` (the identity
-//!   today). A per-listener clock transform (offset + ppm) belongs there and in the inverse
-//!   for the instants the listener asks to be woken at.
+//! - Clock sync: every instant a listener sees goes through `Listener::local`, which applies the
+//!   listener's own clock ([`ListenerSpec::clock`]: offset and ppm), and its inverse for the
+//!   instants the listener asks to be woken at.
 //! - Codecs: the server's datagrams reach a listener only through its downlink (`route`) and
 //!   the session; a codec is another [`AudioSource`]/`Endpoint` pairing on one side and the
 //!   session's decoder on the other. Not built.
@@ -64,6 +68,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use listen::session::{Phase, Session, SessionConfig};
+use listen::simclock::SimClock;
 use listen::sink::VIRTUAL_LEAD;
 use listen::{Event as ListenEvent, ExitReason, Stats};
 use proto::{EndReason, Message, MessageType, StreamInfo};
@@ -156,6 +161,10 @@ pub struct ListenerSpec {
     pub drop_down: Vec<(MessageType, u64)>,
     /// Uplink datagrams dropped on purpose: the n-th (from 0) of a type.
     pub drop_up: Vec<(MessageType, u64)>,
+    /// Its clock against the room's: ahead by this many ns ...
+    pub clock_offset_ns: i64,
+    /// ... and this many parts per billion fast (its virtual device with it).
+    pub clock_ppb: i64,
 }
 
 impl Default for ListenerSpec {
@@ -182,7 +191,17 @@ impl ListenerSpec {
             timeout: listen::session::DEFAULT_TIMEOUT,
             drop_down: Vec::new(),
             drop_up: Vec::new(),
+            clock_offset_ns: 0,
+            clock_ppb: 0,
         }
+    }
+
+    /// Its clock reads `offset_us` ahead of the room's (negative: behind) and runs `ppm`
+    /// parts per million fast, like `listen --sim-clock-offset --sim-clock-ppm`.
+    pub fn clock(mut self, offset_us: i64, ppm: f64) -> Self {
+        self.clock_offset_ns = offset_us.saturating_mul(1_000);
+        self.clock_ppb = (ppm * 1e3).round() as i64;
+        self
     }
 
     /// Starts the session at `t`.
@@ -330,6 +349,8 @@ pub struct Listener {
     /// Last instant the server got a datagram from it.
     heard_by_server: Option<Duration>,
     base: Instant,
+    /// Its clock.
+    clock: SimClock,
     /// [`Listener::next_due`] as last computed; recomputed when `dirty`.
     due: Option<Instant>,
     /// Something changed since `due` was computed.
@@ -362,16 +383,17 @@ impl Listener {
             up: Path::new(&up_imp, index as u64, spec.delay_up, spec.drop_up.clone()),
             heard_by_server: None,
             base,
+            clock: SimClock::new(base, spec.clock_offset_ns, spec.clock_ppb),
             due: None,
             dirty: true,
             spec,
         }
     }
 
-    /// The listener's view of the room's instant `now`. EXTENSION POINT (clock sync): a
-    /// per-listener clock transform (offset + ppm) goes here; today every clock agrees.
+    /// The listener's view of the room's instant `now`: its own clock
+    /// ([`ListenerSpec::clock`]).
     fn local(&self, now: Instant) -> Instant {
-        now
+        self.clock.local(now)
     }
 
     fn since(&self, now: Instant) -> Duration {
@@ -518,7 +540,8 @@ impl Listener {
             && let Some(s) = &self.session
             && !s.is_closed()
         {
-            t = min_opt(t, min_opt(s.poll_timeout(), self.refill));
+            let due = min_opt(s.poll_timeout(), self.refill);
+            t = min_opt(t, due.map(|d| self.clock.real(d)));
         }
         t
     }

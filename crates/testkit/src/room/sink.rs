@@ -97,4 +97,12 @@ impl Sink for RoomSink {
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         Ok(self.dev.remaining(now))
     }
+
+    fn output_at(&self, now: Instant) -> Instant {
+        self.dev.output_at(now)
+    }
+
+    fn start_at(&mut self, now: Instant, at: Instant) {
+        self.dev.start_at(now, at);
+    }
 }
