@@ -430,3 +430,51 @@ fn raw_exchange(host: &str, bytes: &[u8]) -> String {
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// `listen --name` travels in the Join: the API lists the listener under its name, and when it
+/// is interrupted its Leave's reason reaches the server's log and the departures the dashboard
+/// shows.
+#[test]
+fn a_named_listener_is_listed_by_name_and_its_leave_says_why() {
+    let clip = demo_clip();
+    let server = Server::start(
+        &clip,
+        &["--loop", "--http", "127.0.0.1:0", "--http-token", TOKEN],
+    );
+    let api = Api::new(http_addr(&server));
+    let dir = tempdir();
+    let mut l = Listener::start(server.addr, dir.path(), "kitchen", &["--name", "kitchen"]);
+    let rows = poll(&api, "/api/listeners", |v| {
+        v.as_array().is_some_and(|r| r.len() == 1)
+    });
+    assert_eq!(rows[0]["name"], "kitchen", "{rows}");
+    assert!(
+        server
+            .proc
+            .wait_for_line("\"kitchen\" at seq", SLOW)
+            .is_some(),
+        "{}",
+        server.proc.stderr()
+    );
+    l.proc.signal("INT");
+    assert_eq!(l.proc.exit_code(SLOW), 0, "{}", l.proc.stderr());
+    let line = server
+        .proc
+        .wait_for_line("\"kitchen\" left:", SLOW)
+        .unwrap_or_else(|| panic!("no leave line; stderr:\n{}", server.proc.stderr()));
+    assert!(line.contains("left: interrupted"), "{line}");
+    let first = first_event(api.base.trim_start_matches("http://"));
+    let gone = first["departures"].as_array().unwrap();
+    assert_eq!(gone.len(), 1, "{first}");
+    assert_eq!(gone[0]["name"], "kitchen");
+    assert_eq!(gone[0]["reason"], "interrupted");
+    assert_eq!(api.json("/api/status")["listeners"], 0);
+    // A name with a control character is a usage error naming it.
+    let mut bad = Listener::start(server.addr, dir.path(), "bad", &["--name", "a\u{7}b"]);
+    assert_eq!(bad.proc.exit_code(SLOW), 2, "{}", bad.proc.stderr());
+    assert!(
+        bad.proc.stderr().contains("--name"),
+        "{}",
+        bad.proc.stderr()
+    );
+}
