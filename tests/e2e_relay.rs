@@ -118,7 +118,8 @@ fn run_impaired_middle_hop(file: &Path, imp: Impairment) {
         .build()
         .unwrap();
     let mut server = Server::start(file, &[]);
-    let mut r1 = start_relay(server.addr, &[]);
+    // No repair on the impaired hop: its loss must reach the relay below as loss.
+    let mut r1 = start_relay(server.addr, &["--fec", "off", "--retransmit", "off"]);
     let proxy = rt
         .block_on(Proxy::bind(
             "127.0.0.1:0".parse().unwrap(),
