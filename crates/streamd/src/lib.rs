@@ -16,6 +16,7 @@
 //!   socket that sends each tick once to the group.
 //! - [`relay`]: `--relay-from`: joins another server with listen's session and serves its
 //!   stream again, each hop with its own handshake, capacity and statistics.
+//! - [`roomsync`]: the room's synchronisation from the listeners' Reports, for the log.
 //! - [`server`]: the tokio shell that moves bytes between the socket, one timer, the endpoint
 //!   and the fan-out, and logs.
 //! - [`control`]: the control plane (`--http`): JSON API, Prometheus metrics, server-sent
@@ -33,6 +34,7 @@ pub mod live;
 pub mod multicast;
 pub mod pacing;
 pub mod relay;
+pub mod roomsync;
 pub mod rtp;
 pub mod server;
 pub mod sessions;

@@ -770,6 +770,14 @@ impl Shell {
             self.handshake_unlogged,
         );
         self.log_rtp("rtp");
+        let sessions = self.endpoint.sessions();
+        let synced = sessions
+            .addrs()
+            .iter()
+            .map(|a| (sessions.features(a).unwrap_or(0), sessions.last_report(a)));
+        if let Some(room) = crate::roomsync::RoomSync::of(synced) {
+            tracing::info!("room sync: {room}");
+        }
         if let Some(l) = self.endpoint.source().live_stats() {
             tracing::info!("live input: {}", live_line(&l));
         }
