@@ -92,6 +92,7 @@ impl fmt::Display for RoomSync {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn report(error_us: i32, offset_us: i64, drift_ppb: i32, resyncs: u32) -> Option<Report> {
