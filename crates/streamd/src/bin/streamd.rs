@@ -402,6 +402,14 @@ async fn run(
                 s.ignored,
                 s.corrupt_packets
             );
+            if let Some(m) = &s.multicast {
+                tracing::info!(
+                    "multicast: {} datagrams / {} bytes sent to the group, {} dropped",
+                    m.datagrams,
+                    m.bytes,
+                    m.dropped()
+                );
+            }
             if let Some(l) = &s.live {
                 tracing::info!("live input: {}", streamd::server::live_line(l));
             }
