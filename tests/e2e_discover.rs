@@ -14,142 +14,20 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::netns::{self, Lan, spawn_in};
 use common::*;
-
-/// Runs `ip ARGS…`, failing the test with its stderr.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Whether the namespaces can be built here; the reason when not.
-fn netns_unavailable() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root (ip netns add needs it)".into());
-    }
-    match Command::new("ip").args(["netns", "list"]).output() {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!(
-            "`ip netns list` failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) => Some(format!("no `ip` command ({e}); install iproute2")),
-    }
-}
 
 /// Skips (loudly) when namespaces are unavailable, unless `EARSHOT_REQUIRE_NETNS=1`.
 fn require_netns() -> bool {
-    match netns_unavailable() {
-        None => true,
-        Some(why) if std::env::var("EARSHOT_REQUIRE_NETNS").as_deref() == Ok("1") => {
-            panic!("EARSHOT_REQUIRE_NETNS=1 but network namespaces are unavailable: {why}")
-        }
-        Some(why) => {
-            eprintln!("SKIPPED: mDNS discovery across network namespaces: {why}");
-            false
-        }
-    }
+    netns::require_netns("mDNS discovery across network namespaces")
 }
 
-/// A bridge namespace and member namespaces; every namespace is deleted on drop (their veth
-/// pairs go with them), also when the test fails.
-struct Lan {
-    /// Unique prefix of this run's names.
-    prefix: String,
-    /// The bridge's namespace.
-    bridge: String,
-    /// Every namespace made, to delete.
-    made: Vec<String>,
-    /// Members added so far.
-    members: u32,
-}
-
-impl Lan {
-    fn new() -> Lan {
-        static RUN: AtomicU32 = AtomicU32::new(0);
-        let prefix = format!(
-            "es{}x{}",
-            std::process::id(),
-            RUN.fetch_add(1, Ordering::Relaxed)
-        );
-        let bridge = format!("{prefix}br");
-        let mut lan = Lan {
-            prefix,
-            bridge: bridge.clone(),
-            made: Vec::new(),
-            members: 0,
-        };
-        ip(&["netns", "add", &bridge]);
-        lan.made.push(bridge.clone());
-        ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &bridge, "link", "set", "br0", "up"]);
-        lan
-    }
-
-    /// A new namespace on the bridge with address 198.18.77.N/24; returns its name and address.
-    fn member(&mut self) -> (String, String) {
-        self.members += 1;
-        let n = self.members;
-        let ns = format!("{}m{n}", self.prefix);
-        ip(&["netns", "add", &ns]);
-        self.made.push(ns.clone());
-        let port = format!("p{n}");
-        ip(&[
-            "-n",
-            &ns,
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &self.bridge,
-        ]);
-        ip(&["-n", &self.bridge, "link", "set", &port, "master", "br0"]);
-        ip(&["-n", &self.bridge, "link", "set", &port, "up"]);
-        let addr = format!("198.18.77.{n}");
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
-        (ns, addr)
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for ns in self.made.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// `program ARGS…` inside namespace `ns`.
-fn spawn_in(ns: &str, program: &Path, args: &[&str]) -> Proc {
-    let mut all: Vec<String> = vec!["netns".into(), "exec".into(), ns.into()];
-    all.push(program.display().to_string());
-    all.extend(args.iter().map(|s| s.to_string()));
-    Proc::spawn(Path::new("ip"), &all, &[])
+/// A new member of `lan` with a multicast route (mDNS needs it): its namespace and address.
+fn member(lan: &mut Lan) -> (String, String) {
+    let m = lan.member(true);
+    (m.ns, m.addr.to_string())
 }
 
 /// A streamd announcing `file` from `ns` on `addr:port`, once it listens.
@@ -187,8 +65,8 @@ fn a_listener_without_server_finds_the_only_one_and_plays_it_sample_exact() {
         return;
     }
     let mut lan = Lan::new();
-    let (srv_ns, srv_addr) = lan.member();
-    let (cli_ns, _) = lan.member();
+    let (srv_ns, srv_addr) = member(&mut lan);
+    let (cli_ns, _) = member(&mut lan);
     let file = fixture("stereo44.wav");
     let (info, expected) = streamd::source::decode_all(&file).unwrap();
     let mut server = server_in(&srv_ns, &srv_addr, 5000, &file);
@@ -229,9 +107,9 @@ fn discover_lists_two_servers_and_name_of_server_picks_one() {
         return;
     }
     let mut lan = Lan::new();
-    let (a_ns, a_addr) = lan.member();
-    let (b_ns, b_addr) = lan.member();
-    let (cli_ns, _) = lan.member();
+    let (a_ns, a_addr) = member(&mut lan);
+    let (b_ns, b_addr) = member(&mut lan);
+    let (cli_ns, _) = member(&mut lan);
     let _a = server_in(&a_ns, &a_addr, 5001, &fixture("stereo44.wav"));
     let _b = server_in(&b_ns, &b_addr, 5002, &fixture("mono22.wav"));
     // --discover lists both (waiting the whole --timeout).
@@ -293,7 +171,7 @@ fn no_server_exits_4_after_the_timeout() {
         return;
     }
     let mut lan = Lan::new();
-    let (cli_ns, _) = lan.member();
+    let (cli_ns, _) = member(&mut lan);
     let mut l = spawn_in(
         &cli_ns,
         &bin("listen"),
@@ -334,8 +212,8 @@ fn discover_shows_the_live_listener_count() {
         return;
     }
     let mut lan = Lan::new();
-    let (srv_ns, srv_addr) = lan.member();
-    let (cli_ns, _) = lan.member();
+    let (srv_ns, srv_addr) = member(&mut lan);
+    let (cli_ns, _) = member(&mut lan);
     let _server = server_with(
         &srv_ns,
         &srv_addr,
@@ -366,8 +244,8 @@ fn a_staying_listener_finds_its_server_again_on_a_new_port() {
         return;
     }
     let mut lan = Lan::new();
-    let (srv_ns, srv_addr) = lan.member();
-    let (cli_ns, _) = lan.member();
+    let (srv_ns, srv_addr) = member(&mut lan);
+    let (cli_ns, _) = member(&mut lan);
     let clip = demo_clip();
     let mut first = server_with(&srv_ns, &srv_addr, 5000, &clip, &["--loop"]);
     let dir = tempdir();

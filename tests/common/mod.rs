@@ -5,6 +5,8 @@
 //! leaves nothing running.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -124,6 +124,8 @@ enum Wake {
     Interrupt,
     /// A datagram (or a receive error).
     Datagram(std::io::Result<(usize, SocketAddr)>),
+    /// A datagram on the multicast group's socket (or a receive error).
+    Group(std::io::Result<usize>),
     /// The session's timeout or the sink's refill instant.
     Timer,
     /// Time to redraw the status line.
@@ -306,6 +308,9 @@ pub(crate) async fn drive_session(
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut now = config.clock.now();
     let mut joined = false;
+    // `--multicast`: the socket that joined the server's group, while the group is wanted.
+    let mut group = GroupSocket::default();
+    let mut gbuf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
         if joined
             && let Some(s) = sink.as_mut()
@@ -398,6 +403,7 @@ pub(crate) async fn drive_session(
                 other => error = error.or(handshake_error(config, other)),
             }
         }
+        group.follow(session, now);
         let sent = flush(session, sock, now).await;
         if sent && let Some(st) = stay.as_deref_mut() {
             st.sent(now);
@@ -419,6 +425,7 @@ pub(crate) async fn drive_session(
         let wake = tokio::select! {
             () = interrupt.as_mut(), if !*interrupted => Wake::Interrupt,
             r = sock.recv_from(&mut buf) => Wake::Datagram(r),
+            r = group.recv(&mut gbuf) => Wake::Group(r),
             () = &mut timer, if session.poll_timeout().is_some() => Wake::Timer,
             () = &mut refill, if refill_armed => Wake::Timer,
             _ = status_tick.tick(), if status.is_on() => Wake::Status,
@@ -445,10 +452,87 @@ pub(crate) async fn drive_session(
                     }
                 }
             }
+            Wake::Group(r) => {
+                match r {
+                    Ok(n) => session.handle_group(now, &gbuf[..n]),
+                    Err(e) => tracing::debug!("recv (group): {e}"),
+                }
+                for _ in 0..RECV_BATCH {
+                    match group.try_recv(&mut buf) {
+                        Some(n) => session.handle_group(now, &buf[..n]),
+                        None => break,
+                    }
+                }
+            }
             Wake::Timer => {}
             Wake::Status => status.draw(session),
         }
         session.handle_timeout(now);
+    }
+}
+
+/// The multicast group's socket of one session: joined when the session names a group, left
+/// (dropped) when it no longer wants it; says once on stderr when the listener falls back to
+/// unicast.
+#[derive(Default)]
+struct GroupSocket {
+    socket: Option<UdpSocket>,
+    /// The group was joined (or tried): never joined twice in one session.
+    tried: bool,
+    /// The fallback was said.
+    said: bool,
+}
+
+impl GroupSocket {
+    /// Joins or leaves as the session wants, at `now`.
+    fn follow(&mut self, session: &mut Session, now: Instant) {
+        let server = session.config().server;
+        match session.multicast_group() {
+            Some(g) if !self.tried => {
+                self.tried = true;
+                let joined = crate::multicast::join_group(g, server).and_then(|s| {
+                    s.set_nonblocking(true)?;
+                    UdpSocket::from_std(s)
+                });
+                match joined {
+                    Ok(s) => {
+                        tracing::info!("joined multicast group {g}");
+                        self.socket = Some(s);
+                    }
+                    Err(e) => {
+                        tracing::debug!("cannot join multicast group {g}: {e}");
+                        session.group_unavailable(now);
+                    }
+                }
+            }
+            Some(_) => {}
+            None => self.socket = None,
+        }
+        if !self.said && session.transport() == crate::multicast::Transport::UnicastFallback {
+            self.said = true;
+            self.socket = None;
+            let group = session
+                .info()
+                .and_then(|i| i.multicast)
+                .map(|g| g.socket_addr().to_string())
+                .unwrap_or_default();
+            tracing::warn!(
+                "no audio from multicast group {group}: the server sends by unicast instead"
+            );
+        }
+    }
+
+    /// The next datagram of the group; pending for ever without one.
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &self.socket {
+            Some(s) => s.recv(buf).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A datagram already queued, if any.
+    fn try_recv(&self, buf: &mut [u8]) -> Option<usize> {
+        self.socket.as_ref()?.try_recv(buf).ok()
     }
 }
 
@@ -463,7 +547,7 @@ fn sink_lead(config: &Config) -> Duration {
 }
 
 pub(crate) fn new_session(config: &Config, server: SocketAddr, now: Instant) -> Session {
-    Session::new(
+    let session = Session::new(
         SessionConfig {
             server,
             latency: config.latency,
@@ -474,7 +558,12 @@ pub(crate) fn new_session(config: &Config, server: SocketAddr, now: Instant) -> 
             sync: config.sync,
         },
         now,
-    )
+    );
+    if config.multicast {
+        session.with_multicast()
+    } else {
+        session
+    }
 }
 
 /// Prints the table, logs the statistics and writes `--stats-json`.

@@ -50,6 +50,9 @@ pub struct Config {
     pub sync: bool,
     /// The name the Join carries (`--name`, default the host name).
     pub name: String,
+    /// Receive the server's multicast group when it names one (`--no-multicast` turns it
+    /// off): the server then sends no unicast audio once the group arrives.
+    pub multicast: bool,
 }
 
 /// `--name`: printable and at most [`proto::limits::MAX_NAME`] bytes, or the error naming it.
@@ -96,6 +99,7 @@ impl Config {
             playout_log: None,
             sync: false,
             name: String::new(),
+            multicast: true,
         }
     }
 }

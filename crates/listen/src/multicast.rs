@@ -3,11 +3,17 @@
 //! arrive.
 //!
 //! A listener whose server announces a group joins it and keeps its unicast session (handshake,
-//! reports, `Leave`). If no audio arrives from the group within [`Fallback::wait`] of joining,
+//! reports, `Leave`). Its Reports carry the fallback flag ("send me unicast") until group audio
+//! arrives; the first group audio sends a Report without it at once, and the server then stops
+//! the unicast audio. If no audio arrives from the group within [`Fallback::wait`] of joining,
 //! or the group falls silent that long mid-stream, the listener asks the server for unicast
-//! (its reports carry the fallback flag from then on) and says so once. The wait is
+//! for good (its reports carry the flag from then on) and says so once. The wait is
 //! `max(`[`GROUP_WAIT`]`, 2 × the server's interval)`, because a server with a long interval is
 //! silent between bursts by design.
+//!
+//! [`GroupPath`] is the session's part: the rule, the one Report sent at once, and the
+//! [`OVERLAP`] after the first group audio during which a datagram that already came by the
+//! other path is not a duplicate (the server sends both until it has the Report).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -62,10 +68,23 @@ impl Fallback {
         self.path
     }
 
-    /// Group audio arrived at `now`.
-    pub fn on_group_audio(&mut self, now: Instant) {
+    /// Group audio arrived at `now`; true when it is the first (the path became
+    /// [`Path::Group`]).
+    pub fn on_group_audio(&mut self, now: Instant) -> bool {
+        if self.path == Path::Unicast {
+            return false;
+        }
+        let first = self.path == Path::Waiting;
+        self.path = Path::Group;
+        self.since = now;
+        first
+    }
+
+    /// The group cannot be joined at all (no route, no interface): unicast at once, said once
+    /// by the next [`Fallback::poll`].
+    pub fn give_up(&mut self, now: Instant) {
         if self.path != Path::Unicast {
-            self.path = Path::Group;
+            self.path = Path::Unicast;
             self.since = now;
         }
     }
@@ -92,13 +111,127 @@ impl Fallback {
         None
     }
 
-    /// The report flags this rule asks for.
+    /// The report flags this rule asks for: unicast until group audio arrives, and for good
+    /// once it fell back.
     pub fn flags(&self) -> u32 {
-        if self.path == Path::Unicast {
-            FLAG_UNICAST_FALLBACK
-        } else {
+        if self.path == Path::Group {
             0
+        } else {
+            FLAG_UNICAST_FALLBACK
         }
+    }
+}
+
+/// How long after the first group audio a datagram that already came by the other path is
+/// not counted as a duplicate: the server sends both until the Report saying the group
+/// arrives reaches it (sent at once; one round trip), and a lost one is followed by the next
+/// a second later.
+pub const OVERLAP: Duration = Duration::from_secs(3);
+
+/// How a listener receives the stream, for the log and `--stats-json` (`transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The server named no group (or the listener does not use multicast).
+    Unicast,
+    /// The group was joined: waiting for it, or receiving it.
+    Multicast,
+    /// The group did not arrive: the server sends by unicast.
+    UnicastFallback,
+}
+
+impl Transport {
+    /// As `--stats-json` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Unicast => "unicast",
+            Transport::Multicast => "multicast",
+            Transport::UnicastFallback => "unicast-fallback",
+        }
+    }
+}
+
+/// A session's group: the [`Fallback`] rule, the Report it asks for at once, and the overlap
+/// during which copies by both paths are expected.
+#[derive(Debug, Clone)]
+pub struct GroupPath {
+    group: SocketAddr,
+    fallback: Fallback,
+    /// Copies that came by both paths are expected until here.
+    overlap_until: Option<Instant>,
+    /// A Report is due at once (the path changed).
+    report_now: bool,
+}
+
+impl GroupPath {
+    /// The session joined the stream at `now`; the server's `group`, ticking every `interval`.
+    pub fn new(now: Instant, group: SocketAddr, interval: Duration) -> Self {
+        Self {
+            group,
+            fallback: Fallback::new(now, interval),
+            overlap_until: None,
+            report_now: false,
+        }
+    }
+
+    /// The group to receive, while it is wanted (`None` once fallen back).
+    pub fn group(&self) -> Option<SocketAddr> {
+        (self.fallback.path() != Path::Unicast).then_some(self.group)
+    }
+
+    /// Where the audio comes from now.
+    pub fn transport(&self) -> Transport {
+        match self.fallback.path() {
+            Path::Unicast => Transport::UnicastFallback,
+            _ => Transport::Multicast,
+        }
+    }
+
+    /// Group audio arrived at `now`: false when the listener no longer takes the group.
+    pub fn on_group_audio(&mut self, now: Instant) -> bool {
+        if self.fallback.path() == Path::Unicast {
+            return false;
+        }
+        if self.fallback.on_group_audio(now) {
+            self.overlap_until = Some(now + OVERLAP);
+            self.report_now = true;
+        }
+        true
+    }
+
+    /// Whether a datagram that already arrived by the other path is expected at `now` (not a
+    /// duplicate).
+    pub fn in_overlap(&self, now: Instant) -> bool {
+        self.overlap_until.is_some_and(|t| now < t)
+    }
+
+    /// The group cannot be joined: unicast at once.
+    pub fn give_up(&mut self, now: Instant) {
+        self.fallback.give_up(now);
+        self.report_now = true;
+    }
+
+    /// When [`GroupPath::poll`] must next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.fallback.poll_timeout()
+    }
+
+    /// Applies the rule at `now`: `Some(missing)` once, when the listener falls back.
+    pub fn poll(&mut self, now: Instant) -> Option<Duration> {
+        let fell = self.fallback.poll(now);
+        if fell.is_some() {
+            self.report_now = true;
+        }
+        fell
+    }
+
+    /// True once per change of path: a Report is due at once.
+    pub fn take_report_now(&mut self) -> bool {
+        std::mem::take(&mut self.report_now)
+    }
+
+    /// The report flags.
+    pub fn flags(&self) -> u32 {
+        self.fallback.flags()
     }
 }
 
@@ -155,11 +288,16 @@ mod tests {
         let mut f = Fallback::new(t0, 20 * MS);
         assert_eq!(f.wait(), GROUP_WAIT);
         assert_eq!(f.path(), Path::Waiting);
-        f.on_group_audio(t0 + 300 * MS);
+        assert_eq!(
+            f.flags(),
+            FLAG_UNICAST_FALLBACK,
+            "unicast until the group arrives"
+        );
+        assert!(f.on_group_audio(t0 + 300 * MS), "the first group audio");
         // Audio every 20 ms for 10 s: never falls back.
         for i in 0..500u32 {
             let now = t0 + 300 * MS + 20 * MS * i;
-            f.on_group_audio(now);
+            assert!(!f.on_group_audio(now));
             assert_eq!(f.poll(now), None);
         }
         assert_eq!((f.path(), f.flags()), (Path::Group, 0));
@@ -179,7 +317,7 @@ mod tests {
         assert_eq!(f.poll(t0 + 2 * GROUP_WAIT), None, "said once");
         assert_eq!(f.poll_timeout(), None);
         // Late group audio does not switch back: the server already sends by unicast.
-        f.on_group_audio(t0 + 3 * GROUP_WAIT);
+        assert!(!f.on_group_audio(t0 + 3 * GROUP_WAIT));
         assert_eq!(f.path(), Path::Unicast);
     }
 
@@ -200,6 +338,49 @@ mod tests {
         assert_eq!(f.wait(), Duration::from_secs(4));
         assert_eq!(f.poll(t0 + Duration::from_secs(3)), None);
         assert!(f.poll(t0 + Duration::from_secs(4)).is_some());
+    }
+
+    #[test]
+    fn the_group_path_reports_at_once_on_each_change_and_expects_copies_for_a_while() {
+        let t0 = Instant::now();
+        let g = SocketAddr::from(([239, 1, 2, 3], 5004));
+        let mut p = GroupPath::new(t0, g, 20 * MS);
+        assert_eq!((p.group(), p.transport()), (Some(g), Transport::Multicast));
+        assert!(!p.take_report_now());
+        assert!(!p.in_overlap(t0));
+        assert!(p.on_group_audio(t0 + 50 * MS));
+        assert!(
+            p.take_report_now(),
+            "the first group audio is reported at once"
+        );
+        assert!(!p.take_report_now(), "once");
+        assert_eq!(p.flags(), 0);
+        assert!(p.in_overlap(t0 + 50 * MS + OVERLAP - MS));
+        assert!(!p.in_overlap(t0 + 50 * MS + OVERLAP));
+        // The group falls silent: unicast for good, reported at once.
+        assert_eq!(p.poll(t0 + 50 * MS + GROUP_WAIT), Some(GROUP_WAIT));
+        assert!(p.take_report_now());
+        assert_eq!(p.flags(), FLAG_UNICAST_FALLBACK);
+        assert_eq!(
+            (p.group(), p.transport()),
+            (None, Transport::UnicastFallback)
+        );
+        assert!(
+            !p.on_group_audio(t0 + 2 * GROUP_WAIT),
+            "the group is no longer taken"
+        );
+        assert_eq!(Transport::UnicastFallback.as_str(), "unicast-fallback");
+    }
+
+    #[test]
+    fn a_group_that_cannot_be_joined_falls_back_at_once() {
+        let t0 = Instant::now();
+        let mut p = GroupPath::new(t0, SocketAddr::from(([239, 1, 2, 3], 5004)), 20 * MS);
+        p.give_up(t0);
+        assert!(p.take_report_now());
+        assert_eq!(p.poll_timeout(), Some(t0));
+        assert_eq!(p.poll(t0), Some(Duration::ZERO));
+        assert_eq!(p.transport(), Transport::UnicastFallback);
     }
 
     #[test]

@@ -367,6 +367,18 @@ pub struct Session {
     leave_reason: Option<LeaveReason>,
     /// A private room's keys ([`Session::with_room_key`]); `Open` without a key.
     keys: Keys,
+    /// The server's multicast group ([`Session::with_multicast`]): whether to ask for it, and
+    /// the path once a `Welcome` named one.
+    multicast: Multicast,
+}
+
+/// A session's part in `--multicast` ([`crate::multicast`]).
+#[derive(Debug, Default)]
+struct Multicast {
+    /// The `Join` announces `FEATURE_MULTICAST`.
+    capable: bool,
+    /// Set by a `Welcome` naming a group.
+    path: Option<crate::multicast::GroupPath>,
 }
 
 /// How long a replaced stream key stays accepted once its successor has been in use: covers
@@ -421,6 +433,7 @@ impl Session {
             fed: None,
             leave_reason: None,
             keys: Keys::Open,
+            multicast: Multicast::default(),
         };
         s.queue_connect();
         s
@@ -435,6 +448,87 @@ impl Session {
             msg1: Bytes::from(msg1),
         };
         Ok(self)
+    }
+
+    /// Makes this session receive the server's multicast group when its `Welcome` names one:
+    /// the `Join` announces `FEATURE_MULTICAST`, the caller joins [`Session::multicast_group`]
+    /// and hands its datagrams to [`Session::handle_group`] ([`crate::multicast`] has the rule).
+    pub fn with_multicast(mut self) -> Self {
+        self.multicast.capable = true;
+        self
+    }
+
+    /// The group to receive, once joined, while it is wanted.
+    pub fn multicast_group(&self) -> Option<SocketAddr> {
+        self.multicast.path.as_ref().and_then(|p| p.group())
+    }
+
+    /// How the audio comes (unicast, the group, or unicast after the group did not arrive).
+    pub fn transport(&self) -> crate::multicast::Transport {
+        self.multicast
+            .path
+            .as_ref()
+            .map_or(crate::multicast::Transport::Unicast, |p| p.transport())
+    }
+
+    /// The group cannot be joined (no route, no interface): ask for unicast at once.
+    pub fn group_unavailable(&mut self, now: Instant) {
+        if let Some(p) = self.multicast.path.as_mut() {
+            p.give_up(now);
+            self.report_soon(now);
+        }
+    }
+
+    /// A datagram that arrived at `now` on the group's socket: Audio and Parity are taken
+    /// (the group carries nothing else) while the group is wanted; a copy of what already
+    /// came by unicast during the switch is dropped uncounted.
+    pub fn handle_group(&mut self, now: Instant, datagram: &[u8]) {
+        if !matches!(self.phase, Phase::Streaming | Phase::PlayingOut) {
+            return;
+        }
+        let Some(path) = self.multicast.path.as_mut() else {
+            return;
+        };
+        let seq = match proto::decode(datagram) {
+            Ok(Packet {
+                seq,
+                msg: Message::Audio(_),
+            }) => Some(seq),
+            Ok(Packet {
+                msg: Message::Parity(_),
+                ..
+            }) => None,
+            _ => {
+                self.tracker.on_garbage();
+                return;
+            }
+        };
+        if !path.on_group_audio(now) {
+            return;
+        }
+        if path.take_report_now() {
+            self.report_soon(now);
+        }
+        if self.is_copy(now, seq) {
+            return;
+        }
+        self.bytes_received += datagram.len() as u64;
+        self.handle_stream(now, datagram);
+    }
+
+    /// Whether Audio `seq` already came by the other path while both paths carry the audio.
+    fn is_copy(&self, now: Instant, seq: Option<u64>) -> bool {
+        match (seq, self.multicast.path.as_ref()) {
+            (Some(seq), Some(p)) => p.in_overlap(now) && self.tracker.has(seq),
+            _ => false,
+        }
+    }
+
+    /// Sends a Report at `now` rather than at its usual time (the multicast path changed).
+    fn report_soon(&mut self, now: Instant) {
+        if let Some(s) = self.stream.as_deref_mut() {
+            s.next_report = s.next_report.min(now);
+        }
     }
 
     /// Clock synchronisation and the synchronised playout.
@@ -505,6 +599,7 @@ impl Session {
             if let Some(s) = self.stream.as_deref() {
                 st.codec = audiocodec::codec_label(s.decode.codec());
             }
+            st.transport = self.transport().as_str().to_owned();
             st
         })
     }
@@ -516,6 +611,9 @@ impl Session {
         }
         if from != self.config.server {
             self.tracker.on_foreign();
+            return;
+        }
+        if self.multicast.path.is_some() && self.is_copy(now, audio_seq(datagram)) {
             return;
         }
         self.bytes_received += datagram.len() as u64;
@@ -569,6 +667,11 @@ impl Session {
             features: SUPPORTED_FEATURES
                 | if self.config.sync {
                     proto::FEATURE_SYNC
+                } else {
+                    0
+                }
+                | if self.multicast.capable {
+                    proto::FEATURE_MULTICAST
                 } else {
                     0
                 },
@@ -682,6 +785,15 @@ impl Session {
                 },
                 info.channels,
             );
+        }
+        if self.multicast.capable
+            && let Some(g) = info.multicast
+        {
+            self.multicast.path = Some(crate::multicast::GroupPath::new(
+                now,
+                g.socket_addr(),
+                interval,
+            ));
         }
         self.phase = Phase::Streaming;
         self.events.push_back(Event::Joined(info));
@@ -866,6 +978,10 @@ impl Session {
             (Phase::Handshake, _) => Some(self.handshake.retry_at),
             (Phase::Streaming, Some(s)) => {
                 let t = (s.last_heard + s.silence).min(s.next_report);
+                let t = match self.multicast.path.as_ref().and_then(|p| p.poll_timeout()) {
+                    Some(g) => t.min(g),
+                    None => t,
+                };
                 let t = if self.sync.is_synchronised() {
                     t.min(self.sync.next_request_at())
                 } else {
@@ -920,6 +1036,14 @@ impl Session {
                     self.close(ExitReason::Timeout);
                     return;
                 }
+                let mut flags = 0;
+                if let Some(p) = self.multicast.path.as_mut() {
+                    p.poll(now);
+                    if p.take_report_now() {
+                        s.next_report = s.next_report.min(now);
+                    }
+                    flags = p.flags();
+                }
                 if self.sync.is_synchronised()
                     && let Some(t1) = self.sync.poll_request(now)
                 {
@@ -938,6 +1062,7 @@ impl Session {
                     r.drift_ppb = sync.drift_ppb;
                     r.playout_error_us = sync.playout_error_us;
                     r.resyncs = sync.resyncs;
+                    r.flags = flags;
                     self.transmits.push_back(Message::Report(r));
                 }
             }
@@ -1145,6 +1270,18 @@ impl Session {
             padding: Bytes::from(vec![0u8; pad]),
         }));
     }
+}
+
+/// The header seq of an Audio datagram, read without decoding the body (`None` for any other).
+fn audio_seq(datagram: &[u8]) -> Option<u64> {
+    let header = datagram.get(..proto::limits::HEADER_LEN)?;
+    if header[..2] != proto::MAGIC
+        || header[2] != proto::VERSION
+        || header[3] != proto::MessageType::Audio as u8
+    {
+        return None;
+    }
+    Some(u64::from_le_bytes(header.get(4..12)?.try_into().ok()?))
 }
 
 /// Checks that a `Welcome` describes a stream this client can play: every buffer sized from it

@@ -236,6 +236,17 @@ impl Tracker {
         self.received
     }
 
+    /// Whether `seq` has been received (within the last [`SEQ_WINDOW`] seqs).
+    pub fn has(&self, seq: u64) -> bool {
+        match self.highest {
+            Some(h) if seq <= h && h - seq < SEQ_WINDOW => {
+                let (w, b) = Self::bit(seq);
+                self.seen[w] & b != 0
+            }
+            _ => false,
+        }
+    }
+
     /// Expected minus received.
     pub fn lost(&self) -> u64 {
         self.expected().saturating_sub(self.received)
@@ -317,6 +328,9 @@ pub struct Stats {
     pub sync_error_ms_p99: f64,
     /// Hard resyncs of the synchronised playout (skips or waits past 50 ms).
     pub resyncs: u64,
+    /// How the audio came: `unicast`, `multicast` (the server's group) or `unicast-fallback`
+    /// (the group did not arrive, the server sent by unicast).
+    pub transport: String,
 }
 
 impl Stats {
@@ -345,6 +359,7 @@ impl Stats {
             drift_ppm: 0.0,
             sync_error_ms_p99: 0.0,
             resyncs: 0,
+            transport: "unicast".to_owned(),
         }
     }
 

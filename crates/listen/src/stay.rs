@@ -345,6 +345,10 @@ fn total(sessions: &[Stats], end_reason: ExitReason) -> Stats {
         drift_ppm: 0.0,
         sync_error_ms_p99: 0.0,
         resyncs: 0,
+        transport: sessions
+            .last()
+            .map(|s| s.transport.clone())
+            .unwrap_or_else(|| "unicast".to_owned()),
     };
     let mut weighted = 0.0;
     for s in sessions {
@@ -402,6 +406,7 @@ mod tests {
             drift_ppm: 0.0,
             sync_error_ms_p99: 0.0,
             resyncs: 0,
+            transport: "unicast".into(),
         }
     }
 

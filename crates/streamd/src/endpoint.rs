@@ -277,6 +277,13 @@ pub enum Event {
         /// Listeners told.
         listeners: usize,
     },
+    /// A listener's Report changed how it gets the audio (`--multicast`).
+    PathChanged {
+        /// Its address.
+        addr: SocketAddr,
+        /// From the group only, or by unicast.
+        path: crate::multicast::Path,
+    },
 }
 
 /// A transmit waiting in a queue (owned), or handed out last (kept so the borrow can point at
@@ -348,6 +355,8 @@ pub struct Endpoint<S> {
     parity_seq: u64,
     /// Reused for each Nack's answer.
     resends: Vec<repair::Resend>,
+    /// `--multicast`: the group each tick also goes to, and how each listener is served.
+    multicast: Option<(SocketAddr, crate::multicast::Members)>,
 }
 
 impl<S: AudioSource> Endpoint<S> {
@@ -448,6 +457,7 @@ impl<S: AudioSource> Endpoint<S> {
             repair,
             parity_seq: 0,
             resends: Vec::new(),
+            multicast: None,
             config,
         };
         if ep.config.start == StartMode::Now {
@@ -490,6 +500,67 @@ impl<S: AudioSource> Endpoint<S> {
         self.emit_always = on;
     }
 
+    /// Sends each tick's Audio and Parity once to `group` as well (`--multicast`), named in
+    /// every `Welcome`: a listener that joined with `FEATURE_MULTICAST` gets unicast audio
+    /// until its Report says the group arrives, then none, and unicast again once a Report
+    /// says it does not. The group's transmit is a `Transmit::Fanout` whose only destination is
+    /// `group`. Call it before the first listener joins.
+    pub fn set_multicast(&mut self, group: SocketAddr) {
+        self.info.multicast = Some(proto::Group::from_socket_addr(group));
+        self.multicast = Some((group, crate::multicast::Members::new()));
+    }
+
+    /// The group of [`Endpoint::set_multicast`], if any.
+    pub fn multicast_group(&self) -> Option<SocketAddr> {
+        self.multicast.as_ref().map(|(g, _)| *g)
+    }
+
+    /// How each multicast-capable listener is served (`None` without a group).
+    pub fn multicast_members(&self) -> Option<&crate::multicast::Members> {
+        self.multicast.as_ref().map(|(_, m)| m)
+    }
+
+    /// Keeps the group's members in step with what the table did with a datagram from `from`.
+    fn track_multicast(&mut self, from: SocketAddr, event: &sessions::Event) {
+        let Some((_, members)) = self.multicast.as_mut() else {
+            return;
+        };
+        match event {
+            sessions::Event::Accepted { .. } => {
+                let features = self.sessions.features(&from).unwrap_or(0);
+                members.joined(from, features & proto::FEATURE_MULTICAST != 0);
+            }
+            sessions::Event::Report(r) => {
+                if let Some(path) =
+                    members.reported(from, r.flags & proto::FLAG_UNICAST_FALLBACK != 0)
+                {
+                    self.events
+                        .push_back(Event::PathChanged { addr: from, path });
+                }
+            }
+            sessions::Event::Left { .. } => members.left(from),
+            _ => {}
+        }
+    }
+
+    /// Queues one tick's `datagrams` (its Audio, or its Parity) to the group when a listener
+    /// needs it, and to the listeners of `dests` served by unicast when there are any (or
+    /// always, with `all`).
+    fn queue_tick(&mut self, datagrams: Vec<Bytes>, mut dests: Vec<SocketAddr>, all: bool) {
+        if let Some((group, members)) = &self.multicast {
+            if members.wants_group() {
+                self.queue
+                    .push_back(Queued::Many(datagrams.clone(), vec![*group]));
+            }
+            let mut unicast = Vec::with_capacity(dests.len());
+            members.unicast_of(&dests, &mut unicast);
+            dests = unicast;
+        }
+        if all || !dests.is_empty() {
+            self.queue.push_back(Queued::Many(datagrams, dests));
+        }
+    }
+
     /// Handles one datagram from `from` that arrived at `now`: replies are queued for
     /// [`Endpoint::poll_transmit`], what happened for [`Endpoint::poll_event`].
     pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
@@ -502,6 +573,7 @@ impl<S: AudioSource> Endpoint<S> {
         if let Some(reply) = h.reply {
             self.queue.push_back(Queued::One(from, reply));
         }
+        self.track_multicast(from, &h.event);
         match &h.event {
             sessions::Event::Nack(n) => self.answer_nack(now, from, n.base, n.mask),
             sessions::Event::Left { .. } => self.repair.forget(&from),
@@ -781,7 +853,13 @@ impl<S: AudioSource> Endpoint<S> {
         }
         if !datagrams.is_empty() && (self.emit_always || !self.sessions.is_empty()) {
             dests.extend_from_slice(self.sessions.addrs());
-            if !parity_out.is_empty() && !dests.is_empty() {
+            if self.multicast.is_some() {
+                let parity_dests = dests.clone();
+                self.queue_tick(datagrams, dests, self.emit_always);
+                if !parity_out.is_empty() && !parity_dests.is_empty() {
+                    self.queue_tick(parity_out, parity_dests, false);
+                }
+            } else if !parity_out.is_empty() && !dests.is_empty() {
                 let parity_dests = dests.clone();
                 self.queue.push_back(Queued::Many(datagrams, dests));
                 self.queue.push_back(Queued::Many(parity_out, parity_dests));
@@ -912,6 +990,9 @@ impl<S: AudioSource> Endpoint<S> {
     fn send_evictions(&mut self, now: Instant, evicted: Vec<(SocketAddr, u64)>, reason: EndReason) {
         let cap = MAX_PENDING_ENDS * (END_REPEAT as usize).saturating_sub(1);
         for &(addr, start_seq) in &evicted {
+            if let Some((_, members)) = self.multicast.as_mut() {
+                members.left(addr);
+            }
             if reason == EndReason::Evicted {
                 self.events.push_back(Event::Evicted { addr });
             }

@@ -5,13 +5,13 @@
 //! The pieces here:
 //! - [`parse_group`] and [`check_ttl`]: the command line's values, each refusal one line naming
 //!   the value (a usage error);
-//! - [`Members`]: which joined listeners are served by the group, so the tick's unicast fan-out
-//!   skips them; a listener that reports that the group does not reach it is served by unicast
-//!   again (sans-IO, keyed by address);
+//! - [`Members`]: how each joined listener is served ([`Path`]): a listener that can receive
+//!   the group gets unicast audio until its Report says the group arrives, then none; one whose
+//!   Report says it does not arrive gets unicast again (sans-IO, keyed by address);
 //! - [`GroupSender`]: the socket that sends to the group (TTL, outgoing interface, loopback on),
 //!   through the one batch sender ([`crate::fanout`]).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
@@ -47,57 +47,104 @@ pub fn check_ttl(ttl: u32) -> Result<u8, String> {
     }
 }
 
-/// The joined listeners served by the group rather than by unicast.
+/// How one multicast-capable listener is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Joined; no Report yet: unicast audio until its Report says the group arrives (so the
+    /// audio sent while it joins the group is not lost), and the group is sent for it.
+    Waiting,
+    /// Its Report says the group arrives: no unicast audio.
+    Group,
+    /// Its Report says the group does not arrive: unicast audio, and the group is not sent
+    /// for it.
+    Unicast,
+}
+
+/// The joined listeners that announced `FEATURE_MULTICAST`, and how each is served, so the
+/// tick's unicast fan-out skips the ones the group reaches (sans-IO, keyed by address).
 #[derive(Debug, Default, Clone)]
 pub struct Members {
-    on_group: HashSet<SocketAddr>,
+    paths: HashMap<SocketAddr, Path>,
+    /// How many are not [`Path::Unicast`]: the group is sent while this is above 0.
+    want_group: usize,
 }
 
 impl Members {
-    /// Nobody on the group yet.
+    /// Nobody joined yet.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A listener joined: by the group when it can receive it (it said so in its `Join`),
-    /// else by unicast.
-    pub fn joined(&mut self, addr: SocketAddr, multicast_capable: bool) {
-        if multicast_capable {
-            self.on_group.insert(addr);
-        } else {
-            self.on_group.remove(&addr);
+    fn set(&mut self, addr: SocketAddr, path: Option<Path>) {
+        let old = match path {
+            Some(p) => self.paths.insert(addr, p),
+            None => self.paths.remove(&addr),
+        };
+        let wants = |p: Option<Path>| matches!(p, Some(Path::Waiting | Path::Group));
+        if wants(old) {
+            self.want_group -= 1;
+        }
+        if wants(path) {
+            self.want_group += 1;
         }
     }
 
-    /// A report arrived: `fallback` set means the group does not reach the listener, so it is
-    /// served by unicast from now on. Returns true when that changed its path.
-    pub fn reported(&mut self, addr: SocketAddr, fallback: bool) -> bool {
-        fallback && self.on_group.remove(&addr)
+    /// A listener was accepted: one that can receive the group (it said so in its `Join`)
+    /// starts [`Path::Waiting`]; one that cannot is served by unicast and not tracked here.
+    pub fn joined(&mut self, addr: SocketAddr, multicast_capable: bool) {
+        self.set(addr, multicast_capable.then_some(Path::Waiting));
+    }
+
+    /// A Report arrived: `fallback` set means the group does not reach the listener (send it
+    /// unicast), clear that it does (send it none). Returns the new path when it changed.
+    pub fn reported(&mut self, addr: SocketAddr, fallback: bool) -> Option<Path> {
+        let old = *self.paths.get(&addr)?;
+        let new = if fallback { Path::Unicast } else { Path::Group };
+        if old == new {
+            return None;
+        }
+        self.set(addr, Some(new));
+        Some(new)
     }
 
     /// The listener left or was evicted.
     pub fn left(&mut self, addr: SocketAddr) {
-        self.on_group.remove(&addr);
+        self.set(addr, None);
     }
 
-    /// Whether `addr` is served by the group.
-    pub fn is_on_group(&self, addr: SocketAddr) -> bool {
-        self.on_group.contains(&addr)
+    /// How `addr` is served; `None` for a listener that cannot receive the group.
+    pub fn path(&self, addr: &SocketAddr) -> Option<Path> {
+        self.paths.get(addr).copied()
     }
 
-    /// How many listeners the group serves.
+    /// Whether `addr` gets its audio from the group only.
+    pub fn is_on_group(&self, addr: &SocketAddr) -> bool {
+        self.path(addr) == Some(Path::Group)
+    }
+
+    /// Whether the tick must go to the group: some listener receives it or is waiting for it.
+    pub fn wants_group(&self) -> bool {
+        self.want_group > 0
+    }
+
+    /// How many multicast-capable listeners are tracked.
     pub fn len(&self) -> usize {
-        self.on_group.len()
+        self.paths.len()
     }
 
-    /// Whether the group serves nobody.
+    /// Whether none is.
     pub fn is_empty(&self) -> bool {
-        self.on_group.is_empty()
+        self.paths.is_empty()
+    }
+
+    /// How many listeners get their audio from the group only.
+    pub fn on_group(&self) -> usize {
+        self.paths.values().filter(|p| **p == Path::Group).count()
     }
 
     /// Appends to `out` the addresses of `all` that need the tick by unicast.
     pub fn unicast_of(&self, all: &[SocketAddr], out: &mut Vec<SocketAddr>) {
-        out.extend(all.iter().filter(|a| !self.on_group.contains(a)));
+        out.extend(all.iter().filter(|a| !self.is_on_group(a)));
     }
 }
 
@@ -214,35 +261,40 @@ mod tests {
     }
 
     #[test]
-    fn members_skip_the_group_until_a_listener_falls_back() {
+    fn members_are_unicast_until_their_report_says_the_group_arrives() {
         let a = SocketAddr::from(([10, 0, 0, 1], 1));
         let b = SocketAddr::from(([10, 0, 0, 2], 2));
         let c = SocketAddr::from(([10, 0, 0, 3], 3));
         let mut m = Members::new();
+        assert!(!m.wants_group());
         m.joined(a, true);
         m.joined(b, true);
         m.joined(c, false);
+        assert!(m.wants_group(), "sent for the listeners that wait for it");
         let mut out = Vec::new();
         m.unicast_of(&[a, b, c], &mut out);
-        assert_eq!(out, [c]);
-        assert!(
-            !m.reported(a, false),
-            "a report without the flag changes nothing"
-        );
-        assert!(m.reported(b, true));
-        assert!(
-            !m.reported(b, true),
-            "only the first flagged report changes the path"
-        );
+        assert_eq!(out, [a, b, c], "nobody confirmed the group yet");
+        assert_eq!(m.reported(a, false), Some(Path::Group));
+        assert_eq!(m.reported(a, false), None, "only a change is returned");
+        assert_eq!(m.reported(b, true), Some(Path::Unicast));
+        assert_eq!(m.reported(c, false), None, "c cannot receive the group");
         out.clear();
         m.unicast_of(&[a, b, c], &mut out);
         assert_eq!(out, [b, c]);
+        assert_eq!(m.on_group(), 1);
+        // a falls back mid-stream: nobody wants the group any more.
+        assert_eq!(m.reported(a, true), Some(Path::Unicast));
+        assert!(!m.wants_group());
+        assert_eq!(m.reported(a, false), Some(Path::Group));
+        assert!(m.wants_group());
         m.left(a);
-        assert!(m.is_empty());
+        m.left(b);
+        assert!(m.is_empty() && !m.wants_group());
         // A listener that joins again without multicast is served by unicast.
         m.joined(a, true);
         m.joined(a, false);
-        assert!(!m.is_on_group(a));
+        assert_eq!(m.path(&a), None);
+        assert!(!m.wants_group());
     }
 
     #[test]

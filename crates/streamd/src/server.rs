@@ -20,6 +20,7 @@ use crate::endpoint::{AudioSource, Endpoint, EndpointConfig, Event, RepairConfig
 pub use crate::endpoint::{HOUSEKEEPING, MAX_PENDING_ENDS, StartMode};
 use crate::fanout::{Fanout, FanoutStats};
 use crate::live::{LiveStats, OnIdle, RawFormat};
+use crate::multicast::GroupSender;
 use crate::rtp::output::{Output as RtpOutput, RtpConfig};
 use crate::sessions::{self, Ignored, Sessions};
 use crate::source::{Input, InputOptions, SourceError, SourceInfo};
@@ -94,6 +95,17 @@ pub struct Config {
     /// The repair the endpoint offers: `fec` and `retransmit` resolved against the stream
     /// when the server binds.
     pub repair: RepairConfig,
+    /// `--multicast GROUP:PORT` and its `--ttl`: each tick's audio also goes once to a group.
+    pub multicast: Option<MulticastConfig>,
+}
+
+/// `--multicast GROUP:PORT [--ttl N]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MulticastConfig {
+    /// The group and port ([`crate::multicast::parse_group`]).
+    pub group: SocketAddr,
+    /// Hops the group's datagrams may travel (1: the local network).
+    pub ttl: u8,
 }
 
 /// `--fec`: what parity the server sends.
@@ -137,6 +149,7 @@ impl Config {
             retransmit: true,
             repair: RepairConfig::default(),
             relay_from: None,
+            multicast: None,
         }
     }
 
@@ -195,6 +208,25 @@ impl Config {
         {
             return Err(audiocodec::CodecError::OpusBitrate(bitrate).to_string());
         }
+        if let Some(m) = &self.multicast {
+            if !m.group.ip().is_multicast() {
+                return Err(format!(
+                    "--multicast {}: {} is not a multicast address",
+                    m.group,
+                    m.group.ip()
+                ));
+            }
+            if m.ttl == 0 {
+                return Err("--ttl 0 is outside 1..=255".into());
+            }
+            if m.group.is_ipv4() && self.bind.is_ipv6() {
+                return Err(format!(
+                    "--multicast {} is IPv4 but --bind {} is IPv6",
+                    m.group,
+                    self.bind.ip()
+                ));
+            }
+        }
         if self.codec != AudioCodec::Pcm && !self.rtp.dests.is_empty() {
             return Err(format!(
                 "--rtp sends L16 PCM, so it needs --codec pcm, not {}",
@@ -246,6 +278,14 @@ pub enum StartError {
     /// `--relay-from`: the upstream cannot be joined.
     #[error("cannot relay: {0}")]
     Upstream(#[from] crate::relay::RelayError),
+    /// `--multicast`: the group's socket cannot be set up.
+    #[error("cannot send to --multicast {group}: {source}")]
+    Multicast {
+        /// The group asked for.
+        group: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }
 
 fn bind_reason(e: &std::io::Error) -> String {
@@ -296,6 +336,8 @@ pub struct Summary {
     pub live: Option<LiveStats>,
     /// A relay's upstream hop (`--relay-from`): what it received, lost and concealed.
     pub upstream: Option<crate::relay::UpstreamStats>,
+    /// `--multicast`: what was sent to the group (not part of `sent`).
+    pub multicast: Option<FanoutStats>,
 }
 
 /// A bound server with its file open, ready to [`Server::run`].
@@ -313,6 +355,8 @@ pub struct Server {
     rtp: Option<RtpOutput>,
     /// The control plane's end, when `--http` is on.
     control: Option<crate::control::ShellLink>,
+    /// `--multicast`: the socket that sends to the group.
+    group: Option<GroupSender>,
 }
 
 impl Server {
@@ -362,6 +406,17 @@ impl Server {
             source,
         })?;
         let rtp = open_rtp(&config, source.info()).map_err(StartError::Rtp)?;
+        let group = config
+            .multicast
+            .map(|m| {
+                GroupSender::open(m.group, config.bind.ip(), m.ttl).map_err(|source| {
+                    StartError::Multicast {
+                        group: m.group,
+                        source,
+                    }
+                })
+            })
+            .transpose()?;
         Ok(Server {
             config,
             socket,
@@ -369,6 +424,7 @@ impl Server {
             source,
             rtp,
             control: None,
+            group,
         })
     }
 
@@ -420,6 +476,9 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         // RTP is fed from the tick's Audio datagrams, with or without native listeners.
         endpoint.set_emit_always(self.rtp.is_some());
+        if let Some(g) = &self.group {
+            endpoint.set_multicast(g.group());
+        }
         let mut shell = Shell {
             config: self.config,
             socket: self.socket,
@@ -432,6 +491,7 @@ impl Server {
             handshake_unlogged: 0,
             rtp: self.rtp,
             control: self.control,
+            group: self.group,
         };
         shell.log_start();
         shell.log_rtp_start();
@@ -521,6 +581,8 @@ struct Shell {
     rtp: Option<RtpOutput>,
     /// The control plane (`--http`), if on.
     control: Option<crate::control::ShellLink>,
+    /// `--multicast`: the group's socket.
+    group: Option<GroupSender>,
 }
 
 impl Shell {
@@ -552,6 +614,13 @@ impl Shell {
             self.config.looping,
             self.fanout.path().name(),
         );
+        if let (Some(g), Some(m)) = (&self.group, &self.config.multicast) {
+            tracing::info!(
+                "multicast: each tick goes once to {} (ttl {}); listeners that receive it get no unicast audio",
+                g.group(),
+                m.ttl
+            );
+        }
     }
 
     /// Runs the endpoint until it closes; true if a second stop request cut it short.
@@ -641,6 +710,13 @@ impl Shell {
                 Transmit::One { dest, datagram } => {
                     self.fanout.send_one(&self.socket, &datagram, dest);
                 }
+                // The tick to the group (`--multicast`): once, from the group's socket.
+                Transmit::Fanout { datagrams, dests }
+                    if let Some(g) = self.group.as_mut()
+                        && dests == [g.group()] =>
+                {
+                    g.send(datagrams);
+                }
                 Transmit::Fanout { datagrams, dests } => {
                     if !dests.is_empty() {
                         self.fanout.send(&self.socket, datagrams, dests);
@@ -700,6 +776,12 @@ impl Shell {
             } => tracing::info!(
                 "stream ended ({reason:?}) at seq {seq}; sending End to {listeners} listener(s)"
             ),
+            Event::PathChanged { addr, path } => match path {
+                crate::multicast::Path::Group => {
+                    tracing::info!("{addr} receives the group: no unicast audio");
+                }
+                _ => tracing::info!("{addr} does not receive the group: unicast audio"),
+            },
         }
     }
 
@@ -778,6 +860,18 @@ impl Shell {
         if let Some(room) = crate::roomsync::RoomSync::of(synced) {
             tracing::info!("room sync: {room}");
         }
+        if let (Some(g), Some(m)) = (&self.group, self.endpoint.multicast_members()) {
+            let st = g.stats();
+            tracing::info!(
+                "multicast {}: sent {} datagrams / {} bytes ({} dropped); {} listener(s) on the group only, {} able to receive it",
+                g.group(),
+                st.datagrams,
+                st.bytes,
+                st.dropped(),
+                m.on_group(),
+                m.len()
+            );
+        }
         if let Some(l) = self.endpoint.source().live_stats() {
             tracing::info!("live input: {}", live_line(&l));
         }
@@ -811,6 +905,7 @@ impl Shell {
                 Input::Relay(r) => Some(r.stats()),
                 _ => None,
             },
+            multicast: self.group.as_ref().map(GroupSender::stats),
         }
     }
 }

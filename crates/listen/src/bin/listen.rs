@@ -78,6 +78,10 @@ struct Cli {
     /// drift compensated to within a frame.
     #[arg(long)]
     sync: bool,
+    /// Never receive the server's multicast group (`streamd --multicast`): take the audio by
+    /// unicast only.
+    #[arg(long)]
+    no_multicast: bool,
 }
 
 /// Longest `--timeout`: a day. Longer is no use to anyone and, near `Duration::MAX`, would
@@ -293,6 +297,7 @@ fn main() -> ExitCode {
         playout_log: cli.playout_log.clone(),
         sync: cli.sync,
         name: cli.name.clone().unwrap_or_else(listen::config::host_name),
+        multicast: !cli.no_multicast,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -19,7 +19,7 @@ use streamd::cli::{
     parse_latency, parse_on_off, parse_relay_from, parse_rtp_dest,
 };
 use streamd::live::{OnIdle as LiveOnIdle, RawFormat};
-use streamd::server::{Config, FecChoice, Server, StartError, StartMode};
+use streamd::server::{Config, FecChoice, MulticastConfig, Server, StartError, StartMode};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -47,6 +47,15 @@ enum OnIdle {
     Pause,
     /// End the stream, as at the end of a file.
     End,
+}
+
+/// `--ttl`: 1..=255 ([`streamd::multicast::check_ttl`]).
+fn parse_ttl(s: &str) -> Result<u8, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("--ttl {s:?} is not a number (1..=255)"))?;
+    streamd::multicast::check_ttl(n)
 }
 
 /// Stream an audio file over UDP to many listeners.
@@ -120,8 +129,12 @@ struct Cli {
     /// unicast or multicast, may be given more than once.
     #[arg(long, value_name = "DEST:PORT", value_parser = parse_rtp_dest)]
     rtp: Vec<SocketAddr>,
-    /// Multicast TTL of the RTP (and SAP) packets, 1..=255 [default: 1].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=255))]
+    /// Also send each tick's audio once to this multicast group (e.g. 239.255.12.1:5000 or
+    /// [ff15::12]:5000): listeners that receive it get no unicast audio, the others still do.
+    #[arg(long, value_name = "GROUP:PORT", value_parser = streamd::multicast::parse_group)]
+    multicast: Option<SocketAddr>,
+    /// Multicast TTL of --multicast and of the RTP (and SAP) packets, 1..=255 [default: 1].
+    #[arg(long, value_name = "N", value_parser = parse_ttl)]
     ttl: Option<u8>,
     /// Write the SDP a player opens (ffmpeg, VLC, GStreamer) for the first --rtp destination.
     #[arg(long, value_name = "PATH")]
@@ -182,9 +195,17 @@ impl Cli {
         c.codec = self.codec;
         c.log_file = self.log_file.clone();
         c.relay_from = self.relay_from.clone();
+        c.multicast = self.multicast.map(|group| MulticastConfig {
+            group,
+            ttl: self.ttl.unwrap_or(streamd::multicast::DEFAULT_TTL),
+        });
         c.rtp = streamd::rtp::output::RtpConfig {
             dests: self.rtp.clone(),
-            ttl: self.ttl,
+            // With --multicast, --ttl applies to the group; RTP takes it only where it has a
+            // multicast destination to use it on.
+            ttl: self.ttl.filter(|_| {
+                self.multicast.is_none() || self.rtp.iter().any(|d| d.ip().is_multicast())
+            }),
             sdp: self.sdp.clone(),
             sap: self.sap,
         };
@@ -381,6 +402,14 @@ async fn run(
                 s.ignored,
                 s.corrupt_packets
             );
+            if let Some(m) = &s.multicast {
+                tracing::info!(
+                    "multicast: {} datagrams / {} bytes sent to the group, {} dropped",
+                    m.datagrams,
+                    m.bytes,
+                    m.dropped()
+                );
+            }
             if let Some(l) = &s.live {
                 tracing::info!("live input: {}", streamd::server::live_line(l));
             }
