@@ -234,12 +234,15 @@ fn the_playout_log_says_when_the_device_played_each_frame() {
         .collect();
     let mut server = Server::start(&wav, &[]);
     let log = dir.path().join("playout.csv");
+    let json = dir.path().join("stats.json");
     let args: Vec<String> = vec![
         "--server".into(),
         server.addr.to_string(),
         "--sync".into(),
         "--playout-log".into(),
         log.display().to_string(),
+        "--stats-json".into(),
+        json.display().to_string(),
         "--quiet".into(),
     ];
     let mut listen = Proc::spawn(&listen_bin, &args, &envs);
@@ -252,6 +255,12 @@ fn the_playout_log_says_when_the_device_played_each_frame() {
         pulse.log_tail()
     );
     assert_eq!(server.proc.exit_code(SLOW), 0);
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    eprintln!(
+        "listen: sync_error_ms_p99 {}, resyncs {}, underruns {}",
+        stats["sync_error_ms_p99"], stats["resyncs"], stats["underruns"]
+    );
     let captured = pulse.stop_and_read_timed().unwrap();
     let sink = SinkClock::fit(&captured.reads, RATE, 2).unwrap();
     eprintln!(
