@@ -122,11 +122,13 @@ pub trait Sink: Send {
     }
 
     /// Synchronised playout: the next write (at `now`) is the first frame of a playout that
-    /// should have begun at `at` (at most a few milliseconds before the write). A virtual device starts
-    /// its clock there, so the schedule is kept to the frame; a device that cannot go back
-    /// ignores it (the schedule's servo absorbs the difference).
-    fn start_at(&mut self, now: Instant, at: Instant) {
-        let _ = (now, at);
+    /// should have begun at `at` (at most a few milliseconds before the write). Returns when
+    /// that write will really start playing: a virtual device starts its clock at `at`, so
+    /// the schedule is kept to the frame; a device that cannot go back (a sound card) starts
+    /// at its [`Sink::output_at`], and the schedule skips what it is late by.
+    fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
+        let _ = at;
+        self.output_at(now)
     }
 }
 
@@ -191,11 +193,14 @@ impl VirtualDevice {
 
     /// The next write starts playing at `at`, even if that is already past (a synchronised
     /// start that woke a little late); ignored while something is still playing.
-    pub fn start_at(&mut self, now: Instant, at: Instant) {
+    /// Returns when the next write starts playing: `at`, or after what still plays.
+    pub fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
         if self.busy_until.is_none_or(|b| b <= now) {
             self.busy_until = Some(at);
             self.start_pending = true;
+            return at;
         }
+        self.output_at(now)
     }
 
     /// Time until everything written has been played.
@@ -243,8 +248,8 @@ impl Sink for NullSink {
         self.dev.output_at(now)
     }
 
-    fn start_at(&mut self, now: Instant, at: Instant) {
-        self.dev.start_at(now, at);
+    fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
+        self.dev.start_at(now, at)
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         Ok(self.dev.remaining(now))
@@ -299,8 +304,8 @@ impl Sink for MemorySink {
         self.dev.output_at(now)
     }
 
-    fn start_at(&mut self, now: Instant, at: Instant) {
-        self.dev.start_at(now, at);
+    fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
+        self.dev.start_at(now, at)
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         Ok(self.dev.remaining(now))
@@ -392,8 +397,8 @@ impl Sink for WavSink {
         self.dev.output_at(now)
     }
 
-    fn start_at(&mut self, now: Instant, at: Instant) {
-        self.dev.start_at(now, at);
+    fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
+        self.dev.start_at(now, at)
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         if let Some(w) = self.writer.take() {
