@@ -1,8 +1,11 @@
-//! The loopback demo (`cargo xtask demo`): `streamd` and `listen` in one process on 127.0.0.1,
-//! streaming a clip built into this binary. The first listener plays to the default sound
-//! device; with none (a headless machine) it writes `loopback.wav` in the current folder and
-//! says so. Each listener prints its statistics table at the end. The server's dashboard
-//! (`streamd --http`) runs on a free loopback port; its URL is printed first.
+//! The loopback demo (`cargo xtask demo`): `streamd` and two `listen`s in one process on
+//! 127.0.0.1, streaming a clip built into this binary, the listeners in step as in one room
+//! (`listen --sync`). The first listener plays to the default sound device; with none (a
+//! headless machine) it writes `loopback.wav` in the current folder and says so. Each listener
+//! prints its statistics table at the end, then the demo prints the spread between them: from
+//! their playout logs (`listen --playout-log`), how far apart they played the same frames once
+//! their clocks had settled. The server's dashboard (`streamd --http`) runs on a free loopback
+//! port; its URL is printed first.
 //!
 //! ```text
 //! cargo run --release --example loopback -- [--file F] [--interval D] [--codec C]
@@ -31,6 +34,10 @@ const DEFAULT_WAV: &str = "loopback.wav";
 /// Most listeners the demo starts: a demo, not a load test (see the `load` example for that).
 const MAX_LISTENERS: u16 = 64;
 
+/// Playback left out of the spread at the start: the listeners' clock estimates settle over
+/// their first 20 fast exchanges (2 s), and the servo works off what is left.
+const SETTLE: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Parser)]
 #[command(about = "streamd + listen in one process on 127.0.0.1 with a built-in clip")]
 struct Args {
@@ -43,10 +50,11 @@ struct Args {
     /// What the datagrams carry: pcm, flac or opus[:BITRATE] (bit/s, 6000-510000).
     #[arg(long, default_value = "pcm", value_parser = streamd::cli::parse_codec)]
     codec: audiocodec::AudioCodec,
-    /// How many listeners to start (the first plays; the others only count).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_LISTENERS)))]
+    /// How many listeners to start, in step (the first plays; the others write files nobody
+    /// keeps); with two or more, the spread between them is printed.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_LISTENERS)))]
     listeners: u16,
-    /// Jitter-buffer target of every listener.
+    /// Playout delay of every listener (the jitter buffer's target).
     #[arg(long, default_value = "100ms", value_parser = proto::duration::parse_duration)]
     latency: Duration,
     /// Write the first listener's audio to this WAV instead of the sound device.
@@ -154,12 +162,15 @@ async fn run(args: Args) -> Result<()> {
             }
         },
     };
-    // The other listeners only count; their audio goes to files nobody keeps.
+    // The other listeners' audio goes to files nobody keeps; every listener's playout log too.
     let scratch = tempfile::Builder::new().prefix("earshot-demo-").tempdir()?;
+    let log_of = |k: u16| scratch.path().join(format!("playout-{k}.csv"));
     let mut listeners = Vec::new();
     for k in 0..args.listeners {
         let mut config = listen::Config::new(target.to_string());
         config.latency = args.latency;
+        config.sync = true;
+        config.playout_log = Some(log_of(k));
         config.quiet = k > 0;
         config.output = if k == 0 {
             first_output.clone()
@@ -174,21 +185,25 @@ async fn run(args: Args) -> Result<()> {
 
     let mut summary = Vec::new();
     let mut failed = 0;
+    let mut rate = None;
     for (k, task) in listeners.into_iter().enumerate() {
         match task.await.context("listener task")? {
-            Ok(outcome) => summary.push(format!(
-                "listener {}: {} of {} datagrams, {} lost, {} out of order, {} duplicates, \
+            Ok(outcome) => {
+                rate = rate.or(outcome.info.as_ref().map(|i| i.sample_rate));
+                summary.push(format!(
+                    "listener {}: {} of {} datagrams, {} lost, {} out of order, {} duplicates, \
                  {} late, jitter {:.2} ms, ended: {}",
-                k + 1,
-                outcome.stats.received,
-                outcome.stats.expected,
-                outcome.stats.lost,
-                outcome.stats.out_of_order,
-                outcome.stats.duplicates,
-                outcome.stats.late,
-                outcome.stats.jitter_ms,
-                outcome.stats.end_reason.as_str()
-            )),
+                    k + 1,
+                    outcome.stats.received,
+                    outcome.stats.expected,
+                    outcome.stats.lost,
+                    outcome.stats.out_of_order,
+                    outcome.stats.duplicates,
+                    outcome.stats.late,
+                    outcome.stats.jitter_ms,
+                    outcome.stats.end_reason.as_str()
+                ))
+            }
             Err(e) => {
                 failed += 1;
                 summary.push(format!("listener {}: {e}", k + 1));
@@ -207,6 +222,12 @@ async fn run(args: Args) -> Result<()> {
         for line in &summary {
             println!("{line}");
         }
+        if let Some(rate) = rate {
+            println!();
+            for k in 1..args.listeners {
+                println!("{}", spread_line(&log_of(0), &log_of(k), k + 1, rate));
+            }
+        }
     }
     if let Some(path) = &first_output {
         let shown = std::path::absolute(path).unwrap_or_else(|_| path.clone());
@@ -216,4 +237,29 @@ async fn run(args: Args) -> Result<()> {
         return Err(anyhow!("{failed} listener(s) failed"));
     }
     Ok(())
+}
+
+/// The demo's account of how far listener `k` played from the first: the spread between their
+/// playout logs after [`SETTLE`] (or, for a clip too short for that, after the first half of
+/// what both played), or why there is none.
+fn spread_line(first: &std::path::Path, other: &std::path::Path, k: u16, rate: u32) -> String {
+    use testkit::playout::{read_log, spread};
+    let head = format!("spread between listener 1 and listener {k}");
+    let (a, b) = match read_log(first).and_then(|a| Ok((a, read_log(other)?))) {
+        Ok(logs) => logs,
+        Err(e) => return format!("{head}: no playout log: {e}"),
+    };
+    let both = match (a.first(), a.last(), b.first(), b.last()) {
+        (Some(a0), Some(a1), Some(b0), Some(b1)) => a1.0.min(b1.0) - a0.0.max(b0.0),
+        _ => 0,
+    };
+    let settle = SETTLE.min(Duration::from_nanos(both.max(0) as u64 / 2));
+    let head = format!(
+        "{head} (the same frames, after the first {:.1} s)",
+        settle.as_secs_f64()
+    );
+    match spread(&a, &b, rate, settle) {
+        Some(s) => format!("{head}: {s}"),
+        None => format!("{head}: no frames played by both"),
+    }
 }

@@ -2,8 +2,9 @@
 //! PulseAudio routes into a pipe sink at the stream's rate. What the "sound card" received must
 //! equal the stream sample for sample, and playing must take real time. With the sink at
 //! another rate than the stream's, the tone that comes out must keep its frequency and level.
-//! Skipped loudly where PulseAudio is missing, unless `EARSHOT_REQUIRE_PULSE` is set
-//! (`cargo xtask test` sets it).
+//! A listener's playout log (`--playout-log`) must say when the device really played each
+//! frame, within 2 ms. Skipped loudly where PulseAudio is missing, unless
+//! `EARSHOT_REQUIRE_PULSE` is set (`cargo xtask test` sets it).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -11,7 +12,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use testkit::pulse::{Pulse, alsa_pulse_plugin_available, pulse_available, trim_silence};
+use testkit::playout::{read_log, when};
+use testkit::pulse::{
+    Pulse, SinkClock, alsa_pulse_plugin_available, pulse_available, trim_silence,
+};
 
 /// True when the headless audio path is here; prints why not otherwise (a failure where
 /// `EARSHOT_REQUIRE_PULSE` is set).
@@ -187,4 +191,171 @@ fn a_44k1_stream_on_a_48k_device_keeps_its_tone() {
             "channel {ch}: RMS {rms:.0}, the tone's is {want:.0}"
         );
     }
+}
+
+/// The stream frame a sample frame of [`ramp`] carries, if it is one: left = frame mod 2^15,
+/// right = −1 − frame / 2^15 (never 0, so the sink's silence is no frame).
+fn ramp_frame(left: i16, right: i16) -> Option<u64> {
+    (left >= 0 && right < 0).then(|| (-1 - i64::from(right)) as u64 * 32_768 + left as u64)
+}
+
+/// Writes `secs` seconds of a stereo ramp at `rate`: every frame names its own index.
+fn ramp(path: &std::path::Path, rate: u32, secs: u32) {
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for f in 0..rate * secs {
+        w.write_sample((f % 32_768) as i16).unwrap();
+        w.write_sample(-1 - (f / 32_768) as i16).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+#[test]
+fn the_playout_log_says_when_the_device_played_each_frame() {
+    if !audio_path_or_skip("the_playout_log_says_when_the_device_played_each_frame") {
+        return;
+    }
+    const RATE: u32 = 44_100;
+    let dir = tempdir();
+    let wav = dir.path().join("ramp.wav");
+    ramp(&wav, RATE, 6);
+    // Built before the sink starts its clock.
+    let listen_bin = bin("listen");
+    let pulse = Pulse::start_timed(RATE, 2).unwrap();
+    let envs: Vec<(String, String)> = pulse
+        .env()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.display().to_string()))
+        .collect();
+    let mut server = Server::start(&wav, &[]);
+    let log = dir.path().join("playout.csv");
+    let json = dir.path().join("stats.json");
+    let args: Vec<String> = vec![
+        "--server".into(),
+        server.addr.to_string(),
+        "--sync".into(),
+        "--playout-log".into(),
+        log.display().to_string(),
+        "--stats-json".into(),
+        json.display().to_string(),
+        "--quiet".into(),
+    ];
+    let mut listen = Proc::spawn(&listen_bin, &args, &envs);
+    let code = listen.exit_code(SLOW);
+    assert_eq!(
+        code,
+        0,
+        "listen through cpal: {}\npulse: {}",
+        listen.stderr(),
+        pulse.log_tail()
+    );
+    assert_eq!(server.proc.exit_code(SLOW), 0);
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    eprintln!(
+        "listen: sync_error_ms_p99 {}, resyncs {}, underruns {}",
+        stats["sync_error_ms_p99"], stats["resyncs"], stats["underruns"]
+    );
+    let captured = pulse.stop_and_read_timed().unwrap();
+    let sink = SinkClock::fit(&captured.reads, RATE, 2).unwrap();
+    eprintln!(
+        "pipe sink: {} writes, block {} frames ({:.1} ms), {:+.1} ppm off its rate; a write's \
+         first frame came out {:.3} ms (p50) / {:.3} ms (p99) after the sink's clock reached it",
+        sink.writes,
+        sink.block_frames,
+        sink.block_frames as f64 * 1e3 / f64::from(RATE),
+        sink.rate_error_ppm(),
+        sink.late_p50_ms,
+        sink.late_p99_ms
+    );
+    let lines = read_log(&log).unwrap();
+    // Every 10 ms of what the device played: the stream frame it carried (its neighbour
+    // confirming it is the ramp, not concealment) and when the sink's clock played it,
+    // against when the log says that frame left the output.
+    let frames: Vec<(i16, i16)> = captured
+        .samples
+        .chunks_exact(2)
+        .map(|c| (c[0], c[1]))
+        .collect();
+    // Where the device's output breaks: it played something other than the frame after the
+    // one before (an underrun's silence, or frames skipped), beyond the servo's single frames.
+    let decoded: Vec<Option<u64>> = frames.iter().map(|&(l, r)| ramp_frame(l, r)).collect();
+    let first_ramp = decoded.iter().position(Option::is_some).unwrap_or(0);
+    let last_ramp = decoded.iter().rposition(Option::is_some).unwrap_or(0);
+    // Each break as (first, last) device frame; breaks less than 10 ms apart are one.
+    let mut breaks: Vec<(usize, usize)> = Vec::new();
+    for n in first_ramp + 1..=last_ramp {
+        let ok = match (decoded[n - 1], decoded[n]) {
+            (Some(a), Some(b)) => b > a && b <= a + 2 || b == a,
+            _ => false,
+        };
+        if ok {
+            continue;
+        }
+        match breaks.last_mut() {
+            Some(b) if n - b.1 < RATE as usize / 100 => b.1 = n,
+            _ => breaks.push((n, n)),
+        }
+    }
+    // The log is written as audio goes into the device's queue (up to 200 ms ahead), so a
+    // break invalidates what was logged before it for that long.
+    let after_break = |n: usize| {
+        breaks
+            .iter()
+            .any(|&(a, b)| n >= a && n - b < RATE as usize * 3 / 10)
+    };
+    // (device frame, log − device in ms)
+    let mut diffs: Vec<(usize, f64)> = Vec::new();
+    let mut excluded = 0;
+    for n in (first_ramp..last_ramp).step_by(RATE as usize / 100) {
+        let (Some(f), Some(g)) = (decoded[n], decoded[n + 1]) else {
+            continue;
+        };
+        if g != f + 1 {
+            continue;
+        }
+        if after_break(n) {
+            excluded += 1;
+            continue;
+        }
+        if let Some(t) = when(&lines, RATE, f) {
+            diffs.push((n, (t - sink.played_at(n as u64)) / 1e6));
+        }
+    }
+    eprintln!(
+        "the device's output broke {} times (device frames {breaks:?}, the ramp at {first_ramp}); \
+         {excluded} points within 300 ms after a break are not compared",
+        breaks.len()
+    );
+    // The first second is shown apart: the log's first lines are written while the device is
+    // starting, the part most likely to go wrong.
+    let start = diffs.first().map_or(0, |d| d.0) + RATE as usize;
+    let (first, rest): (Vec<&(usize, f64)>, Vec<_>) = diffs.iter().partition(|d| d.0 < start);
+    let worst = |v: &[&(usize, f64)]| v.iter().map(|d| d.1.abs()).fold(0.0, f64::max);
+    // About 6 s of ramp, a point every 10 ms.
+    assert!(diffs.len() > 400, "{} frames compared", diffs.len());
+    let mean = diffs.iter().map(|d| d.1).sum::<f64>() / diffs.len() as f64;
+    let mut abs: Vec<f64> = diffs.iter().map(|d| d.1.abs()).collect();
+    abs.sort_by(f64::total_cmp);
+    let p = |q: usize| abs[(abs.len() * q / 100).min(abs.len() - 1)];
+    eprintln!(
+        "playout log − device: mean {mean:+.3} ms; |difference| p50 {:.3} ms, p99 {:.3} ms, \
+         max {:.3} ms over {} frames (first second: max {:.3} ms; after it: max {:.3} ms)",
+        p(50),
+        p(99),
+        abs[abs.len() - 1],
+        abs.len(),
+        worst(&first),
+        worst(&rest)
+    );
+    assert!(
+        abs[abs.len() - 1] < 2.0,
+        "the log is up to {:.3} ms off the device",
+        abs[abs.len() - 1]
+    );
 }

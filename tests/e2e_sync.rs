@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use testkit::playout::when;
 
 /// The tests of this file run one at a time: the playout comparison measures a tenth of a
 /// millisecond, which two more streams on a 2-core machine blur.
@@ -14,16 +15,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The `realtime_ns,frame` lines of a playout log.
 fn read_log(path: &Path) -> Vec<(i128, u64)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-        .lines()
-        .map(|l| {
-            let (a, b) = l
-                .split_once(',')
-                .unwrap_or_else(|| panic!("bad line {l:?}"));
-            (a.parse().unwrap(), b.parse().unwrap())
-        })
-        .collect()
+    testkit::playout::read_log(path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The longest run of lines whose real-time gaps match their frame gaps within 1 ms.
@@ -152,17 +144,6 @@ fn clip(path: &Path) {
     w.finalize().unwrap();
 }
 
-/// The real instant (ns) at which a log plays `frame`, interpolated between its lines.
-fn when(lines: &[(i128, u64)], frame: u64) -> Option<f64> {
-    let i = lines.partition_point(|l| l.1 <= frame);
-    let (a, b) = (lines.get(i.checked_sub(1)?)?, lines.get(i)?);
-    if b.1 - a.1 > 480 {
-        return None;
-    }
-    let k = (frame - a.1) as f64 / (b.1 - a.1) as f64;
-    Some(a.0 as f64 + k * (b.0 - a.0) as f64)
-}
-
 #[test]
 fn two_listeners_on_skewed_clocks_play_in_step() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -211,7 +192,7 @@ fn two_listeners_on_skewed_clocks_play_in_step() {
     let mut diffs: Vec<f64> = logs[0]
         .iter()
         .filter(|l| l.0 > t0)
-        .filter_map(|&(t, f)| when(&logs[1], f).map(|u| (t as f64 - u).abs() / 1e6))
+        .filter_map(|&(t, f)| when(&logs[1], 48_000, f).map(|u| (t as f64 - u).abs() / 1e6))
         .collect();
     assert!(diffs.len() > 500, "{} common frames", diffs.len());
     diffs.sort_by(f64::total_cmp);

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use testkit::pulse::{
-    Pulse, SINK_NAME, alsa_pulse_plugin_available, pulse_available, trim_silence,
+    Pulse, SINK_NAME, SinkClock, alsa_pulse_plugin_available, pulse_available, trim_silence,
 };
 
 /// True when the test may run; prints why not otherwise.
@@ -100,6 +100,64 @@ fn tone_is_captured_sample_exact_in_real_time_48k_mono() {
     if pulse_or_skip("tone_is_captured_sample_exact_in_real_time_48k_mono") {
         round_trip(48_000, 1, 1.0);
     }
+}
+
+#[test]
+fn the_timed_reader_captures_sample_exact_and_finds_the_sinks_clock() {
+    if !pulse_or_skip("the_timed_reader_captures_sample_exact_and_finds_the_sinks_clock") {
+        return;
+    }
+    const RATE: u32 = 44_100;
+    let sent = tone(RATE, 2, RATE as usize * 2);
+    let pulse = Pulse::start_timed(RATE, 2).unwrap();
+    let took = play(&pulse, &sent);
+    let got = pulse.stop_and_read_timed().unwrap();
+    assert!(
+        trim_silence(&got.samples, 2) == sent.as_slice(),
+        "captured samples differ from the tone"
+    );
+    // The reads cover the capture in order, with no gap or overlap, at rising instants.
+    let mut next = 0;
+    for w in got.reads.windows(2) {
+        assert!(w[1].realtime_ns >= w[0].realtime_ns, "{w:?}");
+    }
+    for r in &got.reads {
+        assert_eq!(r.first_byte, next, "{r:?}");
+        next += r.bytes;
+    }
+    assert_eq!(next, got.samples.len() as u64 * 2);
+    // The sink ran on the system clock for at least as long as the tone played: its fitted
+    // rate is the nominal one within its microsecond rounding (+41 ppm with 1,024-frame
+    // blocks) and the reader's noise over a few seconds.
+    let clock = SinkClock::fit(&got.reads, RATE, 2).unwrap();
+    eprintln!("{clock:?} (pacat took {took:?})");
+    assert!(clock.rate_error_ppm().abs() < 500.0, "{clock:?}");
+    assert!(clock.block_frames > 0 && clock.writes > 20, "{clock:?}");
+    // Its frame at the start of the capture's last second played about a second before the
+    // last write came out.
+    let frames = got.samples.len() as u64 / 2;
+    let last = got.reads.last().unwrap().realtime_ns as f64;
+    let gap = (last - clock.played_at(frames - u64::from(RATE))) / 1e9;
+    assert!((0.5..1.5).contains(&gap), "{gap} s");
+}
+
+#[test]
+fn dropping_a_timed_guard_stops_its_daemon_and_reader() {
+    if !pulse_or_skip("dropping_a_timed_guard_stops_its_daemon_and_reader") {
+        return;
+    }
+    let pulse = Pulse::start_timed(44_100, 2).unwrap();
+    let (Some(daemon), None) = pulse.pids() else {
+        panic!("the daemon runs, the reader is a thread");
+    };
+    let dir = pulse.dir().to_path_buf();
+    // Returns only once the reader thread has ended.
+    drop(pulse);
+    assert!(
+        !std::path::PathBuf::from(format!("/proc/{daemon}")).exists(),
+        "daemon {daemon} still there"
+    );
+    assert!(!dir.exists(), "temp dir removed");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::clock::ClockEstimator;
 use crate::drift::{DriftControl, ErrorHistogram, Resync};
-use crate::jitter::{JitterBuffer, duration_of};
+use crate::jitter::{JitterBuffer, duration_of, frames_in};
 use crate::sink::{Sink, SinkError};
 
 /// How long to wait before asking again while the clock has no estimate yet (µs).
@@ -309,7 +309,7 @@ impl SyncedFeed {
             return Ok((Some(sink.refill_at(now)), None));
         }
         let out_at = sink.output_at(now);
-        let (start_at, skip, silence, take) =
+        let (start_at, mut skip, silence, take) =
             match self
                 .playout
                 .step(clock, self.epoch.us(out_at), jb.position(), want)
@@ -326,8 +326,14 @@ impl SyncedFeed {
             };
         let mut first_out = out_at;
         if let Some(s) = start_at {
-            first_out = self.epoch.instant(s);
-            sink.start_at(now, first_out);
+            let due = self.epoch.instant(s);
+            first_out = sink.start_at(now, due);
+            // A device that cannot start in the past starts late: the frames it is late by are
+            // skipped, so it starts with the frame due then.
+            skip += frames_in(
+                first_out.saturating_duration_since(due),
+                self.playout.schedule.rate,
+            );
         }
         if skip > 0 {
             jb.skip(skip);

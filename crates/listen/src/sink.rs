@@ -122,11 +122,13 @@ pub trait Sink: Send {
     }
 
     /// Synchronised playout: the next write (at `now`) is the first frame of a playout that
-    /// should have begun at `at` (at most a few milliseconds before the write). A virtual device starts
-    /// its clock there, so the schedule is kept to the frame; a device that cannot go back
-    /// ignores it (the schedule's servo absorbs the difference).
-    fn start_at(&mut self, now: Instant, at: Instant) {
-        let _ = (now, at);
+    /// should have begun at `at` (at most a few milliseconds before the write). Returns when
+    /// that write will really start playing: a virtual device starts its clock at `at`, so
+    /// the schedule is kept to the frame; a device that cannot go back (a sound card) starts
+    /// at its [`Sink::output_at`], and the schedule skips what it is late by.
+    fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
+        let _ = at;
+        self.output_at(now)
     }
 }
 
@@ -191,11 +193,14 @@ impl VirtualDevice {
 
     /// The next write starts playing at `at`, even if that is already past (a synchronised
     /// start that woke a little late); ignored while something is still playing.
-    pub fn start_at(&mut self, now: Instant, at: Instant) {
+    /// Returns when the next write starts playing: `at`, or after what still plays.
+    pub fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
         if self.busy_until.is_none_or(|b| b <= now) {
             self.busy_until = Some(at);
             self.start_pending = true;
+            return at;
         }
+        self.output_at(now)
     }
 
     /// Time until everything written has been played.
@@ -243,8 +248,8 @@ impl Sink for NullSink {
         self.dev.output_at(now)
     }
 
-    fn start_at(&mut self, now: Instant, at: Instant) {
-        self.dev.start_at(now, at);
+    fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
+        self.dev.start_at(now, at)
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         Ok(self.dev.remaining(now))
@@ -299,8 +304,8 @@ impl Sink for MemorySink {
         self.dev.output_at(now)
     }
 
-    fn start_at(&mut self, now: Instant, at: Instant) {
-        self.dev.start_at(now, at);
+    fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
+        self.dev.start_at(now, at)
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         Ok(self.dev.remaining(now))
@@ -392,8 +397,8 @@ impl Sink for WavSink {
         self.dev.output_at(now)
     }
 
-    fn start_at(&mut self, now: Instant, at: Instant) {
-        self.dev.start_at(now, at);
+    fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
+        self.dev.start_at(now, at)
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         if let Some(w) = self.writer.take() {
@@ -660,16 +665,30 @@ fn choose_config(
 }
 
 /// Counters shared with the device's threads (atomics: the callback may not lock).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct DeviceCounters {
     /// Errors cpal's error callback reported.
     errors: AtomicU64,
     /// Samples of silence the data callback played after the first audio because the ring was
     /// short: rebuffering, or the client thread starved of CPU.
     starved: AtomicU64,
-    /// The device's own latency as the last callback predicted it (ns): from the callback to
-    /// the instant its first sample is played.
-    latency_ns: AtomicU64,
+    /// When the frame after the last callback's data plays, as the callback predicted it, in
+    /// ns of real time after `origin`: the callback's instant, plus the device's latency
+    /// (what it already held), plus the period the callback just wrote. 0 before the first.
+    next_out_ns: AtomicU64,
+    /// The real instant `next_out_ns` counts from.
+    origin: Instant,
+}
+
+impl DeviceCounters {
+    fn new() -> Self {
+        Self {
+            errors: AtomicU64::new(0),
+            starved: AtomicU64::new(0),
+            next_out_ns: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
 }
 
 fn build_stream<T>(
@@ -683,6 +702,8 @@ where
 {
     let errs = counters.clone();
     let mut started = false;
+    let channels = usize::from(config.channels.max(1));
+    let rate = u64::from(config.sample_rate.max(1));
     device.build_output_stream::<T, _, _>(
         config,
         // The real-time callback: pops whole frames (the producer commits whole frames, so the
@@ -692,9 +713,12 @@ where
         move |data: &mut [T], info: &cpal::OutputCallbackInfo| {
             let ts = info.timestamp();
             let latency = ts.playback.duration_since(ts.callback);
+            // This period plays from `latency` after now; the ring's next frame follows it.
+            let period = (data.len() / channels) as u64 * 1_000_000_000 / rate;
+            let next = counters.origin.elapsed() + latency + Duration::from_nanos(period);
             counters
-                .latency_ns
-                .store(latency.as_nanos() as u64, Ordering::Relaxed);
+                .next_out_ns
+                .store(next.as_nanos() as u64, Ordering::Relaxed);
             let n = consumer.slots().min(data.len());
             let mut filled = 0;
             if let Ok(chunk) = consumer.read_chunk(n) {
@@ -760,7 +784,7 @@ impl CpalSink {
         let dev_rate = config.sample_rate;
         let capacity = (frames_in(DEVICE_LEAD, dev_rate) as usize).max(1) * dev_ch;
         let (producer, consumer) = rtrb::RingBuffer::new(capacity);
-        let counters = Arc::new(DeviceCounters::default());
+        let counters = Arc::new(DeviceCounters::new());
         let e = counters.clone();
         let stream = match format {
             F::I16 => build_stream::<i16>(&device, config, consumer, e),
@@ -844,10 +868,14 @@ impl Sink for CpalSink {
     }
 
     fn output_at(&self, now: Instant) -> Instant {
-        // What the ring holds, then the device's own latency as its callback last saw it.
+        // The device's part as its last callback predicted it (how long from now until the
+        // frame after that callback's data plays: a duration of real time, measured on the
+        // real clock), then what the ring holds.
         let queued = (self.capacity - self.producer.slots()) / self.dev_ch;
-        let device = Duration::from_nanos(self.counters.latency_ns.load(Ordering::Relaxed));
-        now + duration_of(queued as u64, self.dev_rate) + device
+        let next = self.counters.origin
+            + Duration::from_nanos(self.counters.next_out_ns.load(Ordering::Relaxed));
+        let device = next.saturating_duration_since(Instant::now());
+        now + device + duration_of(queued as u64, self.dev_rate)
     }
 
     fn finish(&mut self, _now: Instant) -> Result<Duration, SinkError> {

@@ -9,6 +9,8 @@
 //!   datagram the server sent it, for tests that watch the wire;
 //! - [`room`]: a simulated room, one `streamd` endpoint and many `listen` sessions over a
 //!   simulated network on one simulated clock, deterministic for a seed;
+//! - [`playout`]: reading `listen --playout-log` files and measuring how far apart two
+//!   listeners played the same frames;
 //! - [`pulse`]: a private headless PulseAudio for tests that play through a real audio path;
 //! - [`procfs`]: CPU, memory and socket drops of processes, from `/proc` and `getrusage`;
 //! - [`install`]: system packages and Rust components, installed when we can, otherwise the
@@ -27,6 +29,8 @@ pub mod install;
 pub mod load;
 #[cfg(feature = "tools")]
 pub mod peer;
+#[cfg(feature = "tools")]
+pub mod playout;
 pub mod procfs;
 #[cfg(feature = "tools")]
 pub mod pulse;

@@ -102,7 +102,7 @@ impl Sink for RoomSink {
         self.dev.output_at(now)
     }
 
-    fn start_at(&mut self, now: Instant, at: Instant) {
-        self.dev.start_at(now, at);
+    fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
+        self.dev.start_at(now, at)
     }
 }
