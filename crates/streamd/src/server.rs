@@ -20,6 +20,7 @@ use crate::endpoint::{AudioSource, Endpoint, EndpointConfig, Event, RepairConfig
 pub use crate::endpoint::{HOUSEKEEPING, MAX_PENDING_ENDS, StartMode};
 use crate::fanout::{Fanout, FanoutStats};
 use crate::live::{LiveStats, OnIdle, RawFormat};
+use crate::rtp::RtpParams;
 use crate::rtp::output::{Output as RtpOutput, RtpConfig};
 use crate::sessions::{self, Ignored, Sessions};
 use crate::source::{Input, InputOptions, SourceError, SourceInfo};
@@ -195,9 +196,9 @@ impl Config {
         {
             return Err(audiocodec::CodecError::OpusBitrate(bitrate).to_string());
         }
-        if self.codec != AudioCodec::Pcm && !self.rtp.dests.is_empty() {
+        if matches!(self.codec, AudioCodec::Flac) && !self.rtp.dests.is_empty() {
             return Err(format!(
-                "--rtp sends L16 PCM, so it needs --codec pcm, not {}",
+                "--rtp sends L16 PCM or Opus, so it needs --codec pcm or opus, not {}",
                 audiocodec::codec_label(self.codec)
             ));
         }
@@ -824,15 +825,11 @@ fn open_rtp(config: &Config, info: &SourceInfo) -> Result<Option<RtpOutput>, Str
     if !config.rtp.is_enabled() {
         return Ok(None);
     }
-    RtpOutput::open(
-        &config.rtp,
-        &info.title,
-        info.sample_rate,
-        info.channels,
-        config.mtu,
-        Instant::now(),
-    )
-    .map(Some)
+    let params = match config.codec {
+        AudioCodec::Opus { bitrate } => RtpParams::random_opus(info.channels, bitrate),
+        _ => RtpParams::random(info.sample_rate, info.channels, config.mtu),
+    };
+    RtpOutput::open(&config.rtp, &info.title, params, Instant::now()).map(Some)
 }
 
 impl Shell {
@@ -862,9 +859,8 @@ impl Shell {
             let p = rtp.params();
             let dests: Vec<String> = rtp.dests().map(|d| d.to_string()).collect();
             tracing::info!(
-                "rtp: sending L16/{}/{} (payload type {}, SSRC {:#010x}, <= {} frames a packet) to {}{}{}",
-                p.sample_rate,
-                p.channels,
+                "rtp: sending {} (payload type {}, SSRC {:#010x}, <= {} frames a packet) to {}{}{}",
+                p.rtpmap(),
                 p.payload_type,
                 p.ssrc,
                 p.frames_per_packet,

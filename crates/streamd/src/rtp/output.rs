@@ -162,18 +162,16 @@ fn connected(to: SocketAddr, ttl: u8) -> std::io::Result<UdpSocket> {
 
 impl Output {
     /// Opens the sockets, writes the `--sdp` file and prepares the SAP announcements for a
-    /// stream titled `title` at `sample_rate` × `channels` in packets of at most `mtu` bytes.
-    /// The error names the destination or file and the reason.
+    /// stream titled `title` sent with `params` ([`RtpParams::random`] for L16,
+    /// [`RtpParams::random_opus`] for Opus). The error names the destination or file and the
+    /// reason.
     pub fn open(
         config: &RtpConfig,
         title: &str,
-        sample_rate: u32,
-        channels: u16,
-        mtu: usize,
+        params: RtpParams,
         now: Instant,
     ) -> Result<Output, String> {
         config.validate()?;
-        let params = RtpParams::random(sample_rate, channels, mtu);
         let ttl = config.ttl();
         let mut dests = Vec::new();
         for &addr in &config.dests {
