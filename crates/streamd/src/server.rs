@@ -8,6 +8,7 @@ use std::future::Future;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use audiocodec::AudioCodec;
@@ -322,7 +323,7 @@ impl Server {
     pub async fn bind(mut config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
         let source = match (&config.relay_from, &config.capture) {
-            (Some(up), _) => Input::Relay(crate::relay::connect(up, config.interval).await?),
+            (Some(up), _) => Input::Relay(crate::relay::connect(up).await?),
             (None, Some(device)) => {
                 Input::Live(crate::capture::open(device.as_deref(), config.on_idle)?)
             }
@@ -415,6 +416,10 @@ impl Server {
         let now = Instant::now();
         let mut fanout = Fanout::new();
         fanout.detect(&self.socket);
+        let relay_ready = match &self.source {
+            Input::Relay(r) => Some(r.ready_notify()),
+            _ => None,
+        };
         let mut endpoint = Endpoint::new(now, self.config.endpoint(), self.source);
         endpoint
             .set_codec(self.config.codec)
@@ -433,6 +438,7 @@ impl Server {
             handshake_unlogged: 0,
             rtp: self.rtp,
             control: self.control,
+            relay_ready,
         };
         shell.log_start();
         shell.log_rtp_start();
@@ -522,6 +528,16 @@ struct Shell {
     rtp: Option<RtpOutput>,
     /// The control plane (`--http`), if on.
     control: Option<crate::control::ShellLink>,
+    /// A relay's "upstream audio is ready": the loop ticks at once to forward it.
+    relay_ready: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// Waits for a relay's upstream audio; pending forever when the input is not a relay.
+async fn relay_ready(ready: Option<&tokio::sync::Notify>) {
+    match ready {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Shell {
@@ -567,6 +583,7 @@ impl Shell {
         let timer = tokio::time::sleep_until(far());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        let ready = self.relay_ready.clone();
         loop {
             self.flush();
             if self.endpoint.is_closed() {
@@ -607,6 +624,10 @@ impl Shell {
                     }
                     armed = None;
                     self.endpoint.handle_timeout(now);
+                }
+                // A relay forwards upstream audio as it arrives, off the tick grid.
+                () = relay_ready(ready.as_deref()) => {
+                    self.endpoint.tick_now(Instant::now());
                 }
                 // The control plane's commands (kick, capacity), applied between two sends.
                 cmd = control_command(&mut self.control) => {
