@@ -114,7 +114,10 @@ pub fn locate(want: &[i16], got: &[i16], channels: usize, probe: usize) -> (usiz
         }
     }
     let off = best.0;
-    (off, snr_db(&want[off * ch..(off + gf) * ch], &got[..gf * ch]))
+    (
+        off,
+        snr_db(&want[off * ch..(off + gf) * ch], &got[..gf * ch]),
+    )
 }
 
 #[cfg(test)]
