@@ -356,6 +356,43 @@ mod tests {
         }
     }
 
+    /// An Opus output describes `opus/48000/2` with its fmtp, sends one RTP packet per Opus
+    /// datagram, and its SAP announcement carries the same description.
+    #[test]
+    fn opus_output_describes_and_sends_opus() {
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        // RTP needs an even port: the bound one or the one below (a refusal is counted too).
+        let port = sink.local_addr().map(|a| a.port()).unwrap_or(5004) & !1;
+        let dest = SocketAddr::from(([127, 0, 0, 1], port));
+        let config = RtpConfig {
+            dests: vec![dest],
+            ..RtpConfig::default()
+        };
+        let now = Instant::now();
+        let mut out = Output::open(&config, "t", RtpParams::random_opus(2, 96_000), now)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sdp = out.sdp().to_string();
+        assert!(sdp.contains("a=rtpmap:96 opus/48000/2\r\n"), "{sdp}");
+        assert!(
+            sdp.contains("a=fmtp:96 sprop-stereo=1; stereo=1; maxaveragebitrate=96000\r\n"),
+            "{sdp}"
+        );
+        let mut b = bytes::BytesMut::new();
+        proto::encode_audio(0, 0, &[0xfc, 1, 2, 3], &mut b);
+        out.tick(now, &[b.freeze()]);
+        let st = out.stats();
+        assert_eq!(st.packets + st.refused + st.failed, 1, "{st:?}");
+        let sap = sap::packet(
+            false,
+            sap::msg_id_hash(&sdp),
+            IpAddr::from([127, 0, 0, 1]),
+            &sdp,
+        );
+        let text = String::from_utf8_lossy(&sap);
+        assert!(text.contains("application/sdp\0v=0"), "{text}");
+        assert!(text.contains("opus/48000/2"), "{text}");
+    }
+
     #[test]
     fn combinations() {
         assert!(cfg(&["127.0.0.1:5004"]).validate().is_ok());
