@@ -52,6 +52,10 @@ fn players(test: &str) -> bool {
     false
 }
 
+/// Held by each test that runs the players: they run one at a time, so that two tests'
+/// ports picked free (and the players' real-time decoding) cannot collide.
+static PLAYERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// An even port P with P and P+1 free on 127.0.0.1 at the time of asking.
 fn free_even_port() -> u16 {
     loop {
@@ -293,6 +297,7 @@ fn players_receive_l16_sample_exact_beside_a_native_listener() {
     if !players("players_receive_l16_sample_exact_beside_a_native_listener") {
         return;
     }
+    let _one_at_a_time = PLAYERS.lock().unwrap_or_else(|e| e.into_inner());
     // 44.1 kHz stereo: static payload type 10; 22.05 kHz mono: dynamic 96.
     rtp_to_players("stereo44.wav");
     rtp_to_players("mono22.wav");
@@ -342,6 +347,7 @@ fn players_decode_opus_over_rtp_beside_a_native_listener() {
     if !players("players_decode_opus_over_rtp_beside_a_native_listener") {
         return;
     }
+    let _one_at_a_time = PLAYERS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempdir();
     let (file, pcm) = music48(dir.path(), 4);
     let sdp = dir.path().join("opus.sdp");
