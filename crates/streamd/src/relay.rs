@@ -609,3 +609,42 @@ fn log_event(upstream: SocketAddr, e: SessionEvent) {
         other => tracing::debug!("upstream {upstream}: {other:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(interval_ms: u32, playout_ms: u32, fec: bool, retransmit_ms: u32) -> StreamInfo {
+        StreamInfo {
+            sample_rate: 48_000,
+            channels: 2,
+            codec: proto::AudioCodec::Pcm,
+            timeline: proto::Timeline::default(),
+            playout_delay_us: playout_ms * 1000,
+            min_delay_us: (interval_ms + 5) * 1000,
+            repair: proto::Repair {
+                fec: fec.then_some(proto::Fec { k: 8, m: 2 }),
+                retransmit_ms,
+            },
+            multicast: None,
+            interval_us: interval_ms * 1000,
+            frames_per_packet: 343,
+            total_frames: None,
+            start_seq: 0,
+            start_ts: 0,
+            title: "t".into(),
+        }
+    }
+
+    /// Without repair a hole is lost after the upstream's least delay (its interval + 5 ms);
+    /// with repair, after the playout delay the upstream budgets for it, less one interval.
+    #[test]
+    fn hole_wait_follows_the_upstreams_repair() {
+        let ms = Duration::from_millis;
+        assert_eq!(hole_wait(&info(20, 50, false, 0)), ms(25));
+        assert_eq!(hole_wait(&info(20, 50, true, 0)), ms(30));
+        assert_eq!(hole_wait(&info(20, 200, false, 1000)), ms(180));
+        // A playout delay shorter than the least one never shortens the wait below it.
+        assert_eq!(hole_wait(&info(20, 25, true, 0)), ms(25));
+    }
+}
