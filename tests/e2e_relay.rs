@@ -1,41 +1,16 @@
 //! Relays with the real binaries over 127.0.0.1: `streamd --relay-from` chains, sample-exact
 //! on a clean path; loss on a middle hop counted by the relay below it and nowhere else; the
-//! latency a relay adds; bad upstreams.
+//! latency a relay adds (at most one interval plus 5 ms at the median); bad upstreams.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use testkit::impair::{Impairment, Proxy};
-
-/// Starts `streamd --bind 127.0.0.1 --port 0 --relay-from UP ARGS…` and waits for its
-/// `listening on` line.
-fn start_relay(up: SocketAddr, args: &[&str]) -> Server {
-    let mut all: Vec<String> = ["--bind", "127.0.0.1", "--port", "0", "--relay-from"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    all.push(up.to_string());
-    all.extend(args.iter().map(|s| s.to_string()));
-    let proc = Proc::spawn(&bin("streamd"), &all, &[]);
-    let line = proc.wait_for_line("listening on", SLOW).unwrap_or_else(|| {
-        panic!(
-            "the relay never said `listening on`; stderr:\n{}",
-            proc.stderr()
-        )
-    });
-    let addr = line
-        .split("listening on")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    Server { proc, addr }
-}
 
 /// A counter of a relay's final `upstream: …` line (listen's definitions).
 fn upstream_counter(relay: &Server, key: &str) -> u64 {
@@ -82,8 +57,8 @@ fn a_chain_of_two_relays_is_sample_exact_for_three_listeners() {
     let (_, expected) = streamd::source::decode_all(&clip).unwrap();
     let dir = tempdir();
     let mut server = Server::start(&clip, &[]);
-    let mut r1 = start_relay(server.addr, &[]);
-    let mut r2 = start_relay(r1.addr, &[]);
+    let mut r1 = Server::relay(server.addr, &[]);
+    let mut r2 = Server::relay(r1.addr, &[]);
     let mut listeners: Vec<Listener> = (0..3)
         .map(|i| Listener::start(r2.addr, dir.path(), &format!("l{i}"), &[]))
         .collect();
@@ -119,7 +94,7 @@ fn run_impaired_middle_hop(file: &Path, imp: Impairment) {
         .unwrap();
     let mut server = Server::start(file, &[]);
     // No repair on the impaired hop: its loss must reach the relay below as loss.
-    let mut r1 = start_relay(server.addr, &["--fec", "off", "--retransmit", "off"]);
+    let mut r1 = Server::relay(server.addr, &["--fec", "off", "--retransmit", "off"]);
     let proxy = rt
         .block_on(Proxy::bind(
             "127.0.0.1:0".parse().unwrap(),
@@ -132,7 +107,7 @@ fn run_impaired_middle_hop(file: &Path, imp: Impairment) {
     let proxy_task = rt.spawn(proxy.run(async {
         let _ = stop_rx.await;
     }));
-    let mut r2 = start_relay(proxy_addr, &[]);
+    let mut r2 = Server::relay(proxy_addr, &[]);
     let mut l = Listener::start(r2.addr, dir.path(), "l", &[]);
     assert_eq!(l.proc.exit_code(SLOW), 0, "{}", l.proc.stderr());
     for (name, p) in [
@@ -199,7 +174,7 @@ fn the_latency_a_relay_adds_is_measured() {
     let clip = demo_clip();
     let mut server = Server::start(&clip, &[]);
     let direct = RawListener::join(server.addr);
-    let mut relay = start_relay(server.addr, &[]);
+    let mut relay = Server::relay(server.addr, &[]);
     let joined = relay
         .proc
         .wait_for_line("joined upstream", SLOW)
@@ -241,15 +216,24 @@ fn the_latency_a_relay_adds_is_measured() {
     added.sort();
     let p = |q: usize| added[(added.len() - 1) * q / 100];
     eprintln!(
-        "relay latency added over {} datagrams: min {:?} median {:?} p99 {:?} max {:?}",
+        "relay latency added over {} datagrams: min {:?} median {:?} p90 {:?} p99 {:?} max {:?}",
         added.len(),
         added[0],
         p(50),
+        p(90),
         p(99),
         added[added.len() - 1]
     );
-    // The jitter target (interval + 50 ms) plus one relay tick, with a loaded machine's slack.
-    assert!(p(50) < Duration::from_millis(500), "median {:?}", p(50));
+    // The relay forwards each upstream datagram's audio as it arrives: well within one
+    // interval (20 ms) plus 5 ms at the median, and within two intervals at p90 even on a
+    // loaded machine (a relay that played out through a jitter buffer added ~88 ms).
+    let interval = Duration::from_millis(20);
+    assert!(
+        p(50) <= interval + Duration::from_millis(5),
+        "median {:?}",
+        p(50)
+    );
+    assert!(p(90) <= 2 * interval, "p90 {:?}", p(90));
     drop((d, b));
     assert_eq!(relay.proc.exit_code(SLOW), 0, "{}", relay.proc.stderr());
     assert_eq!(server.proc.exit_code(SLOW), 0, "{}", server.proc.stderr());
@@ -338,7 +322,7 @@ fn relay_usage_errors_exit_2() {
 fn a_lost_upstream_ends_the_relayed_stream_and_the_relay_exits_1() {
     let dir = tempdir();
     let server = Server::start(&demo_clip(), &["--loop"]);
-    let mut relay = start_relay(server.addr, &[]);
+    let mut relay = Server::relay(server.addr, &[]);
     let mut l = Listener::start(relay.addr, dir.path(), "l", &[]);
     wait_for_audio(&l);
     server.proc.signal("KILL");
@@ -356,7 +340,7 @@ fn a_lost_upstream_ends_the_relayed_stream_and_the_relay_exits_1() {
 #[test]
 fn a_stopped_relay_leaves_its_upstream() {
     let mut server = Server::start(&demo_clip(), &["--loop"]);
-    let mut relay = start_relay(server.addr, &[]);
+    let mut relay = Server::relay(server.addr, &[]);
     assert!(
         server.proc.wait_for_line("accepted", SLOW).is_some(),
         "{}",

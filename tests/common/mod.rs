@@ -359,11 +359,28 @@ impl Server {
     /// Starts `streamd --bind BIND --port 0 --file FILE ARGS…` and waits for its
     /// `listening on ADDR:PORT` line.
     pub fn start_on(bind: &str, file: &Path, args: &[&str]) -> Server {
-        let mut all: Vec<String> = ["--bind", bind, "--port", "0", "--file"]
+        let file = file.display().to_string();
+        let mut all = vec!["--file", file.as_str()];
+        all.extend_from_slice(args);
+        Server::spawn(bind, &all)
+    }
+
+    /// Starts `streamd --bind 127.0.0.1 --port 0 --relay-from UP ARGS…` and waits for its
+    /// `listening on ADDR:PORT` line.
+    pub fn relay(up: SocketAddr, args: &[&str]) -> Server {
+        let up = up.to_string();
+        let mut all = vec!["--relay-from", up.as_str()];
+        all.extend_from_slice(args);
+        Server::spawn("127.0.0.1", &all)
+    }
+
+    /// Starts `streamd --bind BIND --port 0 ARGS…` (ARGS name the input) and waits for its
+    /// `listening on ADDR:PORT` line.
+    pub fn spawn(bind: &str, args: &[&str]) -> Server {
+        let mut all: Vec<String> = ["--bind", bind, "--port", "0"]
             .iter()
             .map(|s| s.to_string())
             .collect();
-        all.push(file.display().to_string());
         all.extend(args.iter().map(|s| s.to_string()));
         let proc = Proc::spawn(&bin("streamd"), &all, &[]);
         let line = proc.wait_for_line("listening on", SLOW).unwrap_or_else(|| {

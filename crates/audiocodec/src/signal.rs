@@ -90,3 +90,53 @@ pub fn best_alignment(want: &[i16], got: &[i16], channels: usize, max: i64) -> (
     }
     best
 }
+
+/// Where a capture sits in its source when it may have started late (a player that joined an
+/// RTP stream mid-way, a decoder with a delay of its own): the frame offset `off` at which
+/// `got[i]` best matches `want[off + i]`, and the SNR there over the whole capture. Every
+/// offset is tried, on `probe` frames from the middle of the capture (away from a decoder's
+/// first, converging frames), so the cost is (source − capture frames) × `probe`.
+pub fn locate(want: &[i16], got: &[i16], channels: usize, probe: usize) -> (usize, f64) {
+    let ch = channels.max(1);
+    let (wf, gf) = (want.len() / ch, got.len() / ch);
+    if gf == 0 || gf > wf {
+        return (0, f64::NEG_INFINITY);
+    }
+    let probe = probe.clamp(1, gf);
+    let mid = (gf - probe) / 2;
+    let probe_got = &got[mid * ch..(mid + probe) * ch];
+    let mut best = (0usize, f64::NEG_INFINITY);
+    for off in 0..=wf - gf {
+        let at = off + mid;
+        let s = snr_db(&want[at * ch..(at + probe) * ch], probe_got);
+        if s > best.1 {
+            best = (off, s);
+        }
+    }
+    let off = best.0;
+    (
+        off,
+        snr_db(&want[off * ch..(off + gf) * ch], &got[..gf * ch]),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_finds_a_late_capture() {
+        let want = music(48_000, 2, 0, 48_000);
+        // A capture from frame 9_600 + 37 on, a little noisy.
+        let got: Vec<i16> = want[(9_637) * 2..]
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| s.saturating_add((i % 7) as i16 - 3))
+            .collect();
+        let (off, snr) = locate(&want, &got, 2, 960);
+        assert_eq!(off, 9_637);
+        assert!(snr > 30.0, "{snr}");
+        assert_eq!(locate(&want, &want, 2, 100).0, 0);
+        assert_eq!(locate(&want[..10], &want, 2, 100).1, f64::NEG_INFINITY);
+    }
+}

@@ -282,10 +282,47 @@ impl JitterBuffer {
     /// the stream has finished): audio missing now is concealed, never waited for, so the
     /// output keeps the schedule; running empty counts one underrun per gap.
     pub fn pull_due(&mut self, max_frames: usize, out: &mut Vec<i16>) -> usize {
+        self.pull_due_with(max_frames, out, &mut Fade)
+    }
+
+    /// [`Self::pull_due`], with missing audio concealed by `codec` when it can (Opus PLC).
+    pub fn pull_due_with(
+        &mut self,
+        max_frames: usize,
+        out: &mut Vec<i16>,
+        codec: &mut dyn Conceal,
+    ) -> usize {
         if self.state == State::Buffering {
             self.state = State::Playing;
         }
-        self.pull_playing(max_frames, out, true, &mut Fade)
+        self.pull_playing(max_frames, out, true, codec)
+    }
+
+    /// What can be handed out now without waiting, for a relay that forwards audio as it
+    /// arrives: `(ready, hole)`, the frames of contiguous audio from the playout position on
+    /// (once the stream ended: everything left, holes and trailing loss included, as nothing
+    /// more will come), and the frames missing right after them when later audio is buffered
+    /// (0 when none is). Both 0 once finished.
+    pub fn ready(&self) -> (u64, u64) {
+        if self.state == State::Finished {
+            return (0, 0);
+        }
+        if self.ended {
+            return (self.max_end.saturating_sub(self.play_ts), 0);
+        }
+        let bpf = (self.channels * 2) as u64;
+        let mut pos = self.play_ts;
+        for (&ts, pcm) in &self.packets {
+            let end = ts + pcm.len() as u64 / bpf;
+            if end <= pos {
+                continue;
+            }
+            if ts > pos {
+                return (pos - self.play_ts, ts - pos);
+            }
+            pos = end;
+        }
+        (pos - self.play_ts, 0)
     }
 
     /// Synchronised playout: drops the next `frames` frames unplayed (the output is that far

@@ -1127,14 +1127,50 @@ impl Session {
     /// Hands out up to `max_frames` frames of playout (interleaved i16, appended to `out`) that
     /// the sink wants at `now`; returns how many. Fewer (often 0) while buffering, before the
     /// `Welcome` and once closed. When the end has played out, the session ends here.
-    pub fn pull(&mut self, _now: Instant, max_frames: usize, out: &mut Vec<i16>) -> usize {
+    pub fn pull(&mut self, now: Instant, max_frames: usize, out: &mut Vec<i16>) -> usize {
+        self.pull_inner(now, max_frames, out, false)
+    }
+
+    /// What a relay can forward now: the jitter buffer's [`JitterBuffer::ready`] (contiguous
+    /// frames, then the hole after them); `(0, 0)` before the `Welcome` and once closed.
+    pub fn ready(&self) -> (u64, u64) {
+        match (self.phase, self.stream.as_deref()) {
+            (Phase::Closed, _) | (_, None) => (0, 0),
+            (_, Some(s)) => s.jb.ready(),
+        }
+    }
+
+    /// True once the server's `End` has arrived (the rest is being played out).
+    pub fn end_received(&self) -> bool {
+        self.stream.as_deref().is_some_and(|s| s.end.is_some())
+    }
+
+    /// Hands out exactly `max_frames` frames now, whatever the buffer holds (missing audio
+    /// concealed by the codec or faded): for a relay that forwards audio as it arrives and
+    /// decides itself when a hole is lost ([`Self::ready`]). Fewer only once the stream has
+    /// finished; the session ends here when the end has played out, as with [`Self::pull`].
+    pub fn pull_now(&mut self, now: Instant, max_frames: usize, out: &mut Vec<i16>) -> usize {
+        self.pull_inner(now, max_frames, out, true)
+    }
+
+    fn pull_inner(
+        &mut self,
+        _now: Instant,
+        max_frames: usize,
+        out: &mut Vec<i16>,
+        due: bool,
+    ) -> usize {
         if self.phase == Phase::Closed || max_frames == 0 {
             return 0;
         }
         let Some(s) = self.stream.as_deref_mut() else {
             return 0;
         };
-        let got = s.jb.pull_with(max_frames, out, &mut s.decode);
+        let got = if due {
+            s.jb.pull_due_with(max_frames, out, &mut s.decode)
+        } else {
+            s.jb.pull_with(max_frames, out, &mut s.decode)
+        };
         if got > 0 && !s.playing {
             s.playing = true;
             self.events.push_back(Event::Playing {

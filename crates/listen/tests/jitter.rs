@@ -430,3 +430,44 @@ fn malformed_and_far_ahead_datagrams_are_dropped() {
     let c = jb.counters();
     assert_eq!((c.malformed, c.overflow), (1, 1));
 }
+
+/// A relay's view ([`JitterBuffer::ready`]): contiguous audio is ready at once, whatever the
+/// target; a hole is reported with its length; `pull_due_with` hands out exactly what is asked
+/// (the hole concealed); after `End` everything left is ready, and the buffer finishes.
+#[test]
+fn ready_reports_contiguous_audio_and_the_hole_after_it() {
+    let i = info(48_000, 2, Duration::from_millis(20), 480, (0, 1000));
+    let mut jb = JitterBuffer::new(&i, Duration::from_millis(200), LEAD);
+    assert_eq!(jb.ready(), (0, 0));
+    jb.push(1000, pcm(1000, 480, 2));
+    assert_eq!(jb.ready(), (480, 0), "no waiting for the 200 ms target");
+    jb.push(1960, pcm(1960, 480, 2));
+    assert_eq!(jb.ready(), (480, 480), "1480..1960 missing");
+    let mut out = Vec::new();
+    assert_eq!(
+        jb.pull_due_with(480, &mut out, &mut listen::jitter::Fade),
+        480
+    );
+    assert_eq!(out, expected(1000, 1480, 2));
+    assert_eq!(jb.ready(), (0, 480));
+    out.clear();
+    assert_eq!(
+        jb.pull_due_with(480, &mut out, &mut listen::jitter::Fade),
+        480
+    );
+    assert_eq!(jb.counters().concealed_frames, 480);
+    assert_eq!(jb.ready(), (480, 0));
+    jb.push(2440, pcm(2440, 100, 2));
+    jb.end(Some(2600));
+    assert_eq!(
+        jb.ready(),
+        (640, 0),
+        "after End: the rest, trailing loss included"
+    );
+    out.clear();
+    assert_eq!(jb.pull_due(640, &mut out), 640);
+    assert_eq!(&out[..580 * 2], &expected(1960, 2540, 2)[..]);
+    assert_eq!(jb.pull_due(1, &mut out), 0);
+    assert!(jb.is_finished());
+    assert_eq!(jb.ready(), (0, 0));
+}

@@ -177,6 +177,13 @@ pub trait AudioSource {
     fn end_reason(&self) -> EndReason {
         EndReason::Finished
     }
+    /// For a source that delivers audio as it arrives (a relay), the frames it can hand out
+    /// now, read after [`AudioSource::begin_tick`]: the tick sends exactly those, whatever the
+    /// media clock says, and the clock then follows the source. `None` (the default): the
+    /// media clock decides.
+    fn ready_frames(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl AudioSource for Source {
@@ -627,6 +634,16 @@ impl<S: AudioSource> Endpoint<S> {
         }
     }
 
+    /// Ticks at `now`, off the grid: a source that delivers audio as it arrives (a relay,
+    /// [`AudioSource::ready_frames`]) has some, and it goes out at once instead of waiting up
+    /// to an interval for the next grid tick. The grid's own ticks go on as before. Does
+    /// nothing before the stream starts or once it is ending.
+    pub fn tick_now(&mut self, now: Instant) {
+        if self.phase == Phase::Running && self.clock.is_started() {
+            self.tick(now);
+        }
+    }
+
     /// Stops the stream at `now` (Ctrl-C, SIGTERM): `End{Shutdown}` to every listener, three
     /// times, and `Reject{ShuttingDown}` to every valid `Join` until closed. Does nothing if
     /// the stream is already ending.
@@ -793,7 +810,12 @@ impl<S: AudioSource> Endpoint<S> {
     /// One tick: encode everything the media clock says is due into Audio datagrams, queue
     /// them for every listener, and end the stream at the end of the source.
     fn tick(&mut self, now: Instant) {
-        let due = self.clock.due(now);
+        self.source.begin_tick(now);
+        let pushed = self.source.ready_frames();
+        let due = match pushed {
+            Some(n) => n,
+            None => self.clock.due(now),
+        };
         let (mut datagrams, mut dests) = self.spare.take().unwrap_or_default();
         let mut produced = 0u64;
         let mut eof = false;
@@ -801,7 +823,6 @@ impl<S: AudioSource> Endpoint<S> {
         // Parity goes out after the tick's audio, as its own batch: audio datagrams keep one
         // size (one GSO super-datagram per listener), and parity is a little larger.
         let mut parity_out = Vec::new();
-        self.source.begin_tick(now);
         let mut failed = None;
         for n in pacing::split(due, self.fpp) {
             self.pcm.clear();
@@ -820,8 +841,9 @@ impl<S: AudioSource> Endpoint<S> {
             }
         }
         self.clock.sent(produced);
-        if held {
-            // Nothing is owed for the pause: no burst when the source comes back.
+        if held || pushed.is_some() {
+            // Nothing is owed for the pause: no burst when the source comes back. A source
+            // that pushes its audio owes nothing either: the clock follows what it sent.
             self.clock.hold(now);
         }
         let ending = eof || (!self.config.looping && self.source.is_finished());

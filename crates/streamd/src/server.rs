@@ -8,6 +8,7 @@ use std::future::Future;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use audiocodec::AudioCodec;
@@ -21,6 +22,7 @@ pub use crate::endpoint::{HOUSEKEEPING, MAX_PENDING_ENDS, StartMode};
 use crate::fanout::{Fanout, FanoutStats};
 use crate::live::{LiveStats, OnIdle, RawFormat};
 use crate::multicast::GroupSender;
+use crate::rtp::RtpParams;
 use crate::rtp::output::{Output as RtpOutput, RtpConfig};
 use crate::sessions::{self, Ignored, Sessions};
 use crate::source::{Input, InputOptions, SourceError, SourceInfo};
@@ -227,9 +229,9 @@ impl Config {
                 ));
             }
         }
-        if self.codec != AudioCodec::Pcm && !self.rtp.dests.is_empty() {
+        if matches!(self.codec, AudioCodec::Flac) && !self.rtp.dests.is_empty() {
             return Err(format!(
-                "--rtp sends L16 PCM, so it needs --codec pcm, not {}",
+                "--rtp sends L16 PCM or Opus, so it needs --codec pcm or opus, not {}",
                 audiocodec::codec_label(self.codec)
             ));
         }
@@ -365,7 +367,7 @@ impl Server {
     pub async fn bind(mut config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
         let source = match (&config.relay_from, &config.capture) {
-            (Some(up), _) => Input::Relay(crate::relay::connect(up, config.interval).await?),
+            (Some(up), _) => Input::Relay(crate::relay::connect(up).await?),
             (None, Some(device)) => {
                 Input::Live(crate::capture::open(device.as_deref(), config.on_idle)?)
             }
@@ -470,6 +472,10 @@ impl Server {
         let now = Instant::now();
         let mut fanout = Fanout::new();
         fanout.detect(&self.socket);
+        let relay_ready = match &self.source {
+            Input::Relay(r) => Some(r.ready_notify()),
+            _ => None,
+        };
         let mut endpoint = Endpoint::new(now, self.config.endpoint(), self.source);
         endpoint
             .set_codec(self.config.codec)
@@ -492,6 +498,7 @@ impl Server {
             rtp: self.rtp,
             control: self.control,
             group: self.group,
+            relay_ready,
         };
         shell.log_start();
         shell.log_rtp_start();
@@ -583,6 +590,16 @@ struct Shell {
     control: Option<crate::control::ShellLink>,
     /// `--multicast`: the group's socket.
     group: Option<GroupSender>,
+    /// A relay's "upstream audio is ready": the loop ticks at once to forward it.
+    relay_ready: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// Waits for a relay's upstream audio; pending forever when the input is not a relay.
+async fn relay_ready(ready: Option<&tokio::sync::Notify>) {
+    match ready {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Shell {
@@ -635,6 +652,7 @@ impl Shell {
         let timer = tokio::time::sleep_until(far());
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        let ready = self.relay_ready.clone();
         loop {
             self.flush();
             if self.endpoint.is_closed() {
@@ -675,6 +693,10 @@ impl Shell {
                     }
                     armed = None;
                     self.endpoint.handle_timeout(now);
+                }
+                // A relay forwards upstream audio as it arrives, off the tick grid.
+                () = relay_ready(ready.as_deref()) => {
+                    self.endpoint.tick_now(Instant::now());
                 }
                 // The control plane's commands (kick, capacity), applied between two sends.
                 cmd = control_command(&mut self.control) => {
@@ -927,15 +949,11 @@ fn open_rtp(config: &Config, info: &SourceInfo) -> Result<Option<RtpOutput>, Str
     if !config.rtp.is_enabled() {
         return Ok(None);
     }
-    RtpOutput::open(
-        &config.rtp,
-        &info.title,
-        info.sample_rate,
-        info.channels,
-        config.mtu,
-        Instant::now(),
-    )
-    .map(Some)
+    let params = match config.codec {
+        AudioCodec::Opus { bitrate } => RtpParams::random_opus(info.channels, bitrate),
+        _ => RtpParams::random(info.sample_rate, info.channels, config.mtu),
+    };
+    RtpOutput::open(&config.rtp, &info.title, params, Instant::now()).map(Some)
 }
 
 impl Shell {
@@ -965,9 +983,8 @@ impl Shell {
             let p = rtp.params();
             let dests: Vec<String> = rtp.dests().map(|d| d.to_string()).collect();
             tracing::info!(
-                "rtp: sending L16/{}/{} (payload type {}, SSRC {:#010x}, <= {} frames a packet) to {}{}{}",
-                p.sample_rate,
-                p.channels,
+                "rtp: sending {} (payload type {}, SSRC {:#010x}, <= {} frames a packet) to {}{}{}",
+                p.rtpmap(),
                 p.payload_type,
                 p.ssrc,
                 p.frames_per_packet,

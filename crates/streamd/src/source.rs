@@ -770,6 +770,13 @@ impl AudioSource for Input {
         }
     }
 
+    fn ready_frames(&self) -> Option<u64> {
+        match self {
+            Input::Relay(r) => r.ready_frames(),
+            _ => None,
+        }
+    }
+
     fn end_reason(&self) -> proto::EndReason {
         match self {
             Input::Relay(r) => r.end_reason(),

@@ -87,6 +87,8 @@ struct World {
     /// Everything to `lossy` is dropped.
     cut: bool,
     dropped: u64,
+    /// Every Audio datagram sent to listeners: (sender, the frame just after it, when).
+    sent: Vec<(SocketAddr, u64, Instant)>,
 }
 
 impl World {
@@ -130,6 +132,7 @@ impl World {
             lossy: None,
             cut: false,
             dropped: 0,
+            sent: Vec::new(),
         }
     }
 
@@ -138,11 +141,21 @@ impl World {
         from: SocketAddr,
         now: Instant,
         wire: &mut VecDeque<(SocketAddr, SocketAddr, Bytes)>,
+        sent: &mut Vec<(SocketAddr, u64, Instant)>,
     ) {
         while let Some(t) = ep.poll_transmit(now) {
             match t {
                 Transmit::One { dest, datagram } => wire.push_back((from, dest, datagram)),
                 Transmit::Fanout { datagrams, dests } => {
+                    for g in datagrams {
+                        if let Ok(p) = proto::decode(g)
+                            && let Message::Audio(a) = p.msg
+                            && !dests.is_empty()
+                        {
+                            let frames = a.payload.len() as u64 / (2 * u64::from(CHANNELS));
+                            sent.push((from, a.ts + frames, now));
+                        }
+                    }
                     for d in dests {
                         for g in datagrams {
                             wire.push_back((from, *d, g.clone()));
@@ -174,7 +187,13 @@ impl World {
     fn exchange(&mut self) {
         let now = self.now;
         for _ in 0..8 {
-            Self::send_endpoint(&mut self.server, self.server_at, now, &mut self.wire);
+            Self::send_endpoint(
+                &mut self.server,
+                self.server_at,
+                now,
+                &mut self.wire,
+                &mut self.sent,
+            );
             for r in &mut self.relays {
                 let Some(session) = r.session.clone() else {
                     continue;
@@ -187,7 +206,7 @@ impl World {
                     r.endpoint = Some(Endpoint::new(now, config(StartMode::Now), src));
                 }
                 if let Some(ep) = r.endpoint.as_mut() {
-                    Self::send_endpoint(ep, r.down, now, &mut self.wire);
+                    Self::send_endpoint(ep, r.down, now, &mut self.wire, &mut self.sent);
                 }
             }
             for l in &mut self.listeners {
@@ -227,7 +246,14 @@ impl World {
         for r in &mut self.relays {
             if to == r.up {
                 if let Some(s) = &r.session {
-                    relay::lock(s).handle(now, from, d);
+                    let mut s = relay::lock(s);
+                    s.handle(now, from, d);
+                    // The shell's "ready" wake-up: forward at once.
+                    let ready = s.ready() != (0, 0) || s.end_received() || s.is_closed();
+                    drop(s);
+                    if ready && let Some(ep) = r.endpoint.as_mut() {
+                        ep.tick_now(now);
+                    }
                 }
                 return;
             }
@@ -259,7 +285,7 @@ impl World {
             let mut serving = Some(self.server_at);
             for r in &mut self.relays {
                 if r.session.is_none() && serving == Some(r.upstream) {
-                    let c = relay::session_config(r.upstream, INTERVAL);
+                    let c = relay::session_config(r.upstream);
                     r.session = Some(Arc::new(Mutex::new(Session::new(c, now))));
                 }
                 serving = r.endpoint.as_ref().map(|_| r.down);
@@ -304,6 +330,38 @@ impl World {
     }
 }
 
+impl World {
+    /// Where each relay's stream starts in the server's: the sum of the join positions down
+    /// to it (a relay forwards from the moment it joins, so one joining a relay that already
+    /// serves starts a little later).
+    fn offsets(&self) -> Vec<u64> {
+        let mut offset = 0;
+        self.relays
+            .iter()
+            .map(|r| {
+                offset += r.session().info().unwrap().start_ts;
+                offset
+            })
+            .collect()
+    }
+}
+
+/// Asserts that `got` is the tail of `expected`, missing at most the first 20 ms (a late join).
+fn assert_tail(what: &str, got: &[i16], expected: &[i16]) {
+    let ch = usize::from(CHANNELS);
+    assert!(got.len() <= expected.len(), "{what}: too long");
+    assert!(
+        got.len() + (RATE as usize / 50) * ch >= expected.len(),
+        "{what}: {} of {} samples",
+        got.len(),
+        expected.len()
+    );
+    assert!(
+        got == &expected[expected.len() - got.len()..],
+        "{what} differs"
+    );
+}
+
 #[test]
 fn a_chain_of_two_relays_is_sample_exact_for_every_listener() {
     let mut w = World::new(2, 3);
@@ -315,18 +373,54 @@ fn a_chain_of_two_relays_is_sample_exact_for_every_listener() {
         assert_eq!(st.lost, 0);
         assert_eq!(st.concealed_ms, 0);
         let got = l.sink.as_ref().unwrap().samples();
-        assert_eq!(got.len(), expected.len(), "listener {}", l.at);
-        assert!(got == expected.as_slice(), "listener {} differs", l.at);
+        assert_tail(&format!("listener {}", l.at), got, &expected);
     }
-    for r in &w.relays {
+    for (r, off) in w.relays.iter().zip(w.offsets()) {
         let st = relay::UpstreamStats::of(&r.session());
         assert_eq!((st.lost, st.concealed_frames), (0, 0), "{st}");
-        assert_eq!(st.relayed_frames, FRAMES, "{st}");
+        assert_eq!(st.relayed_frames, FRAMES - off, "{st}");
         assert_eq!(st.exit, Some(ExitReason::Finished));
         let ep = r.endpoint.as_ref().unwrap();
         assert_eq!(ep.end_reason(), Some(EndReason::Finished));
-        assert_eq!(ep.stats().frames, FRAMES);
+        assert_eq!(ep.stats().frames, FRAMES - off);
     }
+}
+
+/// A relay forwards each upstream datagram's audio when it arrives: on a link without delay
+/// every frame leaves each relay in the same simulated millisecond it left the server, not a
+/// jitter buffer's target later.
+#[test]
+fn relays_forward_audio_as_it_arrives() {
+    let mut w = World::new(2, 1);
+    w.run(Duration::from_secs(30), |_| {});
+    let when = |node: SocketAddr, end: u64| {
+        // The first datagram from `node` that completes frame `end - 1`.
+        w.sent
+            .iter()
+            .find(|(n, e, _)| *n == node && *e >= end)
+            .map(|(_, _, t)| *t)
+    };
+    let offsets = w.offsets();
+    let mut checked = 0;
+    for &(node, end, _) in w.sent.iter().filter(|(n, _, _)| *n == w.server_at) {
+        let at = when(node, end).unwrap();
+        if end <= offsets[offsets.len() - 1] {
+            continue;
+        }
+        for (r, off) in w.relays.iter().zip(&offsets) {
+            let relayed = when(r.down, end - off)
+                .unwrap_or_else(|| panic!("frame {end} not relayed by {}", r.down));
+            assert!(
+                relayed.duration_since(at) <= STEP,
+                "frames up to {end} left {} {:?} after the server",
+                r.down,
+                relayed.duration_since(at)
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 100, "{checked}");
+    assert_eq!(w.listeners[0].stats().lost, 0);
 }
 
 #[test]
@@ -343,17 +437,19 @@ fn loss_on_a_hop_is_counted_by_the_relay_below_it_and_nowhere_else() {
     assert_eq!(below.lost, 7, "{below}");
     assert!(below.concealed_frames > 0, "{below}");
     // The lost audio went on as concealment frames: the stream keeps its length.
-    assert_eq!(below.relayed_frames, FRAMES, "{below}");
+    let offsets = w.offsets();
+    assert_eq!(below.relayed_frames, FRAMES - offsets[1], "{below}");
     let expected = SyntheticSource::samples(CHANNELS, 0..FRAMES);
     let ch = usize::from(CHANNELS);
     for l in &w.listeners {
         let st = l.stats();
         assert_eq!((st.lost, st.concealed_ms), (0, 0), "listener {}", l.at);
         let got = l.sink.as_ref().unwrap().samples();
-        assert_eq!(got.len(), expected.len());
+        assert!(got.len() + RATE as usize / 50 * ch >= expected.len());
+        let tail = &expected[expected.len() - got.len()..];
         let differing = got
             .chunks(ch)
-            .zip(expected.chunks(ch))
+            .zip(tail.chunks(ch))
             .filter(|(a, b)| a != b)
             .count() as u64;
         // Only the concealed frames differ (a fade can match the source by chance, never

@@ -125,7 +125,8 @@ struct Cli {
     /// Do not announce the server on the local network by mDNS (DNS-SD `_earshot._udp`).
     #[arg(long)]
     no_announce: bool,
-    /// Also send the stream as RTP (L16) to DEST:PORT (even port; RTCP goes to PORT+1);
+    /// Also send the stream as RTP (L16, or Opus with --codec opus) to DEST:PORT (even port;
+    /// RTCP goes to PORT+1);
     /// unicast or multicast, may be given more than once.
     #[arg(long, value_name = "DEST:PORT", value_parser = parse_rtp_dest)]
     rtp: Vec<SocketAddr>,

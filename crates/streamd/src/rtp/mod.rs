@@ -1,5 +1,6 @@
-//! RTP output beside the native listeners: the stream as L16 audio (RFC 3551 §4.5.11) that
-//! standard players (ffmpeg, GStreamer, VLC) open from an SDP file.
+//! RTP output beside the native listeners: the stream as L16 audio (RFC 3551 §4.5.11), or as
+//! Opus (RFC 7587) when the stream is Opus, that standard players (ffmpeg, GStreamer, VLC) open
+//! from an SDP file.
 //!
 //! Sans-IO, like the rest of the server: [`Packetizer`] turns each tick's `Audio` datagrams
 //! (exactly what the endpoint hands the fan-out) into RTP packets and, when due, RTCP sender
@@ -13,6 +14,11 @@
 //! packets from a random start; the marker bit is set on the first packet. Each tick's audio
 //! is cut into packets of whole frames, as even as possible, none larger than the MTU nor
 //! longer than [`MAX_PTIME`].
+//!
+//! An Opus stream goes out as it is encoded for the native listeners: one Opus packet (20 ms)
+//! per RTP packet, payload type [`DYNAMIC_PT`], the 48 kHz RTP clock RFC 7587 prescribes (the
+//! stream's `ts` already counts 48 kHz frames); the SDP says `opus/48000/2` whatever the channel
+//! count, with `sprop-stereo` telling mono from stereo.
 
 pub mod output;
 pub mod rtcp;
@@ -32,6 +38,20 @@ pub const MAX_PTIME: Duration = Duration::from_millis(20);
 pub const DYNAMIC_PT: u8 = 96;
 /// Time between RTCP sender reports (RFC 3550 §6.2's minimum interval is 5 s).
 pub const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+/// Frames of one Opus packet of the stream: 20 ms at 48 kHz (`audiocodec`'s Opus framing).
+pub const OPUS_FRAMES: usize = 960;
+
+/// What the RTP payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Big-endian s16 PCM (RFC 3551 §4.5.11), cut into packets of whole frames.
+    L16,
+    /// One Opus packet per RTP packet (RFC 7587), as the stream's encoder made it.
+    Opus {
+        /// The encoder's target bitrate (bit/s), for the SDP's `maxaveragebitrate`.
+        bitrate: u32,
+    },
+}
 
 /// The payload type for L16 at `sample_rate` × `channels`: RFC 3551's static 10 (44.1 kHz
 /// stereo) and 11 (44.1 kHz mono), else [`DYNAMIC_PT`].
@@ -56,7 +76,9 @@ pub fn frames_per_packet(mtu: usize, sample_rate: u32, channels: u16) -> usize {
 /// parts RFC 3550 asks for; tests fix them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RtpParams {
-    /// Frames per second (the RTP clock rate of L16).
+    /// The payload format.
+    pub encoding: Encoding,
+    /// Frames per second: the RTP clock rate (48 kHz for Opus).
     pub sample_rate: u32,
     /// Interleaved channels.
     pub channels: u16,
@@ -73,10 +95,11 @@ pub struct RtpParams {
 }
 
 impl RtpParams {
-    /// The parameters for a source, with a random SSRC, timestamp offset and first sequence
+    /// The L16 parameters for a source, with a random SSRC, timestamp offset and first sequence
     /// number (RFC 3550 §5.1).
     pub fn random(sample_rate: u32, channels: u16, mtu: usize) -> Self {
         RtpParams {
+            encoding: Encoding::L16,
             sample_rate,
             channels,
             payload_type: payload_type(sample_rate, channels),
@@ -84,6 +107,45 @@ impl RtpParams {
             ts_offset: rand::random(),
             first_seq: rand::random(),
             frames_per_packet: frames_per_packet(mtu, sample_rate, channels),
+        }
+    }
+
+    /// The Opus parameters for a stream of `channels` at `bitrate`, with random SSRC, timestamp
+    /// offset and first sequence number: 48 kHz clock, dynamic payload type, 20 ms packets.
+    pub fn random_opus(channels: u16, bitrate: u32) -> Self {
+        RtpParams {
+            encoding: Encoding::Opus { bitrate },
+            sample_rate: 48_000,
+            channels,
+            payload_type: DYNAMIC_PT,
+            ssrc: rand::random(),
+            ts_offset: rand::random(),
+            first_seq: rand::random(),
+            frames_per_packet: OPUS_FRAMES,
+        }
+    }
+
+    /// The encoding name and parameters of `a=rtpmap` after the payload type: `L16/RATE/CH`,
+    /// or `opus/48000/2` (RFC 7587 §7: always two channels there).
+    pub fn rtpmap(&self) -> String {
+        match self.encoding {
+            Encoding::L16 => format!("L16/{}/{}", self.sample_rate, self.channels),
+            Encoding::Opus { .. } => "opus/48000/2".into(),
+        }
+    }
+
+    /// The `a=fmtp` parameters, if the encoding has any: for Opus, whether the stream is
+    /// stereo (`sprop-stereo`, and `stereo` for a player that asks) and its bitrate (RFC 7587
+    /// §6.1).
+    pub fn fmtp(&self) -> Option<String> {
+        match self.encoding {
+            Encoding::L16 => None,
+            Encoding::Opus { bitrate } => {
+                let st = u8::from(self.channels >= 2);
+                Some(format!(
+                    "sprop-stereo={st}; stereo={st}; maxaveragebitrate={bitrate}"
+                ))
+            }
         }
     }
 
@@ -155,6 +217,17 @@ impl Packetizer {
     /// `Audio` datagrams are packetised together, so packet sizes do not follow the native
     /// datagram boundaries.
     pub fn tick(&mut self, now: Instant, datagrams: &[Bytes], out: &mut Vec<Bytes>) {
+        if let Encoding::Opus { .. } = self.params.encoding {
+            for d in datagrams {
+                let Ok(p) = proto::decode(d) else { continue };
+                if let Message::Audio(a) = p.msg
+                    && !a.payload.is_empty()
+                {
+                    self.opus_packet(now, a.ts, &a.payload, out);
+                }
+            }
+            return;
+        }
         let bpf = self.params.bytes_per_frame();
         let mut run_ts: Option<u64> = None;
         self.run.clear();
@@ -185,6 +258,41 @@ impl Packetizer {
         }
     }
 
+    /// One Opus packet (the stream frames `ts..ts + 960`) as one RTP packet appended to `out`.
+    pub fn opus_packet(&mut self, now: Instant, ts: u64, packet: &[u8], out: &mut Vec<Bytes>) {
+        let rtp_ts = (u64::from(self.params.ts_offset) + ts) as u32;
+        self.header(rtp_ts, packet.len());
+        self.out.put_slice(packet);
+        out.push(self.out.split().freeze());
+        self.counters.packets += 1;
+        self.counters.octets += packet.len() as u64;
+        self.sent_until(now, ts + OPUS_FRAMES as u64);
+    }
+
+    /// Writes the RTP header of the next packet (sequence number, marker on the first) into
+    /// the output buffer, with room for `payload` more bytes.
+    fn header(&mut self, rtp_ts: u32, payload: usize) {
+        let marker = !self.marker_sent;
+        self.marker_sent = true;
+        self.out.reserve(RTP_HEADER + payload);
+        self.out.put_u8(0x80);
+        self.out
+            .put_u8((u8::from(marker) << 7) | (self.params.payload_type & 0x7f));
+        self.out.put_u16(self.next_seq);
+        self.out.put_u32(rtp_ts);
+        self.out.put_u32(self.params.ssrc);
+        self.next_seq = self.next_seq.wrapping_add(1);
+    }
+
+    /// Records that the audio up to stream position `end` went out at `now`.
+    fn sent_until(&mut self, now: Instant, end: u64) {
+        self.last = Some((now, end));
+        if self.next_report.is_none() {
+            // The first report soon after the first packet, so a player can sync early.
+            self.next_report = Some(now + RTCP_INTERVAL / 5);
+        }
+    }
+
     /// Cuts `pcm_le` (interleaved s16 little-endian, whole frames, the first at stream
     /// position `ts`) into RTP packets appended to `out`.
     pub fn packetize(&mut self, now: Instant, ts: u64, pcm_le: &[u8], out: &mut Vec<Bytes>) {
@@ -201,29 +309,16 @@ impl Packetizer {
             let len = base + usize::from(i < extra);
             let pcm = &pcm_le[at * bpf..(at + len) * bpf];
             let rtp_ts = (u64::from(self.params.ts_offset) + ts + at as u64) as u32;
-            let marker = !self.marker_sent;
-            self.marker_sent = true;
-            self.out.reserve(RTP_HEADER + pcm.len());
-            self.out.put_u8(0x80);
-            self.out
-                .put_u8((u8::from(marker) << 7) | (self.params.payload_type & 0x7f));
-            self.out.put_u16(self.next_seq);
-            self.out.put_u32(rtp_ts);
-            self.out.put_u32(self.params.ssrc);
+            self.header(rtp_ts, pcm.len());
             for s in pcm.chunks_exact(2) {
                 self.out.put_slice(&[s[1], s[0]]);
             }
             out.push(self.out.split().freeze());
-            self.next_seq = self.next_seq.wrapping_add(1);
             self.counters.packets += 1;
             self.counters.octets += pcm.len() as u64;
             at += len;
         }
-        self.last = Some((now, ts + frames as u64));
-        if self.next_report.is_none() {
-            // The first report soon after the first packet, so a player can sync early.
-            self.next_report = Some(now + RTCP_INTERVAL / 5);
-        }
+        self.sent_until(now, ts + frames as u64);
     }
 
     /// The RTP timestamp of the instant `now`: the position just after the last audio sent,
@@ -285,6 +380,7 @@ mod tests {
 
     fn params(rate: u32, ch: u16, mtu: usize) -> RtpParams {
         RtpParams {
+            encoding: Encoding::L16,
             sample_rate: rate,
             channels: ch,
             payload_type: payload_type(rate, ch),
@@ -360,6 +456,58 @@ mod tests {
                 packets: 3,
                 octets: 16
             }
+        );
+    }
+
+    /// RFC 7587 §4.2: one Opus packet per RTP packet, payload untouched, the timestamp the
+    /// stream's 48 kHz `ts` plus the offset; `End` and other datagrams are skipped.
+    #[test]
+    fn golden_opus_packets() {
+        let mut prm = RtpParams::random_opus(2, 96_000);
+        (prm.ssrc, prm.ts_offset, prm.first_seq) = (0x0102_0304, 0xffff_fc40, 7);
+        let mut p = Packetizer::new(prm);
+        let t0 = Instant::now();
+        let end = proto::encode_to_bytes(&proto::Packet::new(
+            2,
+            Message::End(proto::End {
+                reason: proto::EndReason::Finished,
+                last_seq: Some(1),
+            }),
+        ))
+        .unwrap();
+        let mut out = Vec::new();
+        p.tick(
+            t0,
+            &[audio(0, 0, &[0xfc, 1, 2]), audio(1, 960, &[0xfc, 9]), end],
+            &mut out,
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            &out[0][..],
+            &[
+                0x80, 0xe0, 0x00, 0x07, // V=2, M=1 PT=96, seq 7
+                0xff, 0xff, 0xfc, 0x40, // ts 0 + offset
+                0x01, 0x02, 0x03, 0x04, // SSRC
+                0xfc, 0x01, 0x02, // the Opus packet as encoded
+            ][..]
+        );
+        assert_eq!(&out[1][..4], &[0x80, 0x60, 0x00, 0x08]);
+        assert_eq!(&out[1][4..8], &0u32.to_be_bytes(), "960 frames on, wrapped");
+        assert_eq!(&out[1][12..], &[0xfc, 9]);
+        assert_eq!(
+            p.counters(),
+            RtpCounters {
+                packets: 2,
+                octets: 5
+            }
+        );
+        assert_eq!(prm.ptime_ms(), 20);
+        // The sender report's timestamp follows the 48 kHz clock after the last packet.
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+        let sr = p.poll_rtcp(t0 + RTCP_INTERVAL / 5, wall, "x").unwrap();
+        assert_eq!(
+            &sr[16..20],
+            &0xffff_fc40u32.wrapping_add(1920 + 48_000).to_be_bytes()
         );
     }
 

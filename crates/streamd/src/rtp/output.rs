@@ -162,18 +162,16 @@ fn connected(to: SocketAddr, ttl: u8) -> std::io::Result<UdpSocket> {
 
 impl Output {
     /// Opens the sockets, writes the `--sdp` file and prepares the SAP announcements for a
-    /// stream titled `title` at `sample_rate` × `channels` in packets of at most `mtu` bytes.
-    /// The error names the destination or file and the reason.
+    /// stream titled `title` sent with `params` ([`RtpParams::random`] for L16,
+    /// [`RtpParams::random_opus`] for Opus). The error names the destination or file and the
+    /// reason.
     pub fn open(
         config: &RtpConfig,
         title: &str,
-        sample_rate: u32,
-        channels: u16,
-        mtu: usize,
+        params: RtpParams,
         now: Instant,
     ) -> Result<Output, String> {
         config.validate()?;
-        let params = RtpParams::random(sample_rate, channels, mtu);
         let ttl = config.ttl();
         let mut dests = Vec::new();
         for &addr in &config.dests {
@@ -356,6 +354,43 @@ mod tests {
             let e = check_dest(a).err().unwrap_or_default();
             assert!(e.contains(&a.to_string()), "{bad}: {e}");
         }
+    }
+
+    /// An Opus output describes `opus/48000/2` with its fmtp, sends one RTP packet per Opus
+    /// datagram, and its SAP announcement carries the same description.
+    #[test]
+    fn opus_output_describes_and_sends_opus() {
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        // RTP needs an even port: the bound one or the one below (a refusal is counted too).
+        let port = sink.local_addr().map(|a| a.port()).unwrap_or(5004) & !1;
+        let dest = SocketAddr::from(([127, 0, 0, 1], port));
+        let config = RtpConfig {
+            dests: vec![dest],
+            ..RtpConfig::default()
+        };
+        let now = Instant::now();
+        let mut out = Output::open(&config, "t", RtpParams::random_opus(2, 96_000), now)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sdp = out.sdp().to_string();
+        assert!(sdp.contains("a=rtpmap:96 opus/48000/2\r\n"), "{sdp}");
+        assert!(
+            sdp.contains("a=fmtp:96 sprop-stereo=1; stereo=1; maxaveragebitrate=96000\r\n"),
+            "{sdp}"
+        );
+        let mut b = bytes::BytesMut::new();
+        proto::encode_audio(0, 0, &[0xfc, 1, 2, 3], &mut b);
+        out.tick(now, &[b.freeze()]);
+        let st = out.stats();
+        assert_eq!(st.packets + st.refused + st.failed, 1, "{st:?}");
+        let sap = sap::packet(
+            false,
+            sap::msg_id_hash(&sdp),
+            IpAddr::from([127, 0, 0, 1]),
+            &sdp,
+        );
+        let text = String::from_utf8_lossy(&sap);
+        assert!(text.contains("application/sdp\0v=0"), "{text}");
+        assert!(text.contains("opus/48000/2"), "{text}");
     }
 
     #[test]

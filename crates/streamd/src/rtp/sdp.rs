@@ -64,13 +64,14 @@ impl Session {
             format!("c=IN {} {c_addr}", addr_type(dest_ip)),
             "t=0 0".to_string(),
             format!("m=audio {} RTP/AVP {}", self.dest.port(), p.payload_type),
-            format!(
-                "a=rtpmap:{} L16/{}/{}",
-                p.payload_type, p.sample_rate, p.channels
-            ),
+            format!("a=rtpmap:{} {}", p.payload_type, p.rtpmap()),
+        ];
+        let fmtp = p.fmtp().map(|f| format!("a=fmtp:{} {f}", p.payload_type));
+        let tail = [
             format!("a=ptime:{}", p.ptime_ms()),
             "a=recvonly".to_string(),
         ];
+        let lines: Vec<String> = lines.into_iter().chain(fmtp).chain(tail).collect();
         let mut s = lines.join("\r\n");
         s.push_str("\r\n");
         s
@@ -83,6 +84,7 @@ mod tests {
 
     fn params(rate: u32, ch: u16) -> RtpParams {
         RtpParams {
+            encoding: super::super::Encoding::L16,
             sample_rate: rate,
             channels: ch,
             payload_type: super::super::payload_type(rate, ch),
@@ -127,6 +129,38 @@ mod tests {
             s.build(),
             "v=0\r\no=- 7 2 IN IP4 192.0.2.10\r\ns= \r\nc=IN IP4 239.1.2.3/16\r\nt=0 0\r\n\
              m=audio 5006 RTP/AVP 96\r\na=rtpmap:96 L16/48000/2\r\na=ptime:7\r\na=recvonly\r\n"
+        );
+    }
+
+    /// RFC 7587 §7: `opus/48000/2` in every case, mono or stereo told by `sprop-stereo`.
+    #[test]
+    fn golden_opus() {
+        let mut rtp = RtpParams::random_opus(2, 128_000);
+        rtp.ssrc = 1;
+        let s = Session {
+            session_id: 9,
+            version: 1,
+            origin: IpAddr::from([127, 0, 0, 1]),
+            title: "t".into(),
+            dest: SocketAddr::from(([127, 0, 0, 1], 5004)),
+            ttl: 1,
+            rtp,
+        };
+        assert_eq!(
+            s.build(),
+            "v=0\r\no=- 9 1 IN IP4 127.0.0.1\r\ns=t\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio 5004 RTP/AVP 96\r\na=rtpmap:96 opus/48000/2\r\n\
+             a=fmtp:96 sprop-stereo=1; stereo=1; maxaveragebitrate=128000\r\n\
+             a=ptime:20\r\na=recvonly\r\n"
+        );
+        let mono = Session {
+            rtp: RtpParams::random_opus(1, 64_000),
+            ..s
+        }
+        .build();
+        assert!(
+            mono.contains("a=rtpmap:96 opus/48000/2\r\na=fmtp:96 sprop-stereo=0; stereo=0; maxaveragebitrate=64000\r\n"),
+            "{mono}"
         );
     }
 
