@@ -476,6 +476,7 @@ struct IgnoredCounts {
     unexpected: u64,
     not_joined: u64,
     bad_token: u64,
+    forged: u64,
 }
 
 impl IgnoredCounts {
@@ -487,6 +488,7 @@ impl IgnoredCounts {
             Ignored::Unexpected => self.unexpected += 1,
             Ignored::NotJoined => self.not_joined += 1,
             Ignored::BadToken => self.bad_token += 1,
+            Ignored::Forged => self.forged += 1,
         }
     }
 
@@ -497,6 +499,7 @@ impl IgnoredCounts {
             + self.unexpected
             + self.not_joined
             + self.bad_token
+            + self.forged
     }
 }
 
@@ -685,6 +688,10 @@ impl Shell {
                 tracing::debug!(loops, "looping to the start of the file");
             }
             Event::LoopStopped(why) => tracing::error!("{why}; stopping the loop"),
+            Event::Rekeyed { key_id } => tracing::debug!("audio sealed under stream key {key_id}"),
+            Event::RekeyFailed(why) => {
+                tracing::error!("no new stream key ({why}); keeping the current one");
+            }
             Event::EncodeFailed(e) => tracing::error!("{e}; that audio is lost"),
             Event::Corrupt { total } => {
                 tracing::warn!("{file}: skipped {total} corrupt packet(s) so far");
@@ -722,6 +729,11 @@ impl Shell {
             E::Rejoined => {
                 self.log_handshake(format_args!("{from} joined again; welcomed again"));
             }
+            E::Rejected(proto::RejectReason::BadKey) => {
+                self.log_handshake(format_args!(
+                    "rejected {from}: BadKey, its Join did not prove the room key"
+                ));
+            }
             E::Rejected(reason) => {
                 self.log_handshake(format_args!("rejected {from}: {reason:?}"));
             }
@@ -752,7 +764,7 @@ impl Shell {
         tracing::info!(
             "summary: {} listeners, sent {} datagrams / {} bytes ({} dropped) in {} calls by {}, audio seq {}, \
              ignored {} since the last summary (malformed {}, wrong version {}, short connect {}, \
-             unexpected {}, not joined {}, bad token {}), {} handshakes not logged",
+             unexpected {}, not joined {}, bad token {}, forged {}), {} handshakes not logged",
             self.endpoint.sessions().len(),
             f.datagrams,
             f.bytes,
@@ -767,6 +779,7 @@ impl Shell {
             ig.unexpected,
             ig.not_joined,
             ig.bad_token,
+            ig.forged,
             self.handshake_unlogged,
         );
         self.log_rtp("rtp");
