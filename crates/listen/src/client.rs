@@ -202,7 +202,10 @@ fn handshake_error(config: &Config, event: Event) -> Option<ListenError> {
             ListenError::Version { server, supported }
         }
         Event::Rejected(RejectReason::ShuttingDown) => ListenError::ShuttingDown { server },
-        Event::Rejected(RejectReason::BadKey) => ListenError::BadKey { server },
+        Event::Rejected(RejectReason::BadKey) => ListenError::BadKey {
+            server,
+            keyed: config.room_key.is_some(),
+        },
         Event::Rejected(RejectReason::CodecUnsupported { codec }) => {
             ListenError::Codec { server, codec }
         }
@@ -462,8 +465,12 @@ fn sink_lead(config: &Config) -> Duration {
     }
 }
 
-pub(crate) fn new_session(config: &Config, server: SocketAddr, now: Instant) -> Session {
-    Session::new(
+pub(crate) fn new_session(
+    config: &Config,
+    server: SocketAddr,
+    now: Instant,
+) -> Result<Session, ListenError> {
+    let session = Session::new(
         SessionConfig {
             server,
             latency: config.latency,
@@ -474,7 +481,13 @@ pub(crate) fn new_session(config: &Config, server: SocketAddr, now: Instant) -> 
             sync: config.sync,
         },
         now,
-    )
+    );
+    match &config.room_key {
+        Some(k) => session
+            .with_room_key(k)
+            .map_err(|e| ListenError::Handshake(e.to_string())),
+        None => Ok(session),
+    }
 }
 
 /// Prints the table, logs the statistics and writes `--stats-json`.
@@ -535,7 +548,7 @@ pub async fn run(
     if config.stay {
         return crate::staying::run_staying(&config, server, sock, &mut interrupt).await;
     }
-    let mut session = new_session(&config, server, config.clock.now());
+    let mut session = new_session(&config, server, config.clock.now())?;
     let mut sink: Option<OpenSink> = None;
     let mut failure: Option<SinkError> = None;
     let mut interrupted = false;

@@ -94,7 +94,17 @@ pub struct Config {
     /// The repair the endpoint offers: `fec` and `retransmit` resolved against the stream
     /// when the server binds.
     pub repair: RepairConfig,
+    /// `--key-file`: a private room's key (docs/PROTOCOL.md §4.12); `None`: an open room.
+    pub room_key: Option<seal::RoomKey>,
+    /// `--rekey-interval`: how long each stream key of a private room is used.
+    pub rekey_interval: Duration,
 }
+
+/// Default `--rekey-interval`: a listener shut out (kicked, or its key file replaced) hears
+/// at most this much more, while a `Rekey` per listener costs next to nothing.
+pub const DEFAULT_REKEY_INTERVAL: Duration = Duration::from_secs(600);
+/// Shortest `--rekey-interval`: twice the rekey lead, so every key is announced before use.
+pub const MIN_REKEY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// `--fec`: what parity the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -137,6 +147,8 @@ impl Config {
             retransmit: true,
             repair: RepairConfig::default(),
             relay_from: None,
+            room_key: None,
+            rekey_interval: DEFAULT_REKEY_INTERVAL,
         }
     }
 
@@ -194,6 +206,18 @@ impl Config {
             && !audiocodec::OPUS_BITRATES.contains(&bitrate)
         {
             return Err(audiocodec::CodecError::OpusBitrate(bitrate).to_string());
+        }
+        if self.room_key.is_some() && !self.rtp.dests.is_empty() {
+            return Err(
+                "--rtp sends the audio in the clear: it cannot serve a private room (--key-file)"
+                    .into(),
+            );
+        }
+        if self.rekey_interval < MIN_REKEY_INTERVAL {
+            return Err(format!(
+                "--rekey-interval {:?} is shorter than {MIN_REKEY_INTERVAL:?}",
+                self.rekey_interval
+            ));
         }
         if self.codec != AudioCodec::Pcm && !self.rtp.dests.is_empty() {
             return Err(format!(
@@ -418,6 +442,11 @@ impl Server {
         endpoint
             .set_codec(self.config.codec)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(key) = self.config.room_key {
+            endpoint
+                .set_room_key(now, key, self.config.rekey_interval)
+                .map_err(|e| anyhow::anyhow!("cannot make the stream key: {e}"))?;
+        }
         // RTP is fed from the tick's Audio datagrams, with or without native listeners.
         endpoint.set_emit_always(self.rtp.is_some());
         let mut shell = Shell {
@@ -434,6 +463,12 @@ impl Server {
             control: self.control,
         };
         shell.log_start();
+        if shell.config.room_key.is_some() {
+            tracing::info!(
+                "private room: joins must prove the room key (--key-file); the stream key rotates every {:?}",
+                shell.config.rekey_interval
+            );
+        }
         shell.log_rtp_start();
         let aborted = shell.main_loop(stop).await;
         shell.finish_rtp();
