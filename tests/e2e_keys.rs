@@ -416,6 +416,25 @@ fn bad_key_files_are_refused_in_one_line_naming_them() {
             );
         }
     }
+    // Usage errors (exit 2): a rotation shorter than 2 s, RTP (in the clear) from a private
+    // room.
+    let key = new_key(dir.path(), "room.key");
+    for (extra, says) in [
+        (vec!["--rekey-interval", "1s"], "--rekey-interval"),
+        (vec!["--rtp", "127.0.0.1:5004"], "--rtp"),
+    ] {
+        let out = Command::new(bin("streamd"))
+            .args(["--bind", "127.0.0.1", "--port", "0", "--file"])
+            .arg(&file)
+            .arg("--key-file")
+            .arg(&key)
+            .args(&extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
 }
 
 /// Strangers flood a private room: random bytes, Connects, Joins without the key (each
