@@ -103,8 +103,9 @@ pub struct Config {
 /// Default `--rekey-interval`: a listener shut out (kicked, or its key file replaced) hears
 /// at most this much more, while a `Rekey` per listener costs next to nothing.
 pub const DEFAULT_REKEY_INTERVAL: Duration = Duration::from_secs(600);
-/// Shortest `--rekey-interval`: twice the rekey lead, so every key is announced before use.
-pub const MIN_REKEY_INTERVAL: Duration = Duration::from_secs(2);
+/// Shortest `--rekey-interval`: the announcement's lead is at most half the interval, and
+/// half a second still leaves room for its three copies and a round trip.
+pub const MIN_REKEY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `--fec`: what parity the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
