@@ -529,3 +529,92 @@ fn a_listener_joining_during_an_announcement_gets_the_next_key() {
         .count();
     assert!(key1 > 50, "{key1}");
 }
+
+/// A keyed endpoint with `repair` and a 3 s rotation, and a keyed listener.
+fn net_with(repair: streamd::endpoint::RepairConfig, len: u64) -> Net {
+    let mut net = Net::new(Some(room()), Some(room()), len);
+    let t0 = net.now;
+    let config = EndpointConfig {
+        mtu: MTU,
+        cookie_key: (1, 2),
+        repair,
+        ..EndpointConfig::default()
+    };
+    net.ep = Endpoint::new(t0, config, Synth::new(len));
+    net.ep.set_room_key(t0, room(), secs(3.0)).unwrap();
+    net
+}
+
+#[test]
+fn a_lost_datagram_is_asked_for_sealed_and_resent_sealed() {
+    let len = u64::from(RATE) * 2;
+    let repair = streamd::endpoint::RepairConfig {
+        fec: None,
+        retransmit: true,
+    };
+    let mut net = net_with(repair, len);
+    let mut audio_seen = 0usize;
+    net.mischief = Box::new(move |_, d| {
+        if let Ok(Packet {
+            msg: Message::Sealed(s),
+            ..
+        }) = proto::decode(&d)
+            && s.inner_type == MessageType::Audio as u8
+        {
+            audio_seen += 1;
+            if audio_seen == 30 {
+                return None;
+            }
+        }
+        Some(d)
+    });
+    let t0 = net.now;
+    net.run(t0 + secs(5.0));
+    assert_eq!(net.ls.exit_reason(), Some(ExitReason::Finished));
+    let st = net.ls.stats().unwrap();
+    assert_eq!((st.lost, st.recovered_retransmit), (1, 1), "{st:?}");
+    assert_eq!(st.concealed_ms, 0, "{st:?}");
+    let want: Vec<i16> = (0..len).map(|i| i as i16).collect();
+    assert!(net.played == want, "the audio differs from the source");
+    // The Resent went out sealed under a stream key, like the audio.
+    assert!(net.down.iter().any(|d| matches!(
+        proto::decode(d).unwrap().msg,
+        Message::Sealed(s) if s.inner_type == MessageType::Resent as u8 && s.key_id < seal::STREAM_KEY_IDS
+    )));
+    assert_eq!(net.ls.tracker().garbage(), 0);
+}
+
+#[test]
+fn a_kicked_listener_gets_its_end_sealed_and_the_stream_key_rotates_soon() {
+    let mut net = net_with(
+        streamd::endpoint::RepairConfig::default(),
+        u64::from(RATE) * 20,
+    );
+    let t0 = net.now;
+    net.run(t0 + secs(0.5));
+    assert_eq!(net.ep.stream_key_id(), Some(0));
+    assert!(net.ep.kick(net.now, me()));
+    net.exchange();
+    // The End{Kicked} opened under the listener's session key: it ends as evicted.
+    net.run(t0 + secs(1.0));
+    assert!(
+        net.listener_events.iter().any(|e| matches!(
+            e,
+            LEvent::EndReceived {
+                reason: ExitReason::Evicted,
+                ..
+            }
+        )),
+        "{:?}",
+        net.listener_events
+    );
+    // The switch comes a lead after the kick, not at the 3 s schedule.
+    let kicked = net.now;
+    net.run(t0 + secs(2.0));
+    assert_eq!(
+        net.ep.stream_key_id(),
+        Some(1),
+        "no switch {:?} after the kick",
+        net.now - kicked
+    );
+}
