@@ -1601,5 +1601,42 @@ mod tests {
                 proptest::prop_assert!(s.len() <= 2);
             }
         }
+
+        /// A private room, whatever arrives (Sealed included): nobody without the room key
+        /// joins, and no reply, a `Reject{BadKey}` to a valid Join included, is larger than
+        /// the datagram it answers.
+        #[test]
+        fn a_private_room_admits_nobody_without_the_key_and_never_amplifies(
+            dgrams in proptest::collection::vec(
+                (0u16..4, 0u8..70, proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+                1..60,
+            )
+        ) {
+            let now = Instant::now();
+            let mut s = table(now, 2);
+            s.set_room_key(RoomKey::from_bytes([5; 32]), StreamKey::from_bytes(0, [6; 32]));
+            for (port, ty, body) in dgrams {
+                let from = addr(port);
+                let mut d = vec![b'E', b'S', 2, ty];
+                d.extend_from_slice(&[0; 8]);
+                d.extend_from_slice(&body);
+                if ty == 1 && body.len() > 200 {
+                    d = connect();
+                }
+                if ty == 3 && body.len() > 150 {
+                    let mut j = Join::new(s.cookie(now, &from));
+                    // Sometimes a Noise-sized message 1 of random bytes.
+                    if body.len() > 250 {
+                        j.noise = Bytes::copy_from_slice(&body[..seal::MSG1_LEN]);
+                    }
+                    d = enc(Message::Join(j));
+                }
+                let h = s.handle(now, from, &d, &info(), LivePosition::default());
+                if let Some(r) = &h.reply {
+                    proptest::prop_assert!(r.len() <= d.len(), "{:?} -> {} bytes", h.event, r.len());
+                }
+                proptest::prop_assert!(s.is_empty(), "{:?}", h.event);
+            }
+        }
     }
 }
