@@ -1,11 +1,11 @@
 //! Private rooms end to end: `streamd --gen-key` writes a room key only its owner can read,
 //! and never overwrites one; an open room's wire, captured by a relay, carries the source's
 //! PCM in the clear, and the check that finds it. A private room (`--key-file` on both
-//! sides): the listener plays sample-exact through a relay that replays, tampers with,
-//! truncates and forges audio and spoofs the listener's Leave and Report from its own address, across stream
-//! key rotations; the captured wire carries none of the PCM; a wrong or missing key exits 3
-//! with one line and the server logs it; bad key files are refused in one line; a flood of
-//! strangers gets no more bytes than it sent; and the handshake's time is printed.
+//! sides): the listener plays through a relay that replays, tampers with, truncates and
+//! forges audio and spoofs the listener's Leave and Report from its own address, across
+//! stream key rotations; the captured wire carries none of the PCM; a wrong or missing key
+//! exits 3 with one line and the server logs it; bad key files are refused in one line; a
+//! flood of strangers gets no more bytes than it sent; and the handshake's time is printed.
 #![allow(clippy::unwrap_used)]
 
 mod common;
