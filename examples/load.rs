@@ -72,6 +72,9 @@ struct Args {
     /// Connects per second while the listeners join.
     #[arg(long, default_value_t = load::DEFAULT_CONNECT_RATE)]
     connect_rate: u32,
+    /// Join a private room: every listener uses this room key file (as `listen --key-file`).
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +106,15 @@ fn main() -> ExitCode {
     cfg.server_pid = a.server_pid;
     cfg.threads = a.threads;
     cfg.connect_rate = a.connect_rate;
+    if let Some(path) = &a.key_file {
+        match seal::load_key(path) {
+            Ok(k) => cfg.room_key = Some(k),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     match load::run(&cfg) {
         Ok(rep) => {
             if a.json {

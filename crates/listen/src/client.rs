@@ -204,7 +204,10 @@ fn handshake_error(config: &Config, event: Event) -> Option<ListenError> {
             ListenError::Version { server, supported }
         }
         Event::Rejected(RejectReason::ShuttingDown) => ListenError::ShuttingDown { server },
-        Event::Rejected(RejectReason::BadKey) => ListenError::BadKey { server },
+        Event::Rejected(RejectReason::BadKey) => ListenError::BadKey {
+            server,
+            keyed: config.room_key.is_some(),
+        },
         Event::Rejected(RejectReason::CodecUnsupported { codec }) => {
             ListenError::Codec { server, codec }
         }
@@ -546,7 +549,14 @@ fn sink_lead(config: &Config) -> Duration {
     }
 }
 
-pub(crate) fn new_session(config: &Config, server: SocketAddr, now: Instant) -> Session {
+/// The session `config` asks for: a private room's keys (`--key-file`), else the multicast
+/// group when the server names one (`--no-multicast` turns that off; private rooms are served
+/// by unicast only).
+pub(crate) fn new_session(
+    config: &Config,
+    server: SocketAddr,
+    now: Instant,
+) -> Result<Session, ListenError> {
     let session = Session::new(
         SessionConfig {
             server,
@@ -559,10 +569,12 @@ pub(crate) fn new_session(config: &Config, server: SocketAddr, now: Instant) -> 
         },
         now,
     );
-    if config.multicast {
-        session.with_multicast()
-    } else {
-        session
+    match &config.room_key {
+        Some(k) => session
+            .with_room_key(k)
+            .map_err(|e| ListenError::Handshake(e.to_string())),
+        None if config.multicast => Ok(session.with_multicast()),
+        None => Ok(session),
     }
 }
 
@@ -624,7 +636,7 @@ pub async fn run(
     if config.stay {
         return crate::staying::run_staying(&config, server, sock, &mut interrupt).await;
     }
-    let mut session = new_session(&config, server, config.clock.now());
+    let mut session = new_session(&config, server, config.clock.now())?;
     let mut sink: Option<OpenSink> = None;
     let mut failure: Option<SinkError> = None;
     let mut interrupted = false;

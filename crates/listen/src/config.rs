@@ -53,6 +53,9 @@ pub struct Config {
     /// Receive the server's multicast group when it names one (`--no-multicast` turns it
     /// off): the server then sends no unicast audio once the group arrives.
     pub multicast: bool,
+    /// `--key-file`: join a private room with this key (docs/PROTOCOL.md §4.12); `None`: an
+    /// open room.
+    pub room_key: Option<seal::RoomKey>,
 }
 
 /// `--name`: printable and at most [`proto::limits::MAX_NAME`] bytes, or the error naming it.
@@ -100,6 +103,7 @@ impl Config {
             sync: false,
             name: String::new(),
             multicast: true,
+            room_key: None,
         }
     }
 }
@@ -184,13 +188,16 @@ pub enum ListenError {
         server: String,
     },
     /// The room is keyed and our key (or lack of one) did not match.
-    #[error(
-        "server {server} refused the key: the room's key does not match this listener's (--key-file)"
-    )]
+    #[error("server {server} refused the key (Reject BadKey): the room key did not match{}", bad_key_detail(*.keyed))]
     BadKey {
         /// As given.
         server: String,
+        /// Whether this listener has a key (`--key-file`).
+        keyed: bool,
     },
+    /// The handshake of a private room could not start (no randomness from the system).
+    #[error("cannot start the private room's handshake: {0}")]
+    Handshake(String),
     /// The server streams a codec this listener cannot decode.
     #[error("server {server} streams codec {codec}, which this listener cannot decode")]
     Codec {
@@ -235,6 +242,15 @@ impl ListenError {
             ListenError::NoAnswer { .. } => 4,
             _ => 1,
         }
+    }
+}
+
+/// What a `BadKey` line adds: which side lacks the key, as far as this listener can tell.
+fn bad_key_detail(keyed: bool) -> &'static str {
+    if keyed {
+        " (this listener's --key-file is not the room's, or the server runs an open room)"
+    } else {
+        " (the server runs a private room and this listener has no --key-file)"
     }
 }
 

@@ -56,7 +56,7 @@ use bytes::{Bytes, BytesMut};
 use proto::limits::{HEADER_LEN, MAX_PAYLOAD, MIN_CONNECT_LEN, REPORT_INTERVAL};
 use proto::{
     COOKIE_LEN, Connect, DecodeError, ErrorCode, ErrorMsg, Join, Leave, LeaveReason, Message,
-    Packet, RejectReason, StreamInfo, TIME_REQUEST_PAD, TimeRequest, Token,
+    MessageType, Packet, RejectReason, StreamInfo, TIME_REQUEST_PAD, TimeRequest, Token,
 };
 
 use crate::decode::DecodeStage;
@@ -808,10 +808,19 @@ impl Session {
             // A private room: only what opens under our keys counts, or even keeps us waiting.
             let opened = match &p.msg {
                 Message::Sealed(sealed) => {
-                    seal::wire::open_datagram(p.seq, sealed, |k, t, q, c, o| {
+                    match seal::wire::open_datagram(p.seq, sealed, |k, t, q, c, o| {
                         keys.open(now, k, t, q, c, o)
-                    })
-                    .ok()
+                    }) {
+                        Ok(inner) => Some(inner),
+                        // The copies of one End share their seq (§4.7): a repeat, not a replay
+                        // attack; the first copy that opened already counted.
+                        Err(seal::SealError::Replayed(_))
+                            if sealed.inner_type == MessageType::End as u8 =>
+                        {
+                            return;
+                        }
+                        Err(_) => None,
+                    }
                 }
                 // Repeats of the handshake's answers, in the clear by design.
                 Message::Welcome(_) | Message::Challenge(_) => return,

@@ -55,7 +55,14 @@ pub(crate) async fn run_staying(
     let mut info = None;
     let mut fatal = None;
     while !interrupted {
-        let mut session = new_session(config, server, config.clock.now());
+        let mut session = match new_session(config, server, config.clock.now()) {
+            Ok(s) => s,
+            Err(e) => {
+                stay.interrupt(config.clock.now(), None);
+                fatal = Some(e);
+                break;
+            }
+        };
         let res = drive_session(
             config,
             &mut session,

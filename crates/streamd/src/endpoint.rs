@@ -44,6 +44,15 @@
 //! and keeps answering: a valid `Join` gets `Reject{ShuttingDown}`, a `Connect` its `Challenge`.
 //! It is [closed](Endpoint::is_closed) once the last copy of every `End` (eviction `End`s
 //! included) has been handed out.
+//!
+//! # Private rooms
+//!
+//! With [`Endpoint::set_room_key`] (docs/PROTOCOL.md §4.12) each tick's `Audio` and `Parity`
+//! (and every `Resent`) is sealed once under the current stream key and the same bytes go to
+//! every listener; what goes to one listener (`End`, `Error`, `TimeResponse`, `Rekey`) is
+//! sealed under its session key. Audio datagrams leave [`seal::wire::SEALED_OVERHEAD`] bytes
+//! of the MTU for the envelope. The stream key rotates by [`seal::Rotation`]: `Rekey` to every
+//! listener three times across the lead, then the switch.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -53,6 +62,9 @@ use audiocodec::{AudioCodec, CodecError, EncodeError, Encoder, Format};
 use bytes::{Bytes, BytesMut};
 use proto::limits::{AUDIO_OVERHEAD, END_REPEAT, END_SPACING, MAX_PAYLOAD, MAX_TITLE};
 use proto::{EndReason, Message, Packet, Repair, StreamInfo, Timeline};
+
+use seal::wire::SEALED_OVERHEAD;
+use seal::{RoomKey, Rotation, RotationStep, SealError, StreamKey};
 
 use crate::pacing::{self, MediaClock};
 use crate::sessions::{self, LivePosition, Sessions};
@@ -275,6 +287,14 @@ pub enum Event {
         /// Frames actually streamed.
         sent: u64,
     },
+    /// A private room's audio is sealed under a new stream key from now.
+    Rekeyed {
+        /// The new key's id.
+        key_id: u32,
+    },
+    /// A private room could not make its next stream key (no randomness); the current one
+    /// stays in use.
+    RekeyFailed(String),
     /// The stream ended; `End` is being sent to every listener.
     Ending {
         /// Why.
@@ -364,6 +384,18 @@ pub struct Endpoint<S> {
     resends: Vec<repair::Resend>,
     /// `--multicast`: the group each tick also goes to, and how each listener is served.
     multicast: Option<(SocketAddr, crate::multicast::Members)>,
+    /// A private room's stream keys over time; `None` in an open room.
+    rotation: Option<Rotation>,
+}
+
+/// How long before a stream key is used its `Rekey` goes out (three copies across it): well
+/// past a lost copy and a round trip, well inside the listener's overlap.
+pub const REKEY_LEAD: Duration = Duration::from_secs(1);
+
+/// `plain` (one encoded datagram) sealed under the stream key `key`; `None` only if it could
+/// not be encoded (never for a datagram that fits).
+fn seal_stream(key: &StreamKey, plain: &[u8]) -> Option<Bytes> {
+    seal::wire::seal_datagram(plain, key.id(), |t, q, b, o| key.seal(t, q, b, o))
 }
 
 impl<S: AudioSource> Endpoint<S> {
@@ -465,6 +497,7 @@ impl<S: AudioSource> Endpoint<S> {
             parity_seq: 0,
             resends: Vec::new(),
             multicast: None,
+            rotation: None,
             config,
         };
         if ep.config.start == StartMode::Now {
@@ -482,7 +515,7 @@ impl<S: AudioSource> Endpoint<S> {
             sample_rate: si.sample_rate,
             channels: si.channels,
         };
-        let encoder = Encoder::new(codec, source, payload_room(self.config.mtu))?;
+        let encoder = Encoder::new(codec, source, self.payload_room())?;
         let stream = encoder.stream_format();
         self.info.codec = codec;
         self.info.sample_rate = stream.sample_rate;
@@ -493,6 +526,52 @@ impl<S: AudioSource> Endpoint<S> {
         };
         self.encoder = encoder;
         Ok(())
+    }
+
+    /// Bytes of payload an Audio datagram holds: the MTU less the Audio header, and in a
+    /// private room less the sealed envelope too.
+    fn payload_room(&self) -> usize {
+        let envelope = if self.rotation.is_some() {
+            SEALED_OVERHEAD
+        } else {
+            0
+        };
+        payload_room(self.config.mtu.saturating_sub(envelope))
+    }
+
+    /// Makes this a private room from `now` (docs/PROTOCOL.md §4.12): joins must prove `room`,
+    /// everything after the `Welcome` is sealed, and the stream key rotates every `rekey`
+    /// (announced [`REKEY_LEAD`] ahead, at most half of it). Audio datagrams shrink by
+    /// [`SEALED_OVERHEAD`] so the sealed ones keep to the MTU. Call it before the first tick
+    /// (before or after [`Endpoint::set_codec`]). Fails only when the system has no randomness.
+    pub fn set_room_key(
+        &mut self,
+        now: Instant,
+        room: RoomKey,
+        rekey: Duration,
+    ) -> Result<(), SealError> {
+        let rotation = Rotation::new(now, rekey, REKEY_LEAD)?;
+        self.sessions.set_room_key(room, rotation.current().clone());
+        self.rotation = Some(rotation);
+        let bpf = self.source.info().bytes_per_frame();
+        self.fpp = pacing::frames_per_packet(self.config.mtu.saturating_sub(SEALED_OVERHEAD), bpf);
+        // The same codec, sized for the smaller payload.
+        if self.set_codec(self.encoder.codec()).is_err() {
+            // The codec already carried this source; only the size changed. PCM always fits.
+            self.set_codec(AudioCodec::Pcm)
+                .map_err(|e| SealError::Noise(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether this is a private room.
+    pub fn is_keyed(&self) -> bool {
+        self.rotation.is_some()
+    }
+
+    /// The id of the stream key audio is sealed under now (private rooms).
+    pub fn stream_key_id(&self) -> Option<u32> {
+        self.rotation.as_ref().map(|r| r.current().id())
     }
 
     /// The stream's codec.
@@ -587,6 +666,16 @@ impl<S: AudioSource> Endpoint<S> {
             _ => {}
         }
         if matches!(h.event, sessions::Event::Accepted { .. }) {
+            // A key announced but not used yet: the newcomer needs it too.
+            if let Some(next) = self.rotation.as_ref().and_then(Rotation::next) {
+                let rekey = Message::Rekey(proto::Rekey {
+                    key_id: next.id(),
+                    key: *next.bytes(),
+                });
+                if let Some(b) = self.sessions.encode_to(&from, rekey) {
+                    self.queue.push_back(Queued::One(from, b));
+                }
+            }
             self.peak_listeners = self.peak_listeners.max(self.sessions.len());
             if self.config.start == StartMode::FirstClient {
                 self.start(now);
@@ -607,7 +696,15 @@ impl<S: AudioSource> Endpoint<S> {
             Phase::Ending { until, .. } => [Some(until), None],
             Phase::Closed { .. } => return None,
         };
-        timers.into_iter().chain([first_scheduled]).flatten().min()
+        let rekey = match self.phase {
+            Phase::Running => self.rotation.as_ref().map(Rotation::poll_timeout),
+            _ => None,
+        };
+        timers
+            .into_iter()
+            .chain([first_scheduled, rekey])
+            .flatten()
+            .min()
     }
 
     /// Does whatever is due at `now`: the tick (audio that became due, end of file), evictions,
@@ -619,6 +716,9 @@ impl<S: AudioSource> Endpoint<S> {
         {
             self.next_tick = self.tick_after(now);
             self.tick(now);
+        }
+        if self.phase == Phase::Running {
+            self.rotate(now);
         }
         if self.phase == Phase::Running && self.next_housekeeping <= now {
             // Delay, not burst: the next look is a period after this one.
@@ -873,6 +973,15 @@ impl<S: AudioSource> Endpoint<S> {
                 }
             }
         }
+        // A private room: each datagram sealed once, the same bytes for every listener.
+        if let Some(r) = &self.rotation {
+            let key = r.current();
+            for d in datagrams.iter_mut().chain(parity_out.iter_mut()) {
+                if let Some(sealed) = seal_stream(key, d) {
+                    *d = sealed;
+                }
+            }
+        }
         if !datagrams.is_empty() && (self.emit_always || !self.sessions.is_empty()) {
             dests.extend_from_slice(self.sessions.addrs());
             if self.multicast.is_some() {
@@ -921,8 +1030,15 @@ impl<S: AudioSource> Endpoint<S> {
             .on_nack(now, &from, repair::NackRequest { base, mask }, &mut resends);
         for r in resends.drain(..) {
             proto::encode_resent(r.seq, r.ts, &r.payload, &mut self.out);
-            self.queue
-                .push_back(Queued::One(from, self.out.split().freeze()));
+            let plain = self.out.split().freeze();
+            let datagram = match &self.rotation {
+                Some(rot) => match seal_stream(rot.current(), &plain) {
+                    Some(d) => d,
+                    None => continue,
+                },
+                None => plain,
+            };
+            self.queue.push_back(Queued::One(from, datagram));
         }
         self.resends = resends;
     }
@@ -945,6 +1061,45 @@ impl<S: AudioSource> Endpoint<S> {
             self.encoder.finish(&mut emit)
         } else {
             self.encoder.encode(&self.pcm, &mut emit)
+        }
+    }
+
+    /// A private room's key schedule: `Rekey` to every listener when the next key is
+    /// announced, and the switch (later `Welcome`s hand out the new key).
+    fn rotate(&mut self, now: Instant) {
+        let Some(rotation) = self.rotation.as_mut() else {
+            return;
+        };
+        loop {
+            match rotation.poll(now) {
+                Ok(Some(RotationStep::Announce)) => {
+                    let Some(next) = rotation.next() else {
+                        continue;
+                    };
+                    let rekey = Message::Rekey(proto::Rekey {
+                        key_id: next.id(),
+                        key: *next.bytes(),
+                    });
+                    for i in 0..self.sessions.len() {
+                        let addr = self.sessions.addrs()[i];
+                        if let Some(b) = self.sessions.encode_to(&addr, rekey.clone()) {
+                            self.queue.push_back(Queued::One(addr, b));
+                        }
+                    }
+                }
+                Ok(Some(RotationStep::Switch)) => {
+                    self.sessions.set_stream_key(rotation.current().clone());
+                    self.events.push_back(Event::Rekeyed {
+                        key_id: rotation.current().id(),
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // No randomness for a new key: keep the current one and try again later.
+                    self.events.push_back(Event::RekeyFailed(e.to_string()));
+                    break;
+                }
+            }
         }
     }
 
@@ -985,6 +1140,10 @@ impl<S: AudioSource> Endpoint<S> {
         let Some(start_seq) = self.sessions.kick(now, &addr) else {
             return false;
         };
+        // A private room: the kicked listener cannot follow the stream past the next switch.
+        if let Some(r) = &mut self.rotation {
+            r.rotate_soon(now);
+        }
         let mut evicted = std::mem::take(&mut self.evicted);
         evicted.clear();
         evicted.push((addr, start_seq));
@@ -1019,7 +1178,11 @@ impl<S: AudioSource> Endpoint<S> {
                 self.events.push_back(Event::Evicted { addr });
             }
             let end = sessions::end_after(start_seq, reason, self.last_audio());
-            let Some(bytes) = self.encode_end(end) else {
+            // Sealed once: the copies are the same message under the same seq.
+            let Some(bytes) = self
+                .encode_end(end)
+                .and_then(|b| self.sessions.wrap(&addr, b))
+            else {
                 continue;
             };
             self.queue.push_back(Queued::One(addr, bytes.clone()));
@@ -1030,6 +1193,7 @@ impl<S: AudioSource> Endpoint<S> {
                 }
             }
         }
+        self.sessions.clear_retired();
         self.evicted = evicted;
     }
 
@@ -1056,6 +1220,19 @@ impl<S: AudioSource> Endpoint<S> {
             let Some(bytes) = self.encode_end(proto::End { reason, last_seq }) else {
                 continue;
             };
+            if self.sessions.is_keyed() {
+                // Each listener's copy under its own session key: sent one by one.
+                for addr in dests {
+                    let Some(sealed) = self.sessions.wrap(&addr, bytes.clone()) else {
+                        continue;
+                    };
+                    for k in 1..END_REPEAT {
+                        self.schedule(now + END_SPACING * k, Queued::One(addr, sealed.clone()));
+                    }
+                    self.queue.push_back(Queued::One(addr, sealed));
+                }
+                continue;
+            }
             for k in 1..END_REPEAT {
                 self.schedule(
                     now + END_SPACING * k,

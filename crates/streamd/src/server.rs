@@ -97,6 +97,10 @@ pub struct Config {
     /// The repair the endpoint offers: `fec` and `retransmit` resolved against the stream
     /// when the server binds.
     pub repair: RepairConfig,
+    /// `--key-file`: a private room's key (docs/PROTOCOL.md §4.12); `None`: an open room.
+    pub room_key: Option<seal::RoomKey>,
+    /// `--rekey-interval`: how long each stream key of a private room is used.
+    pub rekey_interval: Duration,
     /// `--multicast GROUP:PORT` and its `--ttl`: each tick's audio also goes once to a group.
     pub multicast: Option<MulticastConfig>,
 }
@@ -109,6 +113,13 @@ pub struct MulticastConfig {
     /// Hops the group's datagrams may travel (1: the local network).
     pub ttl: u8,
 }
+
+/// Default `--rekey-interval`: a listener shut out (kicked, or its key file replaced) hears
+/// at most this much more, while a `Rekey` per listener costs next to nothing.
+pub const DEFAULT_REKEY_INTERVAL: Duration = Duration::from_secs(600);
+/// Shortest `--rekey-interval`: the announcement's lead is at most half the interval, and
+/// half a second still leaves room for its three copies and a round trip.
+pub const MIN_REKEY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `--fec`: what parity the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -152,6 +163,8 @@ impl Config {
             repair: RepairConfig::default(),
             relay_from: None,
             multicast: None,
+            room_key: None,
+            rekey_interval: DEFAULT_REKEY_INTERVAL,
         }
     }
 
@@ -228,6 +241,23 @@ impl Config {
                     self.bind.ip()
                 ));
             }
+        }
+        if self.room_key.is_some() && self.multicast.is_some() {
+            return Err(
+                "--multicast with --key-file: a private room is served by unicast only".into(),
+            );
+        }
+        if self.room_key.is_some() && !self.rtp.dests.is_empty() {
+            return Err(
+                "--rtp sends the audio in the clear: it cannot serve a private room (--key-file)"
+                    .into(),
+            );
+        }
+        if self.rekey_interval < MIN_REKEY_INTERVAL {
+            return Err(format!(
+                "--rekey-interval {:?} is shorter than {MIN_REKEY_INTERVAL:?}",
+                self.rekey_interval
+            ));
         }
         if matches!(self.codec, AudioCodec::Flac) && !self.rtp.dests.is_empty() {
             return Err(format!(
@@ -480,6 +510,11 @@ impl Server {
         endpoint
             .set_codec(self.config.codec)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(key) = self.config.room_key {
+            endpoint
+                .set_room_key(now, key, self.config.rekey_interval)
+                .map_err(|e| anyhow::anyhow!("cannot make the stream key: {e}"))?;
+        }
         // RTP is fed from the tick's Audio datagrams, with or without native listeners.
         endpoint.set_emit_always(self.rtp.is_some());
         if let Some(g) = &self.group {
@@ -501,6 +536,12 @@ impl Server {
             relay_ready,
         };
         shell.log_start();
+        if shell.config.room_key.is_some() {
+            tracing::info!(
+                "private room: joins must prove the room key (--key-file); the stream key rotates every {:?}",
+                shell.config.rekey_interval
+            );
+        }
         shell.log_rtp_start();
         let aborted = shell.main_loop(stop).await;
         shell.finish_rtp();
@@ -543,6 +584,7 @@ struct IgnoredCounts {
     unexpected: u64,
     not_joined: u64,
     bad_token: u64,
+    forged: u64,
 }
 
 impl IgnoredCounts {
@@ -554,6 +596,7 @@ impl IgnoredCounts {
             Ignored::Unexpected => self.unexpected += 1,
             Ignored::NotJoined => self.not_joined += 1,
             Ignored::BadToken => self.bad_token += 1,
+            Ignored::Forged => self.forged += 1,
         }
     }
 
@@ -564,6 +607,7 @@ impl IgnoredCounts {
             + self.unexpected
             + self.not_joined
             + self.bad_token
+            + self.forged
     }
 }
 
@@ -783,6 +827,10 @@ impl Shell {
                 tracing::debug!(loops, "looping to the start of the file");
             }
             Event::LoopStopped(why) => tracing::error!("{why}; stopping the loop"),
+            Event::Rekeyed { key_id } => tracing::debug!("audio sealed under stream key {key_id}"),
+            Event::RekeyFailed(why) => {
+                tracing::error!("no new stream key ({why}); keeping the current one");
+            }
             Event::EncodeFailed(e) => tracing::error!("{e}; that audio is lost"),
             Event::Corrupt { total } => {
                 tracing::warn!("{file}: skipped {total} corrupt packet(s) so far");
@@ -826,6 +874,11 @@ impl Shell {
             E::Rejoined => {
                 self.log_handshake(format_args!("{from} joined again; welcomed again"));
             }
+            E::Rejected(proto::RejectReason::BadKey) => {
+                self.log_handshake(format_args!(
+                    "rejected {from}: BadKey, its Join did not prove the room key"
+                ));
+            }
             E::Rejected(reason) => {
                 self.log_handshake(format_args!("rejected {from}: {reason:?}"));
             }
@@ -856,7 +909,7 @@ impl Shell {
         tracing::info!(
             "summary: {} listeners, sent {} datagrams / {} bytes ({} dropped) in {} calls by {}, audio seq {}, \
              ignored {} since the last summary (malformed {}, wrong version {}, short connect {}, \
-             unexpected {}, not joined {}, bad token {}), {} handshakes not logged",
+             unexpected {}, not joined {}, bad token {}, forged {}), {} handshakes not logged",
             self.endpoint.sessions().len(),
             f.datagrams,
             f.bytes,
@@ -871,6 +924,7 @@ impl Shell {
             ig.unexpected,
             ig.not_joined,
             ig.bad_token,
+            ig.forged,
             self.handshake_unlogged,
         );
         self.log_rtp("rtp");

@@ -14,6 +14,11 @@
 //! Each session has a random 128-bit token, handed out in its `Welcome`: a `Report`, `Leave`,
 //! `Nack` or `TimeRequest` counts only when it carries it, so a host that spoofs a listener's
 //! address cannot make it leave or keep its session alive.
+//!
+//! A private room ([`Sessions::set_room_key`], docs/PROTOCOL.md §4.12): a valid `Join` must
+//! also carry a Noise message 1 that opens under the room key, or it gets `Reject{BadKey}` and
+//! no session; the `Welcome` carries message 2 and the stream key. From then on only `Sealed`
+//! datagrams that open under the listener's session key count; its replies are sealed too.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hasher;
@@ -28,6 +33,7 @@ use proto::{
     Message, MessageType, Nack, Packet, Reject, RejectReason, Report, StreamInfo, TimeResponse,
     Token, Welcome,
 };
+use seal::{LISTENER_KEY_ID, RoomKey, SERVER_KEY_ID, ServerSession, StreamKey};
 use siphasher::sip128::{Hasher128, SipHasher24};
 
 /// The text of the `Error{NotJoined}` that answers a `Report` from an address with no
@@ -58,8 +64,12 @@ pub enum Ignored {
     /// `Report`/`Leave`/`Nack`/`TimeRequest` from an address with no session.
     NotJoined,
     /// A listener message from a joined address without that session's token: spoofed, or
-    /// from an earlier session; never answered and not a keepalive.
+    /// from an earlier session; never answered and not a keepalive. In a private room, also
+    /// a listener message in the clear from a joined address.
     BadToken,
+    /// A private room's `Sealed` from a joined address that did not open under its session
+    /// key: forged, tampered, truncated or replayed.
+    Forged,
 }
 
 /// Why a listener message did not count (see [`Sessions::heard`]).
@@ -116,7 +126,7 @@ pub struct Handled {
 }
 
 /// A listener that has joined.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Session {
     /// Index of its address in `Sessions::addrs`.
     idx: usize,
@@ -134,6 +144,8 @@ struct Session {
     name: String,
     /// `FEATURE_*` bits from its Join.
     features: u32,
+    /// A private room: its session keys, from the handshake in its Join.
+    keys: Option<ServerSession>,
 }
 
 /// Departures kept for the control plane: enough for an operator to see who left lately.
@@ -173,6 +185,10 @@ pub struct SessionStats {
     pub ignored: u64,
     /// Listener messages dropped for a wrong session token.
     pub bad_tokens: u64,
+    /// Private room: joins refused for a Noise message that did not prove the room key.
+    pub bad_keys: u64,
+    /// Private room: sealed datagrams that did not open (forged, tampered, replayed).
+    pub forged: u64,
 }
 
 /// The listener table.
@@ -198,6 +214,11 @@ pub struct Sessions {
     departures: VecDeque<Departure>,
     /// Counters.
     stats: SessionStats,
+    /// A private room's key and the stream key every `Welcome` hands out.
+    room: Option<(RoomKey, StreamKey)>,
+    /// Session keys of listeners just evicted or kicked, so their `End` can still be sealed;
+    /// emptied by [`Sessions::clear_retired`].
+    retired: Vec<(SocketAddr, ServerSession)>,
 }
 
 impl Sessions {
@@ -222,7 +243,58 @@ impl Sessions {
             control_seq: 0,
             departures: VecDeque::with_capacity(DEPARTURES_KEPT),
             stats: SessionStats::default(),
+            room: None,
+            retired: Vec::new(),
         }
+    }
+
+    /// Makes this a private room: every later `Join` must prove `room`, and its `Welcome`
+    /// hands out `stream`.
+    pub fn set_room_key(&mut self, room: RoomKey, stream: StreamKey) {
+        self.room = Some((room, stream));
+    }
+
+    /// The stream key later `Welcome`s hand out (after a rotation's switch).
+    pub fn set_stream_key(&mut self, stream: StreamKey) {
+        if let Some((_, s)) = &mut self.room {
+            *s = stream;
+        }
+    }
+
+    /// Whether this is a private room.
+    pub fn is_keyed(&self) -> bool {
+        self.room.is_some()
+    }
+
+    /// `plain` (one encoded datagram) as `addr` must receive it: as is in an open room, sealed
+    /// under `addr`'s session key in a private one (also for a listener just evicted or
+    /// kicked). `None` when a private room holds no key for `addr`.
+    pub fn wrap(&self, addr: &SocketAddr, plain: Bytes) -> Option<Bytes> {
+        if self.room.is_none() {
+            return Some(plain);
+        }
+        let keys = match self.table.get(addr).and_then(|s| s.keys.as_ref()) {
+            Some(k) => k,
+            None => self
+                .retired
+                .iter()
+                .find(|(a, _)| a == addr)
+                .map(|(_, k)| k)?,
+        };
+        seal::wire::seal_datagram(&plain, SERVER_KEY_ID, |t, q, b, o| keys.seal(t, q, b, o))
+    }
+
+    /// `msg` to `addr` under the table's control seq, sealed as [`Sessions::wrap`] says (a
+    /// `Rekey`).
+    pub fn encode_to(&mut self, addr: &SocketAddr, msg: Message) -> Option<Bytes> {
+        let plain = self.encode(msg)?;
+        self.wrap(addr, plain)
+    }
+
+    /// Forgets the keys of listeners evicted or kicked since the last call (their `End`s are
+    /// sealed by now).
+    pub fn clear_retired(&mut self) {
+        self.retired.clear();
     }
 
     /// A fresh random cookie key: cookies from another process (or run) never validate.
@@ -318,10 +390,18 @@ impl Sessions {
         self.departures.iter()
     }
 
-    /// Removes `addr` and records why.
+    /// Removes `addr` and records why. The keys of a listener evicted or kicked are kept
+    /// until [`Sessions::clear_retired`], for its `End`.
     fn depart(&mut self, now: Instant, addr: &SocketAddr, reason: &'static str) -> bool {
         let name = match self.table.get_mut(addr) {
-            Some(s) => std::mem::take(&mut s.name),
+            Some(s) => {
+                if reason == "evicted" || reason == "kicked" {
+                    if let Some(k) = s.keys.take() {
+                        self.retired.push((*addr, k));
+                    }
+                }
+                std::mem::take(&mut s.name)
+            }
             None => return false,
         };
         if self.departures.len() == DEPARTURES_KEPT {
@@ -453,6 +533,73 @@ impl Sessions {
             }
             Err(_) => return self.ignored(Ignored::Malformed),
         };
+        if self.room.is_some() {
+            match &packet.msg {
+                Message::Sealed(sealed) => {
+                    return self.handle_sealed(now, from, received, packet.seq, sealed, info, live);
+                }
+                // A joined listener of a private room seals everything it sends.
+                Message::Report(_)
+                | Message::Leave(_)
+                | Message::Nack(_)
+                | Message::TimeRequest(_)
+                    if self.table.contains_key(&from) =>
+                {
+                    return self.bad_token();
+                }
+                _ => {}
+            }
+        }
+        self.dispatch(now, from, received, packet, info, live)
+    }
+
+    /// A private room's `Sealed` from `from`: opened under its session key, the inner
+    /// listener message handled as in an open room, the reply sealed back.
+    #[allow(clippy::too_many_arguments)]
+    fn handle_sealed(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        received: usize,
+        seq: u64,
+        sealed: &proto::Sealed,
+        info: &StreamInfo,
+        live: LivePosition,
+    ) -> Handled {
+        let Some(keys) = self.table.get_mut(&from).and_then(|s| s.keys.as_mut()) else {
+            return self.ignored(Ignored::NotJoined);
+        };
+        let opened = if sealed.key_id == LISTENER_KEY_ID {
+            seal::wire::open_datagram(seq, sealed, |_, t, q, c, o| keys.open(t, q, c, o)).ok()
+        } else {
+            None
+        };
+        let Some(inner) = opened else {
+            self.stats.forged += 1;
+            return self.ignored(Ignored::Forged);
+        };
+        if !matches!(
+            inner.msg,
+            Message::Report(_) | Message::Leave(_) | Message::Nack(_) | Message::TimeRequest(_)
+        ) {
+            return self.ignored(Ignored::Unexpected);
+        }
+        let mut h = self.dispatch(now, from, received, inner, info, live);
+        // Sealed under the keys of the session it answers (a Leave's has none left).
+        h.reply = h.reply.and_then(|r| self.wrap(&from, r));
+        h
+    }
+
+    /// Handles one decoded datagram (in a private room, the opened inner message).
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        received: usize,
+        packet: Packet,
+        info: &StreamInfo,
+        live: LivePosition,
+    ) -> Handled {
         // A message carrying the session's token keeps it alive (below, per message); so does
         // a Join with a valid cookie (in `join`). Nothing else does: an address is easy to
         // spoof, a token is not.
@@ -595,13 +742,13 @@ impl Sessions {
             };
         }
         // From here the address is validated: it echoed our cookie.
-        let welcome = |this: &mut Self, token: Token| {
+        let welcome = |this: &mut Self, token: Token, noise: Bytes| {
             let mut w = info.clone();
             w.start_seq = live.seq;
             w.start_ts = live.ts;
             this.encode(Message::Welcome(Welcome {
                 token,
-                noise: Bytes::new(),
+                noise,
                 info: w,
             }))
         };
@@ -610,16 +757,49 @@ impl Sessions {
         if self.accepting
             && let Some(s) = self.table.get_mut(&from)
         {
-            s.last_heard = now;
             let token = s.token;
+            let noise = match (&self.room, s.keys.as_ref()) {
+                (None, _) => Bytes::new(),
+                // Its Welcome was lost: the same message 2, so it ends with the keys we kept.
+                (Some(_), Some(k)) if k.is_same_handshake(&join.noise) => {
+                    Bytes::copy_from_slice(k.welcome_noise())
+                }
+                // A new handshake replaces the session's keys once it has succeeded.
+                (Some((room, stream)), _) => match ServerSession::accept(room, &join.noise, stream)
+                {
+                    Ok(k) => {
+                        let noise = Bytes::copy_from_slice(k.welcome_noise());
+                        s.keys = Some(k);
+                        noise
+                    }
+                    Err(_) => return self.bad_key(received),
+                },
+            };
+            if let Some(s) = self.table.get_mut(&from) {
+                s.last_heard = now;
+            }
             return Handled {
-                reply: welcome(self, token),
+                reply: welcome(self, token, noise),
                 event: Event::Rejoined,
             };
         }
-        let reason = if !self.accepting {
-            Some(RejectReason::ShuttingDown)
-        } else if join.codecs & info.codec.bit() == 0 {
+        if !self.accepting {
+            self.stats.rejected += 1;
+            let reason = RejectReason::ShuttingDown;
+            return Handled {
+                reply: self.encode(Message::Reject(Reject { reason })),
+                event: Event::Rejected(reason),
+            };
+        }
+        // A private room: the Join must prove the room key before anything else is looked at.
+        let keys = match &self.room {
+            None => None,
+            Some((room, stream)) => match ServerSession::accept(room, &join.noise, stream) {
+                Ok(k) => Some(k),
+                Err(_) => return self.bad_key(received),
+            },
+        };
+        let reason = if join.codecs & info.codec.bit() == 0 {
             Some(RejectReason::CodecUnsupported {
                 codec: info.codec.index(),
             })
@@ -651,12 +831,36 @@ impl Sessions {
                 token,
                 name: name.clone(),
                 features: join.features,
+                keys: None,
             },
         );
         self.addrs.push(from);
+        let noise = match keys {
+            Some(k) => {
+                let noise = Bytes::copy_from_slice(k.welcome_noise());
+                if let Some(s) = self.table.get_mut(&from) {
+                    s.keys = Some(k);
+                }
+                noise
+            }
+            None => Bytes::new(),
+        };
         Handled {
-            reply: welcome(self, token),
+            reply: welcome(self, token, noise),
             event: Event::Accepted { start: live, name },
+        }
+    }
+
+    /// `Reject{BadKey}` to a validated address whose Join did not prove the room key: no
+    /// session, and never more bytes than the Join.
+    fn bad_key(&mut self, received: usize) -> Handled {
+        self.stats.rejected += 1;
+        self.stats.bad_keys += 1;
+        let reason = RejectReason::BadKey;
+        let reply = self.encode(Message::Reject(Reject { reason }));
+        Handled {
+            reply: reply.filter(|r| r.len() <= received),
+            event: Event::Rejected(reason),
         }
     }
 
@@ -1395,6 +1599,43 @@ mod tests {
                     proptest::prop_assert!(validated || r.len() <= d.len(), "{:?} -> {} bytes", h.event, r.len());
                 }
                 proptest::prop_assert!(s.len() <= 2);
+            }
+        }
+
+        /// A private room, whatever arrives (Sealed included): nobody without the room key
+        /// joins, and no reply, a `Reject{BadKey}` to a valid Join included, is larger than
+        /// the datagram it answers.
+        #[test]
+        fn a_private_room_admits_nobody_without_the_key_and_never_amplifies(
+            dgrams in proptest::collection::vec(
+                (0u16..4, 0u8..70, proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+                1..60,
+            )
+        ) {
+            let now = Instant::now();
+            let mut s = table(now, 2);
+            s.set_room_key(RoomKey::from_bytes([5; 32]), StreamKey::from_bytes(0, [6; 32]));
+            for (port, ty, body) in dgrams {
+                let from = addr(port);
+                let mut d = vec![b'E', b'S', 2, ty];
+                d.extend_from_slice(&[0; 8]);
+                d.extend_from_slice(&body);
+                if ty == 1 && body.len() > 200 {
+                    d = connect();
+                }
+                if ty == 3 && body.len() > 150 {
+                    let mut j = Join::new(s.cookie(now, &from));
+                    // Sometimes a Noise-sized message 1 of random bytes.
+                    if body.len() > 250 {
+                        j.noise = Bytes::copy_from_slice(&body[..seal::MSG1_LEN]);
+                    }
+                    d = enc(Message::Join(j));
+                }
+                let h = s.handle(now, from, &d, &info(), LivePosition::default());
+                if let Some(r) = &h.reply {
+                    proptest::prop_assert!(r.len() <= d.len(), "{:?} -> {} bytes", h.event, r.len());
+                }
+                proptest::prop_assert!(s.is_empty(), "{:?}", h.event);
             }
         }
     }

@@ -57,6 +57,10 @@ struct Cli {
     /// bytes, no control characters) [default: the host name].
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     name: Option<String>,
+    /// Join a private room: the room key file the server uses (written by streamd --gen-key;
+    /// readable by its owner only).
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
     /// Stay on: rejoin after a server restart, an eviction, an outage or the end of the stream,
     /// until Ctrl-C or SIGTERM; the statistics cover every session.
     #[arg(long)]
@@ -277,7 +281,19 @@ fn main() -> ExitCode {
             Err(code) => return code,
         },
     };
+    // A bad key file is one line naming it, exit 1, before anything else happens.
+    let room_key = match &cli.key_file {
+        Some(path) => match seal::load_key(path) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("listen: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
     let config = listen::Config {
+        room_key,
         server,
         output: cli.output.clone(),
         device: cli.device.clone(),

@@ -155,6 +155,25 @@ struct Cli {
     /// and the server of a private room all use it with --key-file.
     #[arg(long, value_name = "PATH", exclusive = true)]
     gen_key: Option<PathBuf>,
+    /// Make this a private room: only listeners with the same key file (--key-file) join, and
+    /// everything after the handshake is encrypted. The file must be readable by its owner only.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// How long each stream key of a private room is used before the next one (announced to
+    /// every listener ahead of the switch).
+    #[arg(long, default_value = "10m", value_parser = parse_rekey_interval, value_name = "DURATION", requires = "key_file")]
+    rekey_interval: Duration,
+}
+
+fn parse_rekey_interval(s: &str) -> Result<Duration, String> {
+    let d = proto::duration::parse_duration(s)?;
+    if d < streamd::server::MIN_REKEY_INTERVAL {
+        return Err(format!(
+            "{s} is shorter than {:?}",
+            streamd::server::MIN_REKEY_INTERVAL
+        ));
+    }
+    Ok(d)
 }
 
 impl Cli {
@@ -194,6 +213,7 @@ impl Cli {
         };
         c.mtu = usize::from(self.mtu);
         c.codec = self.codec;
+        c.rekey_interval = self.rekey_interval;
         c.log_file = self.log_file.clone();
         c.relay_from = self.relay_from.clone();
         c.multicast = self.multicast.map(|group| MulticastConfig {
@@ -293,6 +313,17 @@ fn main() -> ExitCode {
             }
         };
     }
+    // The key is read before anything starts: a bad file is one line naming it, exit 1.
+    let room_key = match &cli.key_file {
+        Some(path) => match seal::load_key(path) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("streamd: error: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        },
+        None => None,
+    };
     let log_file = match init_logging(cli.log_file.as_ref()) {
         Ok(f) => f,
         Err(e) => {
@@ -315,7 +346,9 @@ fn main() -> ExitCode {
             f.reopen_on_sighup();
         }
         let http = cli.http.map(|a| (a, cli.http_token.clone()));
-        run(cli.config(), !cli.no_announce, http).await
+        let mut config = cli.config();
+        config.room_key = room_key;
+        run(config, !cli.no_announce, http).await
     })
 }
 

@@ -81,6 +81,8 @@ pub struct LoadConfig {
     pub connect_rate: u32,
     /// Reading time after `duration` before `Leave`.
     pub drain: Duration,
+    /// A private room's key: every listener joins with it (`listen --key-file`).
+    pub room_key: Option<seal::RoomKey>,
 }
 
 impl LoadConfig {
@@ -94,6 +96,7 @@ impl LoadConfig {
             threads: 0,
             connect_rate: DEFAULT_CONNECT_RATE,
             drain: DEFAULT_DRAIN,
+            room_key: None,
         }
     }
 }
@@ -297,6 +300,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             sockets: Vec::new(),
             slots: Vec::new(),
             session,
+            room_key: cfg.room_key,
             stop_at,
             drain: cfg.drain,
             leave_pace: Duration::from_secs_f64(threads as f64 / rate),

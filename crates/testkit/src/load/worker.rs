@@ -128,6 +128,8 @@ pub(crate) struct WorkerSetup {
     pub slots: Vec<Slot>,
     /// What every listener's session is made with (the server's address among it).
     pub session: SessionConfig,
+    /// A private room's key, for every listener's handshake.
+    pub room_key: Option<seal::RoomKey>,
     /// When to stop counting and start the drain.
     pub stop_at: Instant,
     /// How long to keep reading after `stop_at` before sending `Leave`.
@@ -200,6 +202,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
         sockets,
         mut slots,
         session,
+        room_key,
         stop_at,
         drain,
         leave_pace,
@@ -239,7 +242,15 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
             for (slot, sock) in slots.iter_mut().zip(&sockets) {
                 match slot.session.as_mut() {
                     None if now >= slot.start_at && draining_until.is_none() => {
-                        slot.session = Some(Session::new(session, now));
+                        let s = Session::new(session, now);
+                        slot.session = Some(match &room_key {
+                            Some(k) => match s.with_room_key(k) {
+                                Ok(s) => s,
+                                // No randomness now: this listener tries at the next sweep.
+                                Err(_) => continue,
+                            },
+                            None => s,
+                        });
                     }
                     Some(s) if s.poll_timeout().is_some_and(|t| t <= now) => {
                         s.handle_timeout(now);
