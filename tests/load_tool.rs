@@ -1,8 +1,11 @@
 //! The load tool (`testkit::load::run`) against a small scripted fake server written on `proto`,
 //! over 127.0.0.1: handshake, capacity, scripted loss (in the middle and at the tail), End,
 //! Leave, skew, and a server that never answers. Counts are asserted exactly; the only timing
-//! assertions are lower bounds that sleeps guarantee, or generous upper bounds.
+//! assertions are lower bounds that sleeps guarantee, or generous upper bounds. Then the tool
+//! against the real `streamd` for each codec: a short, small run that must lose nothing.
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -334,4 +337,58 @@ fn a_silent_server_counts_as_no_answer() {
     assert_eq!(rep.totals.expected, 0);
     assert!(rep.worst.is_none());
     assert_eq!(rep.skew_ms.count, 0);
+}
+
+/// A short run of the load tool against the real `streamd` for each codec: every listener
+/// joins declaring the codecs `listen` decodes, nothing is lost, every audio datagram is seen
+/// by the tool's fast path (an Opus packet has any length), and the bytes per listener match
+/// the codec (Opus at 128 kbit/s is under a tenth of PCM's, FLAC under 0.7).
+#[test]
+fn real_server_each_codec_zero_loss() {
+    const N: usize = 12;
+    let file = common::fixture("stereo44.wav");
+    let mut rates = HashMap::new();
+    for codec in ["pcm", "flac", "opus"] {
+        let mut server = common::Server::start(
+            &file,
+            &[
+                "--codec",
+                codec,
+                "--loop",
+                "--start",
+                "now",
+                "--max-clients",
+                "20",
+            ],
+        );
+        let mut cfg = LoadConfig::new(server.addr, N, Duration::from_secs(3));
+        cfg.server_pid = Some(server.proc.pid());
+        let rep = load::run(&cfg).unwrap();
+        server.proc.signal("INT");
+        assert_eq!(
+            server.proc.exit_code(common::SLOW),
+            0,
+            "{}",
+            server.proc.stderr()
+        );
+        let ctx = format!("{codec}: {rep}");
+        assert_eq!(rep.accepted, N as u64, "{ctx}");
+        assert_eq!(rep.codec.as_deref(), Some(codec), "{ctx}");
+        assert!(rep.totals.received > 0, "{ctx}");
+        assert_eq!(rep.totals.lost, 0, "{ctx}");
+        assert_eq!(rep.totals.expected, rep.totals.received, "{ctx}");
+        assert_eq!(
+            rep.tool.audio_datagrams,
+            rep.totals.received + rep.totals.duplicates,
+            "{ctx}"
+        );
+        assert_eq!(rep.tool.garbage, 0, "{ctx}");
+        assert!(rep.skew_ms.count > 0, "{ctx}");
+        assert!(rep.server_proc.is_some(), "{ctx}");
+        rates.insert(codec, rep.bytes_per_listener_per_s);
+    }
+    let (pcm, flac, opus) = (rates["pcm"], rates["flac"], rates["opus"]);
+    assert!(pcm > 150_000.0, "{rates:?}");
+    assert!(flac <= 0.7 * pcm, "{rates:?}");
+    assert!(opus <= pcm / 10.0, "{rates:?}");
 }

@@ -194,6 +194,19 @@ impl JitterBuffer {
         self.max_end.saturating_sub(self.play_ts)
     }
 
+    /// How long playout waits before the position moves again, at the pace audio arrives:
+    /// while buffering, the audio still missing to the start threshold; zero while playing.
+    /// A frame's deadline is this plus its distance from the position.
+    pub fn start_wait(&self) -> Duration {
+        match self.state {
+            State::Buffering => duration_of(
+                self.start_frames.saturating_sub(self.buffered_frames()),
+                self.rate,
+            ),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// [`Self::buffered_frames`] as a duration.
     pub fn buffered(&self) -> Duration {
         duration_of(self.buffered_frames(), self.rate)

@@ -302,9 +302,11 @@ struct Stream {
 
 impl Stream {
     /// When the frame `ts` must be in the jitter buffer: the sink takes it once the playout
-    /// position reaches it.
+    /// position reaches it, which waits while the buffer fills (the stream's first datagrams
+    /// lost are still worth asking for then).
     fn deadline(&self, now: Instant, ts: u64) -> Instant {
-        now + duration_of(ts.saturating_sub(self.jb.position()), self.info.sample_rate)
+        now + self.jb.start_wait()
+            + duration_of(ts.saturating_sub(self.jb.position()), self.info.sample_rate)
     }
 
     /// Hands what repair delivered to the jitter buffer (a rebuilt or resent payload that is
@@ -740,6 +742,16 @@ impl Session {
             }
         };
         let jb = JitterBuffer::new(&info, self.config.latency, self.config.sink_lead);
+        // Repair only feeds a playout: a session that only counts asks for nothing.
+        let mut repair = repair::Receiver::new(
+            info.repair
+                .fec
+                .filter(|_| self.config.playout)
+                .and_then(|f| repair::FecParams::new(f.k, f.m).ok()),
+            self.config.playout && info.repair.retransmit_ms > 0,
+            repair::NackConfig::default(),
+        );
+        repair.expect_from(info.start_seq);
         let interval = Duration::from_micros(u64::from(info.interval_us));
         let mut tracker = Tracker::new(info.sample_rate, info.start_seq, now);
         tracker.count_ignored(self.tracker.garbage(), self.tracker.foreign());
@@ -756,15 +768,7 @@ impl Session {
             end: None,
             playing: false,
             underruns: 0,
-            // Repair only feeds a playout: a session that only counts asks for nothing.
-            repair: repair::Receiver::new(
-                info.repair
-                    .fec
-                    .filter(|_| self.config.playout)
-                    .and_then(|f| repair::FecParams::new(f.k, f.m).ok()),
-                self.config.playout && info.repair.retransmit_ms > 0,
-                repair::NackConfig::default(),
-            ),
+            repair,
             deliveries: Vec::new(),
         }));
         if self.config.playout && self.config.sync && info.playout_delay_us > 0 {
@@ -942,6 +946,11 @@ impl Session {
                     });
                     self.close(reason);
                     return;
+                }
+                if let Some(l) = e.last_seq {
+                    // Trailing loss is still worth asking for while the buffer plays out.
+                    let deadline = s.deadline(now, s.received_end);
+                    s.repair.on_end(now, l, deadline);
                 }
                 s.jb.end(end_ts);
                 self.events.push_back(Event::EndReceived {

@@ -94,6 +94,22 @@ impl Receiver {
         self.nack.as_ref()
     }
 
+    /// The stream starts at `seq` (the `Welcome`'s `start_seq`): datagrams lost before the
+    /// first to arrive are asked for too.
+    pub fn expect_from(&mut self, seq: u64) {
+        if let Some(n) = self.nack.as_mut() {
+            n.expect_from(seq);
+        }
+    }
+
+    /// The stream ended at `last_seq` (`End.last_seq`): datagrams lost after the last to
+    /// arrive are asked for too, in time for `deadline` (the first of them's).
+    pub fn on_end(&mut self, now: Instant, last_seq: u64, deadline: Instant) {
+        if let Some(n) = self.nack.as_mut() {
+            n.on_end(now, last_seq, deadline);
+        }
+    }
+
     /// Feeds a round-trip sample to the Nack planner (the handshake's, for one).
     pub fn on_rtt_sample(&mut self, rtt: std::time::Duration) {
         if let Some(n) = self.nack.as_mut() {

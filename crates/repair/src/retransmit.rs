@@ -225,6 +225,8 @@ pub struct NackStats {
 /// `poll_nack` returns, calling again at `poll_timeout`.
 pub struct NackPlanner {
     config: NackConfig,
+    /// The stream's first seq, when known: seqs from it up to the first arrival are missing.
+    first: Option<u64>,
     highest: Option<(u64, Instant)>,
     missing: BTreeMap<u64, Missing>,
     srtt: Option<Duration>,
@@ -237,6 +239,7 @@ impl NackPlanner {
     pub fn new(config: NackConfig) -> Self {
         NackPlanner {
             config,
+            first: None,
             highest: None,
             missing: BTreeMap::new(),
             srtt: None,
@@ -284,6 +287,43 @@ impl NackPlanner {
         }
     }
 
+    /// The stream starts at `seq` (the `Welcome`'s `start_seq`): when the first datagram to
+    /// arrive is a later one, those before it are missing and asked for like any gap.
+    pub fn expect_from(&mut self, seq: u64) {
+        self.first = Some(seq);
+    }
+
+    /// The stream ended at `last_seq` (`End.last_seq`): seqs after the highest received up to
+    /// it are missing, none of them due later than `deadline` (the first one's).
+    pub fn on_end(&mut self, now: Instant, last_seq: u64, deadline: Instant) {
+        let Some((high, _)) = self.highest else {
+            return;
+        };
+        let from = (high + 1).max(last_seq.saturating_sub(self.config.max_tracked as u64));
+        for s in from..=last_seq {
+            if !self.missing.contains_key(&s) {
+                let mut m = self.missing_entry(now, s, deadline);
+                // No later group will come to say whether parity rebuilt it.
+                m.ready_after = 0;
+                self.missing.insert(s, m);
+            }
+        }
+    }
+
+    fn missing_entry(&self, now: Instant, s: u64, deadline: Instant) -> Missing {
+        let ready_after = match u64::from(self.config.fec_group) {
+            0 => s + 1,
+            k => s - s % k + k,
+        };
+        Missing {
+            deadline,
+            ready_after,
+            due: now,
+            asks: 0,
+            first_ask: None,
+        }
+    }
+
     /// Feeds an original audio datagram that arrived at `now`, with the instant its audio must
     /// be in the buffer (`deadline`). Seqs skipped between the highest one before and this one
     /// become missing, with deadlines interpolated between their neighbours'.
@@ -291,6 +331,14 @@ impl NackPlanner {
         self.missing.remove(&seq);
         let Some((high, high_deadline)) = self.highest else {
             self.highest = Some((seq, deadline));
+            // The stream's first datagrams lost: nothing came before to interpolate from, and
+            // they are due before this one, so this one's deadline bounds theirs.
+            if let Some(first) = self.first.filter(|&f| f < seq) {
+                let from = first.max(seq.saturating_sub(self.config.max_tracked as u64));
+                for s in from..seq {
+                    self.missing.insert(s, self.missing_entry(now, s, deadline));
+                }
+            }
             return;
         };
         if seq <= high {
@@ -304,20 +352,7 @@ impl NackPlanner {
         for s in first..seq {
             let frac = (s - high) as f64 / (seq - high) as f64;
             let d = high_deadline + span.mul_f64(frac);
-            let ready_after = match u64::from(self.config.fec_group) {
-                0 => s + 1,
-                k => s - s % k + k,
-            };
-            self.missing.insert(
-                s,
-                Missing {
-                    deadline: d,
-                    ready_after,
-                    due: now,
-                    asks: 0,
-                    first_ask: None,
-                },
-            );
+            self.missing.insert(s, self.missing_entry(now, s, d));
         }
         while self.missing.len() > self.config.max_tracked {
             self.missing.pop_first();
@@ -645,5 +680,37 @@ mod tests {
         p.on_received(t0, 2, t0 + ms(1000));
         p.on_received(t0, 1, t0 + ms(1000));
         assert_eq!(p.poll_nack(t0), None);
+    }
+
+    #[test]
+    fn loss_at_the_start_of_the_stream_is_asked_for() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig::default());
+        p.expect_from(100);
+        // 100 and 101 lost; 102 is the first to arrive.
+        p.on_received(t0, 102, t0 + ms(500));
+        let r = p.poll_nack(t0).unwrap();
+        assert_eq!((r.base, r.mask), (100, 0b1));
+        // Without the start, nothing before the first arrival is known to be missing.
+        let mut q = NackPlanner::new(NackConfig::default());
+        q.on_received(t0, 102, t0 + ms(500));
+        assert!(q.poll_nack(t0).is_none());
+    }
+
+    #[test]
+    fn loss_at_the_end_of_the_stream_is_asked_for() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig {
+            fec_group: 4,
+            ..NackConfig::default()
+        });
+        p.on_received(t0, 10, t0 + ms(500));
+        // 11 and 12 lost, then End says 12 was the last.
+        p.on_end(t0, 12, t0 + ms(400));
+        let r = p.poll_nack(t0).unwrap();
+        assert_eq!((r.base, r.mask), (11, 0b1));
+        // Nothing past the end, nothing twice.
+        p.on_end(t0, 12, t0 + ms(400));
+        assert!(p.poll_nack(t0).is_none());
     }
 }

@@ -9,7 +9,7 @@
 //! on error (see [`Procs`]). All traffic stays on 127.0.0.1.
 //!
 //! Hooks: the `earshot` column runs `target/release/streamd` (its command line is
-//! [`STREAMD_ARGS`]) and the load tool
+//! [`STREAMD_ARGS`]; the `earshot-opus` column adds `--codec opus`, 128 kbit/s) and the load tool
 //! (`target/release/examples/load --json`); the `fake` column runs the load tool's stand-in server
 //! (`load --fake-server`) the same way: the same fan-out without streamd's decoding and pacing.
 //! The `floor-*` columns run `target/release/examples/floor --json`. `cargo xtask bench-peers`
@@ -139,16 +139,24 @@ impl Drop for Procs {
 
 fn usage() -> &'static str {
     "cargo xtask bench-peers [--listeners 1,100,1000] [--duration SECS] \
-     [--peers floor,fake,earshot,snapserver,gstreamer] [--no-install] [--force] [--out DIR]"
+     [--peers floor,fake,earshot,earshot-opus,snapserver,gstreamer] [--no-install] [--force] \
+     [--out DIR]"
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Opts> {
     let mut o = Opts {
         listeners: vec![1, 100],
         duration: Duration::from_secs(10),
-        peers: ["floor", "fake", "earshot", "snapserver", "gstreamer"]
-            .map(String::from)
-            .to_vec(),
+        peers: [
+            "floor",
+            "fake",
+            "earshot",
+            "earshot-opus",
+            "snapserver",
+            "gstreamer",
+        ]
+        .map(String::from)
+        .to_vec(),
         install: true,
         force: false,
         out: PathBuf::from("target/bench-peers"),
@@ -239,7 +247,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             let res = match peer.as_str() {
                 "floor" => floor(n, &o),
                 "fake" => earshot_like(n, &o, None).map(|r| vec![r]),
-                "earshot" => earshot_like(n, &o, Some(&wav)).map(|r| vec![r]),
+                "earshot" => earshot_like(n, &o, Some((&wav, "pcm"))).map(|r| vec![r]),
+                "earshot-opus" => earshot_like(n, &o, Some((&wav, "opus"))).map(|r| vec![r]),
                 "snapserver" => snapserver(n, &o, &raw).map(|r| vec![r]),
                 "gstreamer" => gstreamer(n, &o, &wav).map(|r| vec![r]),
                 other => bail!("unknown peer {other}; usage: {}", usage()),
@@ -377,15 +386,16 @@ fn floor(n: usize, o: &Opts) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// The earshot column (`file` = Some: target/release/streamd) or the fake-server column
-/// (`file` = None: `load --fake-server`), both measured by the load tool.
-fn earshot_like(n: usize, o: &Opts, file: Option<&Path>) -> anyhow::Result<Row> {
+/// The earshot columns (`stream` = Some((file, codec)): target/release/streamd `--codec codec`)
+/// or the fake-server column (`stream` = None: `load --fake-server`), all measured by the load
+/// tool.
+fn earshot_like(n: usize, o: &Opts, stream: Option<(&Path, &str)>) -> anyhow::Result<Row> {
     let load = exe("load")?;
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let mut procs = Procs::default();
     let total = o.duration + WARMUP + Duration::from_secs(10);
-    let (system, pid) = match file {
+    let (system, pid) = match stream {
         None => (
             "earshot-fake",
             procs.spawn(
@@ -395,7 +405,7 @@ fn earshot_like(n: usize, o: &Opts, file: Option<&Path>) -> anyhow::Result<Row> 
                     .stdout(Stdio::null()),
             )?,
         ),
-        Some(f) => {
+        Some((f, codec)) => {
             let bin = PathBuf::from("target/release/streamd");
             if !bin.exists() {
                 bail!("target/release/streamd not built (cargo build --release -p streamd)");
@@ -408,9 +418,19 @@ fn earshot_like(n: usize, o: &Opts, file: Option<&Path>) -> anyhow::Result<Row> 
                         .replace("{max}", &(n + 10).to_string())
                 })
                 .collect();
+            let system = if codec == "pcm" {
+                "earshot"
+            } else {
+                "earshot-opus"
+            };
             (
-                "earshot",
-                procs.spawn(Command::new(bin).args(&args).stdout(Stdio::null()))?,
+                system,
+                procs.spawn(
+                    Command::new(bin)
+                        .args(&args)
+                        .args(["--codec", codec])
+                        .stdout(Stdio::null()),
+                )?,
             )
         }
     };
@@ -433,8 +453,8 @@ fn earshot_like(n: usize, o: &Opts, file: Option<&Path>) -> anyhow::Result<Row> 
         cpu_per_listener: json_f64(&j, &["server_proc", "cpu_per_audio_s_per_listener"]),
         rss_mib: json_f64(&j, &["server_proc", "rss_peak_kib"]).map(|k| k / 1024.0),
         dgrams_per_s: Some(received / ls),
-        // 3 datagrams of 1388 + 1388 + 836 B per 20 ms tick: 1204 B per datagram on average.
-        bytes_per_s: Some(received / ls * 1204.0),
+        // Every datagram from the server (audio and parity), UDP payloads with headers.
+        bytes_per_s: json_f64(&j, &["bytes_per_listener_per_s"]),
         loss: format!(
             "{} of {} (worst {})",
             json_f64(&j, &["totals", "lost"]).unwrap_or(0.0),
@@ -708,7 +728,49 @@ fn render(rows: &[Row], d: Duration) -> String {
     for r in rows {
         let _ = writeln!(s, "{}", render_row(r));
     }
+    let ratios = ratios(rows);
+    if !ratios.is_empty() {
+        let _ = writeln!(s);
+        for line in ratios {
+            let _ = writeln!(s, "{line}");
+        }
+    }
     s
+}
+
+/// Server CPU per listener of each system over each earshot column's, per N where both were
+/// measured in this run: how many times cheaper earshot is per listener.
+fn ratios(rows: &[Row]) -> Vec<String> {
+    let cpu = |system: &str, n: usize| {
+        rows.iter()
+            .find(|r| r.system == system && r.n == n)
+            .and_then(|r| r.cpu_per_listener)
+            .filter(|&c| c > 0.0)
+    };
+    let mut ns: Vec<usize> = rows.iter().map(|r| r.n).collect();
+    ns.dedup();
+    let mut out = Vec::new();
+    for n in ns {
+        let mut parts = Vec::new();
+        for ours in ["earshot", "earshot-opus"] {
+            let Some(e) = cpu(ours, n) else { continue };
+            for other in ["earshot", "snapserver", "gstreamer"] {
+                if other == ours {
+                    continue;
+                }
+                if let Some(c) = cpu(other, n) {
+                    parts.push(format!("{other} / {ours} {:.2} ×", c / e));
+                }
+            }
+        }
+        if !parts.is_empty() {
+            out.push(format!(
+                "N = {n}: server CPU per listener, {}",
+                parts.join(", ")
+            ));
+        }
+    }
+    out
 }
 
 fn render_row(r: &Row) -> String {
@@ -760,5 +822,32 @@ mod tests {
         };
         let t = render(&[r.clone(), r], Duration::from_secs(1));
         assert_eq!(t.matches("| x | 3 | 0.000500 |").count(), 2);
+    }
+
+    #[test]
+    fn ratios_compare_each_system_with_each_earshot_column() {
+        let row = |system: &str, n: usize, cpu: Option<f64>| Row {
+            system: system.into(),
+            n,
+            cpu_per_listener: cpu,
+            ..Row::default()
+        };
+        let rows = [
+            row("earshot", 100, Some(0.0004)),
+            row("earshot-opus", 100, Some(0.0001)),
+            row("snapserver", 100, Some(0.0012)),
+            row("earshot-opus", 250, Some(0.0001)),
+            row("snapserver", 250, None),
+        ];
+        let r = ratios(&rows);
+        assert_eq!(
+            r,
+            vec![
+                "N = 100: server CPU per listener, snapserver / earshot 3.00 ×, \
+                 earshot / earshot-opus 4.00 ×, snapserver / earshot-opus 12.00 ×"
+                    .to_string()
+            ]
+        );
+        assert!(render(&rows, Duration::from_secs(1)).contains("snapserver / earshot-opus 12.00"));
     }
 }

@@ -128,6 +128,7 @@ impl ProxyCore {
             Dir::Downstream => (&mut c.down, &mut c.down_tally),
             Dir::Upstream => (&mut c.up, &mut c.up_tally),
         };
+        tally.on_bytes(&bytes);
         let h = link.handle(now, bytes, seq);
         tally.on_handled(seq, &h);
     }

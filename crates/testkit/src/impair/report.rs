@@ -64,6 +64,12 @@ pub struct DatagramCounts {
     pub delayed: u64,
     /// Sends that failed: those datagrams did not leave.
     pub send_errors: u64,
+    /// Bytes of the `Audio` datagrams that came in (decision side): the stream as the server
+    /// sent it, UDP payloads with headers.
+    pub audio_bytes: u64,
+    /// Bytes of the repair datagrams (`Parity`, `Resent`) that came in (decision side): what
+    /// repair cost on top of the stream.
+    pub repair_bytes: u64,
 }
 
 impl DatagramCounts {
@@ -75,6 +81,8 @@ impl DatagramCounts {
         self.reordered += o.reordered;
         self.delayed += o.delayed;
         self.send_errors += o.send_errors;
+        self.audio_bytes += o.audio_bytes;
+        self.repair_bytes += o.repair_bytes;
     }
 }
 
@@ -231,8 +239,16 @@ impl fmt::Display for ProxyReport {
         writeln!(
             f,
             "server->clients: received {} sent {} dropped {} duplicated {} reordered {} \
-             delayed {} send_errors {}",
-            d.received, d.sent, d.dropped, d.duplicated, d.reordered, d.delayed, d.send_errors
+             delayed {} send_errors {} audio_bytes {} repair_bytes {}",
+            d.received,
+            d.sent,
+            d.dropped,
+            d.duplicated,
+            d.reordered,
+            d.delayed,
+            d.send_errors,
+            d.audio_bytes,
+            d.repair_bytes
         )?;
         let u = &self.upstream_counts;
         writeln!(
@@ -292,6 +308,20 @@ impl Tally {
         }
         if !h.decision.delay.is_zero() {
             c.delayed += 1;
+        }
+    }
+
+    /// Counts the bytes of one incoming datagram as stream (`Audio`) or repair (`Parity`,
+    /// `Resent`); anything else is neither.
+    pub fn on_bytes(&mut self, datagram: &[u8]) {
+        let c = &mut self.report.counts;
+        if super::link::is_repair(datagram) {
+            c.repair_bytes += datagram.len() as u64;
+        } else if datagram.len() >= proto::limits::HEADER_LEN
+            && datagram[..2] == proto::MAGIC
+            && datagram[3] == proto::MessageType::Audio as u8
+        {
+            c.audio_bytes += datagram.len() as u64;
         }
     }
 
@@ -375,6 +405,22 @@ mod tests {
         assert_eq!(a.lost(), 0);
         assert_eq!(t.report().counts.sent, 7);
         assert_eq!(t.report().counts.duplicated, 2);
+    }
+
+    #[test]
+    fn bytes_split_into_stream_and_repair() {
+        let mut t = Tally::default();
+        let mut a = bytes::BytesMut::new();
+        proto::encode_audio(1, 0, &[0u8; 100], &mut a);
+        let mut r = bytes::BytesMut::new();
+        proto::encode_resent(1, 0, &[0u8; 100], &mut r);
+        t.on_bytes(&a);
+        t.on_bytes(&a);
+        t.on_bytes(&r);
+        t.on_bytes(b"not ours at all");
+        let c = t.report().counts;
+        assert_eq!(c.audio_bytes, 2 * a.len() as u64);
+        assert_eq!(c.repair_bytes, r.len() as u64);
     }
 
     #[test]

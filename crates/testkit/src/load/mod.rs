@@ -179,6 +179,8 @@ pub struct ToolStats {
     pub read_lag_ms: Quantiles,
     /// Audio datagrams read.
     pub audio_datagrams: u64,
+    /// Bytes of every datagram read from the server (UDP payloads, headers included).
+    pub bytes_from_server: u64,
     /// `recvmmsg` calls.
     pub recv_calls: u64,
     /// Datagrams from other addresses than the server's, or before the listener started.
@@ -214,6 +216,12 @@ pub struct LoadReport {
     pub unplayable: u64,
     /// Seconds listeners spent joined, summed.
     pub listener_seconds: f64,
+    /// The stream's codec as the `Welcome` announced it (`pcm`, `flac`, `opus`), if any
+    /// listener joined.
+    pub codec: Option<String>,
+    /// Bytes from the server per listener per second joined (`tool.bytes_from_server` over
+    /// `listener_seconds`): what one listener costs the network, headers included.
+    pub bytes_per_listener_per_s: f64,
     /// Counters summed over listeners.
     pub totals: AudioCounts,
     /// The listener with the most loss (the first of equals), if any joined.
@@ -373,6 +381,8 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
         timed_out: 0,
         unplayable: 0,
         listener_seconds: 0.0,
+        codec: None,
+        bytes_per_listener_per_s: 0.0,
         totals: AudioCounts::default(),
         worst: None,
         skew_ms: Quantiles::default(),
@@ -385,6 +395,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             rx_queue_drops,
             read_lag_ms: Quantiles::default(),
             audio_datagrams: 0,
+            bytes_from_server: 0,
             recv_calls: 0,
             foreign: 0,
             garbage: 0,
@@ -400,6 +411,7 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             .busiest_thread_fraction
             .max(r.cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9));
         t.audio_datagrams += r.audio;
+        t.bytes_from_server += r.bytes;
         t.recv_calls += r.recv_calls;
         t.foreign += r.early;
         t.send_errors += r.send_errors;
@@ -439,6 +451,9 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             t.garbage += session.tracker().garbage();
             let Some(j0) = slot.joined_at else { continue };
             rep.accepted += 1;
+            if rep.codec.is_none() {
+                rep.codec = session.info().map(|i| i.codec.name().to_string());
+            }
             rep.listener_seconds += slot
                 .ended_at
                 .unwrap_or(end_of_run)
@@ -461,6 +476,11 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
             }
         }
     }
+    rep.bytes_per_listener_per_s = if rep.listener_seconds > 0.0 {
+        rep.tool.bytes_from_server as f64 / rep.listener_seconds
+    } else {
+        0.0
+    };
     rep.skew_ms = Quantiles::of(&mut skew.skews_ms());
     rep.tool.read_lag_ms = Quantiles::of(&mut lag);
     rep.server_proc = server_end.map(|(pid, cpu, rss0, hwm)| ServerProc {
@@ -533,6 +553,12 @@ impl fmt::Display for LoadReport {
             t.short_at_end,
             t.duplicates,
             t.out_of_order
+        )?;
+        writeln!(
+            f,
+            "  stream      codec {}  {:.0} bytes per listener per second",
+            self.codec.as_deref().unwrap_or("-"),
+            self.bytes_per_listener_per_s
         )?;
         if let Some(w) = &self.worst {
             writeln!(

@@ -155,6 +155,8 @@ pub(crate) struct WorkerResult {
     pub lag_ms: Vec<f64>,
     /// Audio datagrams read from the server.
     pub audio: u64,
+    /// Bytes of every datagram read from the server (UDP payloads, headers included).
+    pub bytes: u64,
     /// `recvmmsg` calls made.
     pub recv_calls: u64,
     /// Datagrams that reached a listener before its session started.
@@ -170,10 +172,11 @@ fn realtime_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// The seq of a well-formed PCM `Audio` datagram, read without copying the payload: the checks
-/// of `proto::decode` (header, length prefix equal to what is there) and whole 16-bit samples,
-/// which the listener's session asks of a PCM payload.
-pub fn audio_seq(d: &[u8]) -> Option<u64> {
+/// The seq of a well-formed `Audio` datagram, read without copying the payload: the checks of
+/// `proto::decode` (header, length prefix equal to what is there) and a payload the listener's
+/// session takes as audio: whole 16-bit samples when `pcm` (the stream's codec is PCM), any
+/// payload otherwise (a FLAC frame or an Opus packet has any length; the decoder judges it).
+pub fn audio_seq(d: &[u8], pcm: bool) -> Option<u64> {
     if d.len() < AUDIO_OVERHEAD
         || d.len() > MAX_DATAGRAM
         || d[0..2] != MAGIC
@@ -184,8 +187,8 @@ pub fn audio_seq(d: &[u8]) -> Option<u64> {
     }
     let seq = u64::from_le_bytes(d[4..12].try_into().ok()?);
     let len = u64::from_le_bytes(d[20..28].try_into().ok()?);
-    let pcm = (d.len() - AUDIO_OVERHEAD) as u64;
-    (len == pcm && pcm % 2 == 0).then_some(seq)
+    let payload = (d.len() - AUDIO_OVERHEAD) as u64;
+    (len == payload && (!pcm || (payload > 0 && payload % 2 == 0))).then_some(seq)
 }
 
 /// A kernel socket address as a std one (IPv4 or IPv6).
@@ -228,6 +231,7 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
         cpu: Duration::ZERO,
         lag_ms: Vec::new(),
         audio: 0,
+        bytes: 0,
         recv_calls: 0,
         early: 0,
         send_errors: 0,
@@ -350,7 +354,11 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<WorkerResult> {
                     if from != server {
                         continue;
                     }
-                    let Some(seq) = audio_seq(d) else {
+                    r.bytes += d.len() as u64;
+                    let pcm = s
+                        .info()
+                        .is_none_or(|i| matches!(i.codec, proto::AudioCodec::Pcm));
+                    let Some(seq) = audio_seq(d, pcm) else {
                         continue;
                     };
                     r.audio += 1;
@@ -396,24 +404,30 @@ mod tests {
         let mut b = BytesMut::new();
         proto::encode_audio(77, 1000, &[1u8; 1360], &mut b);
         assert_eq!(b.len(), 1388);
-        assert_eq!(audio_seq(&b), Some(77));
+        assert_eq!(audio_seq(&b, true), Some(77));
+        assert_eq!(audio_seq(&b, false), Some(77));
         assert!(proto::decode(&b).is_ok());
         // Truncated, another version, wrong type: neither path accepts them.
-        assert_eq!(audio_seq(&b[..1387]), None);
+        assert_eq!(audio_seq(&b[..1387], false), None);
         assert!(proto::decode(&b[..1387]).is_err());
         let mut v1 = b.to_vec();
         v1[2] = 1;
-        assert_eq!(audio_seq(&v1), None);
+        assert_eq!(audio_seq(&v1, false), None);
         assert!(proto::decode(&v1).is_err());
         assert_eq!(
-            audio_seq(b"ES\x02\x07garbage-garbage-garbage-garbage"),
+            audio_seq(b"ES\x02\x07garbage-garbage-garbage-garbage", false),
             None
         );
         // An odd payload is a valid datagram (codec data) but not whole PCM samples: the fast
-        // path, like the session, does not take it as audio.
+        // path, like the session, takes it as audio of a FLAC or Opus stream only.
         let mut odd = BytesMut::new();
         proto::encode_audio(1, 0, &[1u8; 3], &mut odd);
-        assert_eq!(audio_seq(&odd), None);
+        assert_eq!(audio_seq(&odd, true), None);
+        assert_eq!(audio_seq(&odd, false), Some(1));
         assert!(proto::decode(&odd).is_ok());
+        // An empty payload is no PCM.
+        let mut empty = BytesMut::new();
+        proto::encode_audio(2, 0, &[], &mut empty);
+        assert_eq!(audio_seq(&empty, true), None);
     }
 }
