@@ -1189,7 +1189,17 @@ impl Session {
         } else {
             s.jb.pull_with(max_frames, out, &mut s.decode)
         };
-        if got > 0 && !s.playing {
+        self.after_pull(got > 0);
+        got
+    }
+
+    /// What follows audio leaving the jitter buffer: `Playing` at the first output, `Underrun`
+    /// for a new underrun, and the close once an ended stream has played out.
+    fn after_pull(&mut self, played: bool) {
+        let Some(s) = self.stream.as_deref_mut() else {
+            return;
+        };
+        if played && !s.playing {
             s.playing = true;
             self.events.push_back(Event::Playing {
                 buffered: s.jb.buffered(),
@@ -1208,7 +1218,6 @@ impl Session {
         {
             self.close(reason);
         }
-        got
     }
 
     /// Gives `sink` what it asks for at `now` ([`Sink::demand`], [`Self::pull`], [`Sink::write`]).
@@ -1267,28 +1276,11 @@ impl Session {
             return Ok(None);
         };
         let (next, fed) = result?;
+        let played = fed.is_some();
         if let Some(f) = fed {
             self.fed = Some(f);
-            if !s.playing {
-                s.playing = true;
-                self.events.push_back(Event::Playing {
-                    buffered: s.jb.buffered(),
-                });
-            }
         }
-        let u = s.jb.counters().underruns;
-        if u > s.underruns {
-            s.underruns = u;
-            self.events.push_back(Event::Underrun {
-                at: duration_of(s.jb.position(), s.info.sample_rate),
-                target: s.jb.target(),
-            });
-        }
-        if let Some((reason, _)) = s.end
-            && s.jb.is_finished()
-        {
-            self.close(reason);
-        }
+        self.after_pull(played);
         Ok(next)
     }
 
