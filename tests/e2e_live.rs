@@ -157,6 +157,12 @@ fn a_fifo_writer_that_closes_and_reopens_keeps_the_listener_with_silence_between
         ],
     );
     let mut l = Listener::start(server.addr, dir.path(), "l", &["--latency", "200ms"]);
+    // The first part goes out as soon as it is written: the listener must have joined.
+    assert!(
+        server.proc.wait_for_line("accepted", SLOW).is_some(),
+        "{}",
+        server.proc.stderr()
+    );
     // Three "tracks" of 0.5 s, the FIFO closed after each.
     let parts = [tone(0, 22_050), tone(22_050, 22_050), tone(44_100, 22_050)];
     let wav_len = |l: &Listener| std::fs::metadata(&l.wav).map_or(0, |m| m.len());
