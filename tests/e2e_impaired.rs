@@ -38,8 +38,15 @@ fn run_through_proxy(file: &Path, imp: Impairment) {
         let _ = stop_rx.await;
     }));
 
-    // Latency well above jitter + the proxy's reorder hold, so nothing is late.
-    let mut listener = Listener::start(proxy_addr, dir.path(), "l", &["--latency", "400ms"]);
+    // Latency well above jitter + the proxy's reorder hold, so nothing is late. Played as the
+    // jitter buffer fills: the WAV must hold every frame of the stream, which a synchronised
+    // listener's clock estimate through 10 ms of jitter may trade for a slip or a resync.
+    let mut listener = Listener::start(
+        proxy_addr,
+        dir.path(),
+        "l",
+        &["--latency", "400ms", "--sync", "off"],
+    );
     assert_eq!(
         listener.proc.exit_code(SLOW),
         0,

@@ -247,6 +247,11 @@ fn listener_in(m: &Member, server: Ipv4Addr, dir: &Path, name: &str, more: &[&st
         "--stats-json",
         &j,
         "--quiet",
+        // Played as the jitter buffer fills: twenty listeners and the server in namespaces on
+        // two cores delay the clock exchanges of an 8 s stream too much for a rate estimate,
+        // and this test is about delivery, not the room's clock.
+        "--sync",
+        "off",
         "--name",
         name,
     ];
@@ -275,7 +280,7 @@ fn check_listener(l: &mut Listener, name: &str, source: &[i16], transport: &str)
     assert_eq!(
         first_difference(&wav, tail),
         None,
-        "{name}: the WAV is not the source's tail"
+        "{name}: the WAV is not the source's tail: {st}"
     );
 }
 

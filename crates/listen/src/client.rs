@@ -172,6 +172,21 @@ fn log_joined(config: &Config, session: &Session, info: &StreamInfo, sock: &UdpS
             jb.target()
         );
     }
+    if let Some(schedule) = session.sync().schedule() {
+        let room = Duration::from_micros(u64::from(info.playout_delay_us));
+        let least = Duration::from_micros(u64::from(info.min_delay_us));
+        let delay = Duration::from_micros(schedule.playout_delay_us);
+        tracing::info!(
+            "in step with the room: each frame plays {delay:?} after it is due (the room's \
+             delay {room:?}, or --latency with the output's lead if longer)"
+        );
+        if room == least && config.latency < room {
+            tracing::warn!(
+                "the server cannot keep a shorter playout delay than {least:?} at its \
+                 {interval:?} interval: the room plays each frame {room:?} after it is due"
+            );
+        }
+    }
     let burst =
         (interval.as_secs_f64() * f64::from(info.sample_rate)) as usize * info.bytes_per_frame();
     let rcvbuf = socket2::SockRef::from(sock).recv_buffer_size().unwrap_or(0);
@@ -403,6 +418,11 @@ pub(crate) async fn drive_session(
                     tracing::warn!("the end of the stream did not play out in time; stopping");
                 }
                 Event::Ended(_) => {}
+                Event::Unsynchronised => tracing::warn!(
+                    "{server_name} answered no clock exchange in {:?}: playing on this \
+                     listener's own clock, not in step with the room",
+                    crate::sync::FIRST_ANSWER_TIMEOUT
+                ),
                 other => error = error.or(handshake_error(config, other)),
             }
         }
@@ -566,6 +586,7 @@ pub(crate) fn new_session(
             playout: true,
             name: ListenerName::new(&config.name),
             sync: config.sync,
+            clock_base_us: config.clock.realtime_us(),
         },
         now,
     );

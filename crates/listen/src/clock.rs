@@ -10,13 +10,25 @@
 //! them by least squares. A fixed asymmetry between the two directions cannot be observed by
 //! any exchange; it shifts the estimate by half the difference.
 //!
-//! [`ClockEstimator::next_request_at`] says when to exchange: every [`FAST_INTERVAL`] until
-//! [`FAST_SAMPLES`] answers arrived (about 2 s after a join on a clean path), then every
-//! [`SLOW_INTERVAL`]. Only answers to requests it was told about are taken
+//! [`ClockEstimator::next_request_at`] says when to exchange: a burst every [`BURST_INTERVAL`]
+//! until [`BURST_SAMPLES`] answers arrived (about 80 ms after a join on a clean path, so the
+//! playout can start on time on an estimate made of the best of eight), every
+//! [`FAST_INTERVAL`] until [`FAST_SAMPLES`], then every [`SLOW_INTERVAL`]. Only answers to requests it was told about are taken
 //! ([`ClockEstimator::on_request_sent`]): the answer carries no token, so an echoed `t1` that
 //! was never sent is a forgery or a stale duplicate.
 
 use std::collections::VecDeque;
+
+/// Interval between the first exchanges after a join (µs): [`BURST_SAMPLES`] of them fit in
+/// the room's default 50 ms playout delay plus a few tens of milliseconds.
+pub const BURST_INTERVAL: u64 = 10_000;
+
+/// Answers after which the burst ends: the least delayed of eight is within tens of
+/// microseconds of the truth on a LAN, even with a busy scheduler delaying a few.
+pub const BURST_SAMPLES: usize = 8;
+
+/// At most this many requests are sent at [`BURST_INTERVAL`], answered or not.
+pub const BURST_MAX_SENT: u32 = 24;
 
 /// Interval between exchanges while the estimate forms (µs): 100 ms gives
 /// [`FAST_SAMPLES`] exchanges in the first 2 s.
@@ -29,13 +41,13 @@ pub const FAST_SAMPLES: usize = 20;
 /// drops answers does not keep the fast rate forever.
 pub const FAST_MAX_SENT: u32 = 50;
 
-/// Interval between exchanges once the estimate has formed (µs). The window then spans
-/// [`WINDOW`] seconds, long enough to measure a rate to a fraction of a ppm through
-/// milliseconds of jitter.
-pub const SLOW_INTERVAL: u64 = 1_000_000;
+/// Interval between exchanges once the estimate has formed (µs): four a second keep the
+/// lowest-delay selection supplied through bursts of queueing, at 40 bytes each way.
+pub const SLOW_INTERVAL: u64 = 250_000;
 
-/// Exchanges kept: at [`SLOW_INTERVAL`], about four minutes.
-pub const WINDOW: usize = 256;
+/// Exchanges kept: at [`SLOW_INTERVAL`], about four minutes, long enough to measure a rate
+/// to a fraction of a ppm through milliseconds of jitter.
+pub const WINDOW: usize = 2048;
 
 /// Exchanges with more round-trip delay than this (µs) are discarded: they carry less
 /// information than they cost in error.
@@ -51,7 +63,7 @@ const SELECT: usize = 8;
 
 /// Weighting floor (µs): exchanges within a few tens of microseconds of the least delay are
 /// as good as each other (timestamping and scheduling noise).
-const EXCESS_FLOOR: f64 = 50.0;
+const EXCESS_FLOOR: f64 = 250.0;
 
 /// Requests whose answers are still accepted: the last this many sent.
 const OUTSTANDING: usize = 16;
@@ -80,6 +92,8 @@ struct Fit {
     offset: f64,
     /// d(server − listener)/d(listener): −1e-6 when the listener runs 1 ppm fast.
     slope: f64,
+    /// The slope was fitted (the exchanges span [`MIN_RATE_SPAN`]), not assumed.
+    rated: bool,
 }
 
 /// Why an exchange was not taken.
@@ -120,8 +134,15 @@ impl ClockEstimator {
         let Some(last) = self.last_sent else {
             return 0;
         };
+        let burst = self.answered < BURST_SAMPLES && self.sent < BURST_MAX_SENT;
         let fast = self.answered < FAST_SAMPLES && self.sent < FAST_MAX_SENT;
-        last + if fast { FAST_INTERVAL } else { SLOW_INTERVAL }
+        last + if burst {
+            BURST_INTERVAL
+        } else if fast {
+            FAST_INTERVAL
+        } else {
+            SLOW_INTERVAL
+        }
     }
 
     /// A `TimeRequest` carrying `t1` was sent (at `t1`).
@@ -196,7 +217,8 @@ impl ClockEstimator {
             .map(x)
             .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let sxx: f64 = chosen.iter().map(|s| w(s) * (x(s) - mean_x).powi(2)).sum();
-        let slope = if max_x - min_x >= MIN_RATE_SPAN && sxx > 0.0 {
+        let rated = max_x - min_x >= MIN_RATE_SPAN && sxx > 0.0;
+        let slope = if rated {
             chosen
                 .iter()
                 .map(|s| w(s) * (x(s) - mean_x) * (s.offset - mean_y))
@@ -210,12 +232,19 @@ impl ClockEstimator {
             reference,
             offset: mean_y - slope * mean_x,
             slope,
+            rated: rated || self.fit.is_some_and(|f| f.rated),
         });
     }
 
     /// Whether at least one exchange has been taken, so the mappings mean something.
     pub fn is_synced(&self) -> bool {
         self.fit.is_some()
+    }
+
+    /// Whether the rate has been measured (the exchanges span a second), so
+    /// [`Self::drift_ppm`] means something.
+    pub fn has_rate(&self) -> bool {
+        self.fit.is_some_and(|f| f.rated)
     }
 
     /// Exchanges taken so far.
@@ -496,8 +525,17 @@ mod tests {
             sends.push(est.last_sent.unwrap());
         }
         let gaps: Vec<u64> = sends.windows(2).map(|w| w[1] - w[0]).collect();
+        // sends[k] is the request after the k-th answer (one each on a clean path).
         assert!(
-            gaps[..FAST_SAMPLES - 2].iter().all(|&g| g == FAST_INTERVAL),
+            gaps[..BURST_SAMPLES - 1]
+                .iter()
+                .all(|&g| g == BURST_INTERVAL),
+            "{gaps:?}"
+        );
+        assert!(
+            gaps[BURST_SAMPLES..FAST_SAMPLES - 2]
+                .iter()
+                .all(|&g| g == FAST_INTERVAL),
             "{gaps:?}"
         );
         assert!(
@@ -510,10 +548,15 @@ mod tests {
     fn an_unanswered_path_stops_asking_fast() {
         let mut est = ClockEstimator::new();
         let mut t1 = 1_000_000;
-        for _ in 1..FAST_MAX_SENT {
+        for k in 1..FAST_MAX_SENT {
             est.on_request_sent(t1);
-            assert_eq!(est.next_request_at(), t1 + FAST_INTERVAL);
-            t1 += FAST_INTERVAL;
+            let gap = if k < BURST_MAX_SENT {
+                BURST_INTERVAL
+            } else {
+                FAST_INTERVAL
+            };
+            assert_eq!(est.next_request_at(), t1 + gap);
+            t1 += gap;
         }
         est.on_request_sent(t1);
         assert_eq!(est.next_request_at(), t1 + SLOW_INTERVAL);

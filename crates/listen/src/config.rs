@@ -269,3 +269,12 @@ pub(crate) fn fmt_secs(d: Duration) -> String {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     proto::duration::parse_duration(s)
 }
+
+/// `--sync on|off`.
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("--sync {s}: expected on or off")),
+    }
+}

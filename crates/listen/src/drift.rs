@@ -9,7 +9,8 @@
 //! through each chunk ([`DriftControl::plan`] and [`stretch`]): at 0.1 % at most one frame in
 //! a thousand, inaudible on music.
 //!
-//! The servo starts only when the error leaves a dead band of [`DEAD_BAND_US`], and stops
+//! The servo starts only when the error leaves a dead band of [`DEAD_BAND_US`] (a sound card:
+//! [`DEVICE_DEAD_BAND_US`]), and stops
 //! again once the error is back near zero with no drift learned, so a device that keeps the
 //! server's pace (a clean path, no skew) never slips a frame and its output stays
 //! sample-exact; a drifting device is tracked to zero error. Past [`RESYNC_US`] the servo gives up on smoothness: it skips the frames it is
@@ -20,9 +21,15 @@
 pub const MAX_CORRECTION_PPM: f64 = 1_000.0;
 
 /// The servo starts correcting when the error exceeds this (µs), and then tracks it to zero:
-/// below it is the clock estimate's noise on a loaded machine (a first exchange delayed by a
-/// busy scheduler), which must not cost a clean, unskewed listener its sample-exact output.
-pub const DEAD_BAND_US: f64 = 500.0;
+/// below it is the clock estimate's noise (tens of microseconds on a LAN, the least delayed
+/// exchanges selected), which must not cost a clean, unskewed listener its sample-exact
+/// output. A listener 100 ppm off leaves it about a second after its start.
+pub const DEAD_BAND_US: f64 = 120.0;
+
+/// The dead band for a sound card (µs): its output instant is measured from the callback's
+/// timestamps, which wander by a few hundred microseconds between callbacks, so a narrower
+/// band would slip frames on noise and cost a clean card its sample-exact output.
+pub const DEVICE_DEAD_BAND_US: f64 = 500.0;
 
 /// A tracking servo stops when the error is below this (µs) and ...
 const SETTLED_US: f64 = 10.0;
@@ -62,6 +69,8 @@ pub struct DriftControl {
     slipped: i64,
     /// Correcting: the error left the dead band and the device has not proved to keep pace.
     tracking: bool,
+    /// [`DEAD_BAND_US`] or [`DEVICE_DEAD_BAND_US`].
+    dead_band_us: f64,
 }
 
 impl DriftControl {
@@ -75,28 +84,52 @@ impl DriftControl {
             resyncs: 0,
             slipped: 0,
             tracking: false,
+            dead_band_us: DEAD_BAND_US,
+        }
+    }
+
+    /// Sets the dead band (µs): [`DEVICE_DEAD_BAND_US`] for a sound card.
+    pub fn set_dead_band(&mut self, us: f64) {
+        self.dead_band_us = us;
+    }
+
+    /// Removes an error of `late_frames` at once (skip or wait) and counts a resync.
+    pub fn realign(&mut self, late_frames: f64) -> Resync {
+        self.resyncs += 1;
+        self.owed = 0.0;
+        let n = late_frames.abs().round() as u64;
+        if late_frames > 0.0 {
+            Resync::Skip(n)
+        } else {
+            Resync::Wait(n)
         }
     }
 
     /// Takes one measurement: the device is `late_frames` behind the schedule (negative:
-    /// ahead), `elapsed_frames` frames after the previous measurement. Returns the hard
-    /// correction to apply, if the error is past [`RESYNC_US`].
-    pub fn update(&mut self, late_frames: f64, elapsed_frames: u64) -> Option<Resync> {
+    /// ahead), `elapsed_frames` frames after the previous measurement; `device_ppm` is how
+    /// fast the device runs against the server's clock when that is known (a device on the
+    /// listener's clock runs at the clock's measured drift): tracking then starts with it as
+    /// the learned rate instead of learning it from the error. Returns the hard correction to
+    /// apply, if the error is past [`RESYNC_US`].
+    pub fn update(
+        &mut self,
+        late_frames: f64,
+        elapsed_frames: u64,
+        device_ppm: Option<f64>,
+    ) -> Option<Resync> {
         let rate = f64::from(self.rate);
         let err = late_frames / rate; // seconds
         if err.abs() * 1e6 > RESYNC_US {
-            self.resyncs += 1;
-            self.owed = 0.0;
-            let n = late_frames.abs().round() as u64;
-            return Some(if err > 0.0 {
-                Resync::Skip(n)
-            } else {
-                Resync::Wait(n)
-            });
+            return Some(self.realign(late_frames));
         }
         let us = err.abs() * 1e6;
-        if !self.tracking && us > DEAD_BAND_US {
+        let max = MAX_CORRECTION_PPM * 1e-6;
+        if !self.tracking && us > self.dead_band_us {
             self.tracking = true;
+            if let Some(ppm) = device_ppm {
+                // A device fast against the server must consume the stream slower.
+                self.integral = (-ppm * 1e-6).clamp(-max, max);
+            }
         } else if self.tracking && us < SETTLED_US && self.integral.abs() * 1e6 < SETTLED_PPM {
             // Back on schedule with nothing to compensate: stop correcting altogether.
             self.tracking = false;
@@ -107,7 +140,6 @@ impl DriftControl {
             return None;
         }
         let dt = elapsed_frames as f64 / rate;
-        let max = MAX_CORRECTION_PPM * 1e-6;
         self.integral = (self.integral + KI * err * dt).clamp(-max, max);
         self.correction = (self.integral + KP * err).clamp(-max, max);
         None
@@ -256,7 +288,7 @@ mod tests {
             // server has seen played / (1 + ppm) frames' worth of time.
             let due = played as f64 / (1.0 + ppm * 1e-6);
             let late = due - pos;
-            if let Some(r) = d.update(late, chunk as u64) {
+            if let Some(r) = d.update(late, chunk as u64, None) {
                 match r {
                     Resync::Skip(n) => pos += n as f64,
                     Resync::Wait(n) => played += n,
@@ -286,9 +318,9 @@ mod tests {
     fn noise_inside_the_dead_band_never_slips_a_frame() {
         let mut d = DriftControl::new(RATE);
         for k in 0..100_000u64 {
-            // ±450 µs of measurement noise.
-            let noise = (((k * 7919) % 91) as f64 - 45.0) * 10.0;
-            assert_eq!(d.update(noise * 1e-6 * f64::from(RATE), 480), None);
+            // ±110 µs of measurement noise.
+            let noise = (((k * 7919) % 23) as f64 - 11.0) * 10.0;
+            assert_eq!(d.update(noise * 1e-6 * f64::from(RATE), 480, None), None);
             assert_eq!(d.plan(480), 480);
         }
         assert_eq!(d.slipped(), 0);
@@ -335,9 +367,9 @@ mod tests {
         assert_eq!(d.resyncs(), 1);
         assert!(last.abs() < 1.0, "error {last} µs");
         let mut d = DriftControl::new(RATE);
-        assert_eq!(d.update(2_401.0, 480), Some(Resync::Skip(2_401)));
-        assert_eq!(d.update(-2_401.0, 480), Some(Resync::Wait(2_401)));
-        assert_eq!(d.update(2_399.0, 480), None);
+        assert_eq!(d.update(2_401.0, 480, None), Some(Resync::Skip(2_401)));
+        assert_eq!(d.update(-2_401.0, 480, None), Some(Resync::Wait(2_401)));
+        assert_eq!(d.update(2_399.0, 480, None), None);
         assert_eq!(d.resyncs(), 2);
     }
 

@@ -22,8 +22,16 @@ use crate::sink::{Sink, SinkError};
 /// How long to wait before asking again while the clock has no estimate yet (µs).
 pub const UNSYNCED_RETRY_US: u64 = 5_000;
 
-/// Clock exchanges taken before the playout starts.
-pub const START_SAMPLES: usize = 3;
+/// Clock exchanges taken before the playout starts: the join's burst
+/// ([`crate::clock::BURST_SAMPLES`]).
+pub const START_SAMPLES: usize = crate::clock::BURST_SAMPLES;
+
+/// Once the estimate has formed ([`crate::clock::FAST_SAMPLES`] exchanges, about 1.3 s after
+/// the join), an error beyond this (µs) is removed at once, counted as a resync, instead of
+/// being slewed at 0.1 % for seconds: the start was made on a first estimate that the later
+/// exchanges proved wrong (a burst of queueing on a busy machine). Above the estimate's
+/// noise through Wi-Fi's jitter, where a realignment would be a glitch for nothing.
+pub const ALIGN_US: f64 = 5_000.0;
 
 /// The room's timeline on the server's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +93,9 @@ pub struct SyncedPlayout {
     schedule: Schedule,
     drift: DriftControl,
     started: bool,
+    /// The one check against the formed estimate ([`ALIGN_US`]) was made; errors are
+    /// recorded from then on.
+    aligned: bool,
     /// Device frames planned so far (the servo's time base).
     planned: u64,
     /// Device frames at the last servo update.
@@ -102,6 +113,7 @@ impl SyncedPlayout {
             schedule,
             drift: DriftControl::new(schedule.rate),
             started: false,
+            aligned: false,
             planned: 0,
             updated_at: 0,
             last_error_us: 0.0,
@@ -115,14 +127,21 @@ impl SyncedPlayout {
         self.schedule
     }
 
-    /// The sink wants `out_frames` device frames, the first leaving the output at local
-    /// instant `out_at` (µs); `next` is the next stream frame the jitter buffer hands out.
+    /// At local instant `now` (µs) the sink wants `out_frames` device frames, the first
+    /// leaving the output at local instant `out_at`; `next` is the next stream frame the
+    /// jitter buffer hands out. `on_local_clock`: the device plays on the listener's clock
+    /// ([`Sink::on_caller_clock`]), so it can start in the past and its rate against the
+    /// server's is the clock's measured drift; any other device (a sound card) starts on
+    /// time by playing silence up to the first frame's instant.
+    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         clock: &ClockEstimator,
+        now: u64,
         out_at: u64,
         next: u64,
         out_frames: usize,
+        on_local_clock: bool,
     ) -> Step {
         let Some(server_now) = clock.local_to_server(out_at) else {
             return Step::Wait {
@@ -145,27 +164,55 @@ impl SyncedPlayout {
                     until: out_at + UNSYNCED_RETRY_US,
                 };
             };
-            if due_local > out_at {
-                return Step::Wait { until: due_local };
+            if on_local_clock {
+                if due_local > out_at {
+                    return Step::Wait { until: due_local };
+                }
+                // Start on time: the device is told it began when the frame was due.
+                self.started = true;
+                return self.play(Some(due_local), 0, 0, out_frames);
+            }
+            self.drift.set_dead_band(crate::drift::DEVICE_DEAD_BAND_US);
+            let ahead = due_local.saturating_sub(out_at);
+            let ahead_frames = (ahead as f64 * rate / 1e6).round() as u64;
+            if ahead_frames > out_frames as u64 {
+                // Back when the first frame falls within one write.
+                let write_us = (out_frames as f64 * 1e6 / rate) as u64;
+                return Step::Wait {
+                    until: now + ahead.saturating_sub(write_us),
+                };
             }
             self.started = true;
-            let late_us = (out_at - due_local) as f64;
-            if late_us <= crate::drift::RESYNC_US {
-                // Start on time: the device is told it began when the frame was due.
-                start_at = Some(due_local);
-                self.record(0.0);
-                return self.play(start_at, 0, 0, out_frames);
+            if ahead_frames > 0 {
+                // Silence up to the first frame's instant, then the stream.
+                return self.play(None, 0, ahead_frames, out_frames);
             }
+            // Late: the device says when it can really start, and the feed skips what it is
+            // late by.
+            start_at = Some(due_local);
+            return self.play(start_at, 0, 0, out_frames);
         }
         let due_frame = self.schedule.frame_at(server_now as f64);
         let late = due_frame - next as f64;
-        self.record(late / rate * 1e6);
+        let late_us = late / rate * 1e6;
         let elapsed = self.planned - self.updated_at;
         self.updated_at = self.planned;
-        let (skip, silence) = match self.drift.update(late, elapsed) {
+        let resync = if !self.aligned && clock.samples() >= crate::clock::FAST_SAMPLES {
+            self.aligned = true;
+            (late_us.abs() > ALIGN_US).then(|| self.drift.realign(late))
+        } else {
+            let device_ppm = (on_local_clock && clock.has_rate()).then(|| clock.drift_ppm());
+            self.drift.update(late, elapsed, device_ppm)
+        };
+        let (skip, silence) = match resync {
             Some(Resync::Skip(n)) => (n, 0),
             Some(Resync::Wait(n)) => (0, n),
-            None => (0, 0),
+            None => {
+                if self.aligned {
+                    self.record(late_us);
+                }
+                (0, 0)
+            }
         };
         self.play(start_at, skip, silence, out_frames)
     }
@@ -227,20 +274,35 @@ impl SyncedPlayout {
     }
 }
 
-/// The listener's clock in microseconds since an epoch, as `TimeRequest` carries it and the
-/// [`ClockEstimator`] works in.
+/// The listener's clock in microseconds, as `TimeRequest` carries it and the
+/// [`ClockEstimator`] works in: it reads `base_us` at the instant `at` and runs with the
+/// listener's `Instant`s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Epoch(pub Instant);
+pub struct Epoch {
+    /// The instant the clock reads `base_us`.
+    pub at: Instant,
+    /// The clock's reading at `at` (µs). The binary passes the real-time clock (µs since the
+    /// Unix epoch, through `--sim-clock-offset`), so the estimated clock offset is the real
+    /// difference between the listener's and the server's clocks; a simulation passes 0.
+    pub base_us: u64,
+}
 
 impl Epoch {
-    /// `t` in µs since the epoch (0 before it).
-    pub fn us(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.0).as_micros() as u64
+    /// A clock reading `base_us` at `at`.
+    pub fn new(at: Instant, base_us: u64) -> Self {
+        Self { at, base_us }
     }
 
-    /// The instant `us` µs after the epoch.
+    /// The clock's reading (µs) at `t` (`base_us` before `at`).
+    pub fn us(&self, t: Instant) -> u64 {
+        let since =
+            u64::try_from(t.saturating_duration_since(self.at).as_micros()).unwrap_or(u64::MAX);
+        self.base_us.saturating_add(since)
+    }
+
+    /// The instant the clock reads `us` (`at` for any reading before `base_us`).
     pub fn instant(&self, us: u64) -> Instant {
-        self.0 + Duration::from_micros(us)
+        self.at + Duration::from_micros(us.saturating_sub(self.base_us))
     }
 }
 
@@ -308,22 +370,32 @@ impl SyncedFeed {
         if want == 0 {
             return Ok((Some(sink.refill_at(now)), None));
         }
-        let out_at = sink.output_at(now);
-        let (start_at, mut skip, silence, take) =
-            match self
-                .playout
-                .step(clock, self.epoch.us(out_at), jb.position(), want)
-            {
-                Step::Wait { until } => {
-                    return Ok((Some(self.epoch.instant(until).max(now)), None));
-                }
-                Step::Play {
-                    start_at,
-                    skip,
-                    silence,
-                    take,
-                } => (start_at, skip, silence as usize, take),
-            };
+        // Before the start, the device is idle whatever it played before (a sink kept across
+        // a rejoin keeps its old position): the first frame can leave now at the earliest.
+        let out_at = if self.playout.started() {
+            sink.output_at(now)
+        } else {
+            sink.output_at(now).max(now)
+        };
+        let on_local_clock = sink.on_caller_clock();
+        let (start_at, mut skip, silence, take) = match self.playout.step(
+            clock,
+            self.epoch.us(now),
+            self.epoch.us(out_at),
+            jb.position(),
+            want,
+            on_local_clock,
+        ) {
+            Step::Wait { until } => {
+                return Ok((Some(self.epoch.instant(until).max(now)), None));
+            }
+            Step::Play {
+                start_at,
+                skip,
+                silence,
+                take,
+            } => (start_at, skip, silence as usize, take),
+        };
         let mut first_out = out_at;
         if let Some(s) = start_at {
             let due = self.epoch.instant(s);
@@ -405,7 +477,14 @@ mod tests {
             let now = local(t);
             // The device asks for audio when 10 ms are left.
             let out_at = dev_next.map_or(now, |d| d.max(now));
-            match sp.step(&clock, out_at.round() as u64, next, chunk) {
+            match sp.step(
+                &clock,
+                now.round() as u64,
+                out_at.round() as u64,
+                next,
+                chunk,
+                true,
+            ) {
                 Step::Wait { until } => {
                     t = true_of(until as f64).max(t + 1.0);
                     continue;
@@ -466,6 +545,41 @@ mod tests {
     }
 
     #[test]
+    fn a_device_that_cannot_start_in_the_past_starts_on_time_behind_silence() {
+        let schedule = Schedule {
+            ts: 0,
+            server_us: 1_000_000,
+            rate: RATE,
+            playout_delay_us: 50_000,
+        };
+        let mut clock = ClockEstimator::new();
+        for k in 0..START_SAMPLES as u64 {
+            let t = 1_900_000 + k;
+            clock.on_request_sent(t);
+            clock.on_sample(t, t - 1_000_000, t - 1_000_000, t).unwrap();
+        }
+        let mut sp = SyncedPlayout::new(schedule);
+        // Frame 0 plays at local 2.05 s; the device outputs 40 ms after a write, in writes of
+        // 480 frames (10 ms): 20 ms early is too early ...
+        assert_eq!(
+            sp.step(&clock, 1_990_000, 2_030_000, 0, 480, false),
+            Step::Wait { until: 2_000_000 }
+        );
+        // ... 10 ms early, the write is all silence and the next one starts with frame 0.
+        assert_eq!(
+            sp.step(&clock, 2_000_000, 2_040_000, 0, 480, false),
+            Step::Play {
+                start_at: None,
+                skip: 0,
+                silence: 480,
+                take: 0
+            }
+        );
+        assert!(sp.started());
+        assert_eq!(sp.resyncs(), 0);
+    }
+
+    #[test]
     fn waits_until_the_first_frame_is_due_and_resyncs_a_late_start() {
         let schedule = Schedule {
             ts: 0,
@@ -476,7 +590,7 @@ mod tests {
         let mut clock = ClockEstimator::new();
         let mut sp = SyncedPlayout::new(schedule);
         assert_eq!(
-            sp.step(&clock, 10, 0, 480),
+            sp.step(&clock, 10, 10, 0, 480, true),
             Step::Wait {
                 until: 10 + UNSYNCED_RETRY_US
             }
@@ -489,11 +603,11 @@ mod tests {
         }
         // Frame 0 plays at server 1.05 s = local 2.05 s.
         assert_eq!(
-            sp.step(&clock, 2_000_000, 0, 480),
+            sp.step(&clock, 2_000_000, 2_000_000, 0, 480, true),
             Step::Wait { until: 2_050_000 }
         );
         assert_eq!(
-            sp.step(&clock, 2_050_700, 0, 480),
+            sp.step(&clock, 2_050_700, 2_050_700, 0, 480, true),
             Step::Play {
                 start_at: Some(2_050_000),
                 skip: 0,
@@ -501,16 +615,18 @@ mod tests {
                 take: 480
             }
         );
-        // A late start of 60 ms: skip it, counted.
+        // A late start of 60 ms still starts at the due instant: the sink says when it can
+        // really start, and the feed skips what it is late by; no resync.
         let mut sp = SyncedPlayout::new(schedule);
-        match sp.step(&clock, 2_110_000, 0, 480) {
+        assert_eq!(
+            sp.step(&clock, 2_110_000, 2_110_000, 0, 480, true),
             Step::Play {
-                start_at: None,
-                skip,
-                ..
-            } => assert_eq!(skip, 2_880),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(sp.resyncs(), 1);
+                start_at: Some(2_050_000),
+                skip: 0,
+                silence: 0,
+                take: 480
+            }
+        );
+        assert_eq!(sp.resyncs(), 0);
     }
 }

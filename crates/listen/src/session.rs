@@ -112,6 +112,9 @@ pub struct SessionConfig {
     /// Synchronised playout (`--sync`): exchange clocks with the server and play every frame
     /// at the room's instant ([`crate::sync`]) instead of when the jitter buffer fills.
     pub sync: bool,
+    /// What the listener's clock read at the session's creation (µs; [`crate::schedule::Epoch`]):
+    /// the real-time clock in the binary, 0 in simulations.
+    pub clock_base_us: u64,
 }
 
 /// The codecs this listener decodes (PCM, FLAC, Opus), as `Join.codecs` bits.
@@ -173,6 +176,7 @@ impl SessionConfig {
             playout: true,
             name: ListenerName::default(),
             sync: false,
+            clock_base_us: 0,
         }
     }
 }
@@ -241,6 +245,9 @@ pub enum Event {
     /// The end of the stream did not play out in time (the sink stopped taking audio).
     /// [`Event::Ended`] follows.
     EndOverdue,
+    /// Synchronised playout was asked for, but the server answered no clock exchange within
+    /// [`crate::sync::FIRST_ANSWER_TIMEOUT`]: the listener plays on its own clock.
+    Unsynchronised,
     /// Terminal: the stream is over; [`Session::stats`] has the final numbers. A `Leave` is
     /// queued.
     Ended(ExitReason),
@@ -431,7 +438,7 @@ impl Session {
             buf: BytesMut::with_capacity(256),
             scratch: Vec::new(),
             bytes_received: 0,
-            sync: ClockSync::new(now),
+            sync: ClockSync::new(now, config.clock_base_us),
             fed: None,
             leave_reason: None,
             keys: Keys::Open,
@@ -754,6 +761,8 @@ impl Session {
         repair.expect_from(info.start_seq);
         let interval = Duration::from_micros(u64::from(info.interval_us));
         let mut tracker = Tracker::new(info.sample_rate, info.start_seq, now);
+        tracker
+            .set_tick_frames(u64::from(info.interval_us) * u64::from(info.sample_rate) / 1_000_000);
         tracker.count_ignored(self.tracker.garbage(), self.tracker.foreign());
         self.tracker = tracker;
         self.stream = Some(Box::new(Stream {
@@ -781,6 +790,7 @@ impl Session {
             let own = (target + self.config.sink_lead).as_micros();
             let delay = u64::from(info.playout_delay_us).max(own as u64);
             self.sync.start(
+                now,
                 Schedule {
                     ts: info.timeline.ts,
                     server_us: info.timeline.server_us,
@@ -1229,6 +1239,9 @@ impl Session {
         now: Instant,
         sink: &mut dyn Sink,
     ) -> Result<Option<Instant>, SinkError> {
+        if self.sync.give_up_unanswered(now) {
+            self.events.push_back(Event::Unsynchronised);
+        }
         if self.sync.is_synchronised() {
             return self.feed_synced(now, sink);
         }

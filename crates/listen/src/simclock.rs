@@ -64,6 +64,18 @@ impl SimClock {
         self.local(Instant::now())
     }
 
+    /// The listener's real-time clock now (µs since the Unix epoch): the machine's, moved as
+    /// [`Self::now`] is, so a clock offset estimated against a server on the same machine
+    /// reads `--sim-clock-offset`.
+    pub fn realtime_us(&self) -> u64 {
+        let real = Instant::now();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i128);
+        let moved_ns = signed_ns(self.local(real), real);
+        u64::try_from(unix + moved_ns / 1_000).unwrap_or(0)
+    }
+
     /// The listener's reading at real instant `real`.
     pub fn local(&self, real: Instant) -> Instant {
         if self.is_real() {

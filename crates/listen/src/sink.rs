@@ -130,6 +130,13 @@ pub trait Sink: Send {
         let _ = at;
         self.output_at(now)
     }
+
+    /// Whether the sink plays on the caller's clock (a [`VirtualDevice`]): its rate against
+    /// the server's is then the listener clock's, which the clock exchange measures, so
+    /// synchronised playout compensates it from the start instead of learning it.
+    fn on_caller_clock(&self) -> bool {
+        false
+    }
 }
 
 /// A device that plays `rate` frames per second from a buffer of `capacity` frames, on the
@@ -144,6 +151,12 @@ pub struct VirtualDevice {
     busy_until: Option<Instant>,
     /// `busy_until` is a start instant set by [`Self::start_at`] for the next write.
     start_pending: bool,
+    /// Keeps time since a synchronised start ([`Self::start_at`]): like a sound card's clock,
+    /// the playout position runs on whether or not audio was written in time, so audio
+    /// written late is played at the position it was due (a file and a null device have no
+    /// real output that could have gone silent), and a descheduled process costs the
+    /// schedule nothing.
+    keeps_time: bool,
 }
 
 impl VirtualDevice {
@@ -154,6 +167,7 @@ impl VirtualDevice {
             capacity: frames_in(lead, rate).max(1),
             busy_until: None,
             start_pending: false,
+            keeps_time: false,
         }
     }
 
@@ -172,7 +186,7 @@ impl VirtualDevice {
     /// `frames` were written at `now`.
     pub fn wrote(&mut self, now: Instant, frames: u64) {
         let from = match self.busy_until {
-            Some(b) if std::mem::take(&mut self.start_pending) => b,
+            Some(b) if std::mem::take(&mut self.start_pending) || self.keeps_time => b,
             b => b.map_or(now, |b| b.max(now)),
         };
         self.busy_until = Some(from + duration_of(frames, self.rate));
@@ -186,18 +200,25 @@ impl VirtualDevice {
             .map_or(now, |t| t.max(now))
     }
 
-    /// When a frame written at `now` will be played: once everything written before it has.
+    /// When a frame written at `now` will be played: once everything written before it has
+    /// (after a synchronised start, at the position the device's clock has reached, even if
+    /// that is past).
     pub fn output_at(&self, now: Instant) -> Instant {
-        self.busy_until.map_or(now, |b| b.max(now))
+        match self.busy_until {
+            Some(b) if self.keeps_time => b,
+            b => b.map_or(now, |b| b.max(now)),
+        }
     }
 
     /// The next write starts playing at `at`, even if that is already past (a synchronised
-    /// start that woke a little late); ignored while something is still playing.
-    /// Returns when the next write starts playing: `at`, or after what still plays.
+    /// start that woke late); from then on the device keeps time. Ignored while something is
+    /// still playing. Returns when the next write starts playing: `at`, or after what still
+    /// plays.
     pub fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
         if self.busy_until.is_none_or(|b| b <= now) {
             self.busy_until = Some(at);
             self.start_pending = true;
+            self.keeps_time = true;
             return at;
         }
         self.output_at(now)
@@ -250,6 +271,9 @@ impl Sink for NullSink {
 
     fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
         self.dev.start_at(now, at)
+    }
+    fn on_caller_clock(&self) -> bool {
+        true
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         Ok(self.dev.remaining(now))
@@ -306,6 +330,9 @@ impl Sink for MemorySink {
 
     fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
         self.dev.start_at(now, at)
+    }
+    fn on_caller_clock(&self) -> bool {
+        true
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         Ok(self.dev.remaining(now))
@@ -399,6 +426,9 @@ impl Sink for WavSink {
 
     fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
         self.dev.start_at(now, at)
+    }
+    fn on_caller_clock(&self) -> bool {
+        true
     }
     fn finish(&mut self, now: Instant) -> Result<Duration, SinkError> {
         if let Some(w) = self.writer.take() {

@@ -85,6 +85,9 @@ pub struct Tracker {
     seen: Vec<u64>,
     /// RFC 3550 A.8 running jitter estimate, in frames.
     jitter: f64,
+    /// Frames the server sends in one tick (0: unknown): every datagram of a tick leaves at
+    /// the same instant, so transit is measured against the tick's first frame.
+    tick_frames: u64,
     /// Transit time of the previous new datagram, in billionths of a frame.
     last_transit: Option<i128>,
     /// Datagrams from the server that did not decode, or made no sense in their place.
@@ -110,12 +113,20 @@ impl Tracker {
             out_of_order: 0,
             seen: vec![0; (SEQ_WINDOW / 64) as usize],
             jitter: 0.0,
+            tick_frames: 0,
             last_transit: None,
             garbage: 0,
             foreign: 0,
             recovered_fec: 0,
             recovered_retransmit: 0,
         }
+    }
+
+    /// The server sends `frames` frames per tick, in one burst of datagrams from frame 0 on:
+    /// jitter then measures each datagram's transit against the start of its tick, so a
+    /// clean path reads near zero however many datagrams a tick takes.
+    pub fn set_tick_frames(&mut self, frames: u64) {
+        self.tick_frames = frames;
     }
 
     /// Records what loss repair delivered so far (the network counters stay untouched).
@@ -170,7 +181,11 @@ impl Tracker {
         // Transit is kept exactly, in billionths of a frame, so a perfectly paced stream has
         // exactly zero jitter.
         let nanos = now.saturating_duration_since(self.epoch).as_nanos() as i128;
-        let transit = nanos * i128::from(self.rate) - i128::from(ts) * 1_000_000_000;
+        let sent = match self.tick_frames {
+            0 => ts,
+            f => ts - ts % f,
+        };
+        let transit = nanos * i128::from(self.rate) - i128::from(sent) * 1_000_000_000;
         if let Some(last) = self.last_transit {
             let d = (transit - last).abs() as f64 / 1e9;
             self.jitter += (d - self.jitter) / 16.0;

@@ -25,22 +25,34 @@ pub struct SyncReport {
     pub resyncs: u32,
 }
 
+/// How long a synchronised start waits for the first answer to a clock exchange before the
+/// listener plays on its own clock instead: a server that answers none (an older or a
+/// minimal implementation) still gets a listener that plays.
+pub const FIRST_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A session's clock synchronisation and synchronised playout. See the module docs.
 #[derive(Debug)]
 pub struct ClockSync {
     epoch: Epoch,
     clock: ClockEstimator,
     feed: Option<SyncedFeed>,
+    /// When the timeline was given ([`Self::start`]).
+    started_at: Option<Instant>,
+    /// No exchange was answered in [`FIRST_ANSWER_TIMEOUT`]: playing unsynchronised.
+    abandoned: bool,
     rejected: u64,
 }
 
 impl ClockSync {
-    /// Synchronisation for a session started at `now`.
-    pub fn new(now: Instant) -> Self {
+    /// Synchronisation for a session started at `now`, when the listener's clock read
+    /// `clock_base_us` ([`Epoch`]).
+    pub fn new(now: Instant, clock_base_us: u64) -> Self {
         Self {
-            epoch: Epoch(now),
+            epoch: Epoch::new(now, clock_base_us),
             clock: ClockEstimator::new(),
             feed: None,
+            started_at: None,
+            abandoned: false,
             rejected: 0,
         }
     }
@@ -86,8 +98,34 @@ impl ClockSync {
     }
 
     /// The stream's timeline is known (the `Welcome`): playout follows `schedule` from now on.
-    pub fn start(&mut self, schedule: Schedule, channels: u16) {
+    pub fn start(&mut self, now: Instant, schedule: Schedule, channels: u16) {
         self.feed = Some(SyncedFeed::new(schedule, channels, self.epoch));
+        self.started_at = Some(now);
+    }
+
+    /// Gives synchronisation up if the server has answered no exchange in
+    /// [`FIRST_ANSWER_TIMEOUT`] since [`Self::start`]: the playout then follows the jitter
+    /// buffer on this listener's clock. True the one time it happens.
+    pub fn give_up_unanswered(&mut self, now: Instant) -> bool {
+        let waited = self
+            .started_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= FIRST_ANSWER_TIMEOUT);
+        if self.feed.is_some() && waited && self.clock.samples() == 0 {
+            self.feed = None;
+            self.abandoned = true;
+            return true;
+        }
+        false
+    }
+
+    /// Whether synchronisation was given up ([`Self::give_up_unanswered`]).
+    pub fn abandoned(&self) -> bool {
+        self.abandoned
+    }
+
+    /// The room's schedule this listener plays on, once a timeline was given.
+    pub fn schedule(&self) -> Option<Schedule> {
+        self.feed.as_ref().map(|f| f.playout().schedule())
     }
 
     /// Whether playout is synchronised (a timeline was given).
@@ -158,11 +196,11 @@ mod tests {
     #[test]
     fn requests_follow_the_estimators_schedule_and_answers_feed_it() {
         let t0 = Instant::now();
-        let mut s = ClockSync::new(t0);
+        let mut s = ClockSync::new(t0, 0);
         let t1 = s.poll_request(t0).unwrap();
         assert_eq!(t1, 0);
-        assert_eq!(s.poll_request(t0 + Duration::from_millis(50)), None);
-        assert_eq!(s.next_request_at(), t0 + Duration::from_millis(100));
+        assert_eq!(s.poll_request(t0 + Duration::from_millis(5)), None);
+        assert_eq!(s.next_request_at(), t0 + Duration::from_millis(10));
         // The server is 5 s ahead; 200 µs each way.
         s.on_response(t0 + Duration::from_micros(400), t1, 5_000_200, 5_000_200)
             .unwrap();
@@ -183,6 +221,7 @@ mod tests {
         assert!(!s.is_synchronised());
         assert_eq!(s.sent_at(0), None);
         s.start(
+            t0,
             Schedule {
                 ts: 100,
                 server_us: 5_010_000,
@@ -193,5 +232,28 @@ mod tests {
         );
         // Frame 110 was sent at server 5.02 s = local 20 ms.
         assert_eq!(s.sent_at(110), Some(t0 + Duration::from_millis(20)));
+        // It was answered: synchronisation is never given up.
+        assert!(!s.give_up_unanswered(t0 + Duration::from_secs(5)));
+        assert!(s.is_synchronised());
+    }
+
+    #[test]
+    fn a_server_that_answers_no_exchange_leaves_the_listener_unsynchronised() {
+        let t0 = Instant::now();
+        let mut s = ClockSync::new(t0, 0);
+        let schedule = Schedule {
+            ts: 0,
+            server_us: 0,
+            rate: 48_000,
+            playout_delay_us: 50_000,
+        };
+        s.start(t0, schedule, 2);
+        assert!(s.poll_request(t0).is_some());
+        assert!(!s.give_up_unanswered(t0 + FIRST_ANSWER_TIMEOUT - Duration::from_millis(1)));
+        assert!(s.is_synchronised());
+        assert!(s.give_up_unanswered(t0 + FIRST_ANSWER_TIMEOUT));
+        assert!(!s.is_synchronised() && s.abandoned());
+        // Once.
+        assert!(!s.give_up_unanswered(t0 + FIRST_ANSWER_TIMEOUT * 2));
     }
 }

@@ -678,7 +678,10 @@ fn an_end_the_sink_never_plays_out_ends_at_its_deadline() {
 
 #[test]
 fn reports_go_out_every_second_with_the_counters_until_the_end() {
-    let (mut s, _, tw) = joined(config(Duration::from_secs(3)), &info(48_000 * 60));
+    // One datagram per 5 ms tick, so each datagram's transit is its own.
+    let mut paced = info(48_000 * 60);
+    paced.interval_us = 5_000;
+    let (mut s, _, tw) = joined(config(Duration::from_secs(3)), &paced);
     // Datagrams 0..10 paced at 5 ms (zero jitter), 3 lost, 5 twice, 9 and 8 swapped.
     for (i, at) in [
         (0, 0),

@@ -57,6 +57,29 @@ fn perfectly_paced_arrivals_have_zero_jitter() {
 }
 
 #[test]
+fn a_tick_burst_on_a_clean_path_has_zero_jitter_once_ticks_are_known() {
+    // 48 kHz, 20 ms ticks of 960 frames, each sent as four 240-frame datagrams at once.
+    let t0 = Instant::now();
+    let run = |tick_frames: Option<u64>| {
+        let mut t = Tracker::new(48_000, 0, t0);
+        if let Some(f) = tick_frames {
+            t.set_tick_frames(f);
+        }
+        for tick in 0..50u64 {
+            for d in 0..4u64 {
+                let seq = tick * 4 + d;
+                t.on_audio(ms(t0, 20 * tick + 1), seq, tick * 960 + d * 240);
+            }
+        }
+        t.jitter_ms()
+    };
+    // Measured against each datagram's own media time, the burst reads as jitter...
+    assert!(run(None) > 2.0, "{}", run(None));
+    // ... against its tick's, as what it is: none.
+    assert_eq!(run(Some(960)), 0.0);
+}
+
+#[test]
 fn counts_by_definition() {
     let t0 = Instant::now();
     let mut t = Tracker::new(1000, 10, t0);

@@ -76,7 +76,7 @@ fn arrival(k: u64, impaired: bool) -> Duration {
 fn run_on(offset_ms: i64, ppm: i64, secs: u64, settle: f64, impaired: bool) -> Run {
     let base = Instant::now();
     let clock = SimClock::new(base, offset_ms * 1_000_000, ppm * 1_000);
-    let epoch = Epoch(clock.local(base));
+    let epoch = Epoch::new(clock.local(base), 0);
     // The server's clock: true µs since `base` + 1e9.
     let server_us = |t: Duration| t.as_micros() as u64 + 1_000_000_000;
     let schedule = Schedule {

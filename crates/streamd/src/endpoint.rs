@@ -399,6 +399,12 @@ fn seal_stream(key: &StreamKey, plain: &[u8]) -> Option<Bytes> {
 }
 
 impl<S: AudioSource> Endpoint<S> {
+    /// Sets the server clock's reading at the endpoint's creation (µs; see
+    /// [`Sessions::set_clock_base`]): the clock of the clock exchange and the media timeline.
+    pub fn set_clock_base(&mut self, base_us: u64) {
+        self.sessions.set_clock_base(base_us);
+    }
+
     /// A server for `source` as `config` says, at `now`: with `StartMode::Now` the stream
     /// starts here.
     pub fn new(now: Instant, config: EndpointConfig, source: S) -> Self {

@@ -507,6 +507,7 @@ impl Server {
             _ => None,
         };
         let mut endpoint = Endpoint::new(now, self.config.endpoint(), self.source);
+        endpoint.set_clock_base(realtime_us());
         endpoint
             .set_codec(self.config.codec)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -1072,4 +1073,11 @@ impl Shell {
             );
         }
     }
+}
+
+/// The machine's real-time clock in µs since the Unix epoch (0 if it is set before 1970).
+fn realtime_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

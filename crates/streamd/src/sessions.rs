@@ -198,6 +198,8 @@ pub struct Sessions {
     key: (u64, u64),
     /// Epoch 0 starts here.
     origin: Instant,
+    /// The server clock's reading at `origin` (µs): see [`Sessions::set_clock_base`].
+    clock_base_us: u64,
     /// Refuse joins beyond this many listeners.
     max_clients: usize,
     /// Silence after which a listener is evicted.
@@ -233,6 +235,7 @@ impl Sessions {
         Self {
             key,
             origin: now,
+            clock_base_us: 0,
             max_clients,
             client_timeout,
             // Reserved for the whole capacity up front: a join never rehashes or moves the
@@ -358,10 +361,19 @@ impl Sessions {
         self.table.get(addr).map(|s| s.token)
     }
 
-    /// Microseconds on this table's clock (its epoch is its creation): the server clock of
-    /// the clock exchange and of the media timeline.
+    /// Microseconds on the server clock of the clock exchange and of the media timeline: the
+    /// clock base ([`Self::set_clock_base`]) plus the time since this table was made.
     pub fn server_us(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_micros()).unwrap_or(u64::MAX)
+        let since = u64::try_from(now.saturating_duration_since(self.origin).as_micros())
+            .unwrap_or(u64::MAX);
+        self.clock_base_us.saturating_add(since)
+    }
+
+    /// Sets what the server clock read when this table was made (µs). The shell passes the
+    /// machine's real-time clock (µs since the Unix epoch), so that a listener's clock offset
+    /// is the real difference between two machines' clocks; a simulation leaves it at 0.
+    pub fn set_clock_base(&mut self, base_us: u64) {
+        self.clock_base_us = base_us;
     }
 
     /// The capacity: joins beyond it get `Reject{Full}`.

@@ -79,8 +79,11 @@ struct Cli {
     playout_log: Option<PathBuf>,
     /// Play in step with the room: exchange clocks with the server and play every frame at
     /// the room's instant (its playout delay, or this listener's latency if longer), with
-    /// drift compensated to within a frame.
-    #[arg(long)]
+    /// drift compensated to within a frame; off: play as the jitter buffer fills, on this
+    /// listener's own clock.
+    #[arg(long, value_name = "on|off", default_value = "on", default_missing_value = "on",
+          num_args = 0..=1, require_equals = false, value_parser = listen::config::parse_on_off,
+          action = clap::ArgAction::Set)]
     sync: bool,
     /// Never receive the server's multicast group (`streamd --multicast`): take the audio by
     /// unicast only.

@@ -165,6 +165,11 @@ pub struct ListenerSpec {
     pub clock_offset_ns: i64,
     /// ... and this many parts per billion fast (its virtual device with it).
     pub clock_ppb: i64,
+    /// Synchronised playout ([`SessionConfig::sync`], `listen --sync on`).
+    pub sync: bool,
+    /// Keep a playout log ([`Listener::playout`]): when each fed run of frames leaves its
+    /// sink, on the room's clock.
+    pub playout_log: bool,
 }
 
 impl Default for ListenerSpec {
@@ -193,7 +198,17 @@ impl ListenerSpec {
             drop_up: Vec::new(),
             clock_offset_ns: 0,
             clock_ppb: 0,
+            sync: false,
+            playout_log: false,
         }
+    }
+
+    /// Plays in step with the room ([`SessionConfig::sync`]) and keeps a playout log
+    /// ([`Listener::playout`]).
+    pub fn synced(mut self) -> Self {
+        self.sync = true;
+        self.playout_log = true;
+        self
     }
 
     /// Its clock reads `offset_us` ahead of the room's (negative: behind) and runs `ppm`
@@ -351,6 +366,8 @@ pub struct Listener {
     base: Instant,
     /// Its clock.
     clock: SimClock,
+    /// What the sink played, when ([`ListenerSpec::playout_log`]).
+    playout: Vec<PlayoutPoint>,
     /// [`Listener::next_due`] as last computed; recomputed when `dirty`.
     due: Option<Instant>,
     /// Something changed since `due` was computed.
@@ -384,6 +401,7 @@ impl Listener {
             heard_by_server: None,
             base,
             clock: SimClock::new(base, spec.clock_offset_ns, spec.clock_ppb),
+            playout: Vec::new(),
             due: None,
             dirty: true,
             spec,
@@ -403,6 +421,12 @@ impl Listener {
     /// Its index in the room.
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// Its playout log ([`ListenerSpec::playout_log`]): the room instant at which the first
+    /// frame of each run fed to its sink left it, in order.
+    pub fn playout(&self) -> &[PlayoutPoint] {
+        &self.playout
     }
 
     /// Its address.
@@ -557,6 +581,7 @@ impl Listener {
         config.latency = self.spec.latency;
         config.timeout = self.spec.timeout;
         config.sink_lead = VIRTUAL_LEAD;
+        config.sync = self.spec.sync;
         self.session = Some(Session::new(config, self.local(now)));
         self.drain(now);
     }
@@ -636,7 +661,16 @@ impl Listener {
             self.refill = None;
             return;
         }
-        match s.feed(local, sink) {
+        let fed = s.feed(local, sink);
+        if let Some(f) = s.take_fed()
+            && self.spec.playout_log
+        {
+            self.playout.push(PlayoutPoint {
+                frame: f.first,
+                at: self.clock.real(f.at).saturating_duration_since(self.base),
+            });
+        }
+        match fed {
             Ok(at) => self.refill = at,
             Err(_) => {
                 // The room's sink never fails; a failure would stop the listener, as in listen.
@@ -1056,4 +1090,14 @@ impl<S: AudioSource> Room<S> {
             self.listeners[i].up.release(now);
         }
     }
+}
+
+/// One line of a simulated listener's playout log: stream frame `frame` left the sink at room
+/// time `at` (`listen --playout-log`, on the room's clock instead of `CLOCK_REALTIME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlayoutPoint {
+    /// The stream frame.
+    pub frame: u64,
+    /// When it left the sink, since the room's start.
+    pub at: Duration,
 }

@@ -105,4 +105,7 @@ impl Sink for RoomSink {
     fn start_at(&mut self, now: Instant, at: Instant) -> Instant {
         self.dev.start_at(now, at)
     }
+    fn on_caller_clock(&self) -> bool {
+        true
+    }
 }
