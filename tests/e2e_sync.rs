@@ -253,3 +253,38 @@ fn three_listeners_on_skewed_clocks_play_in_step() {
         .unwrap_or_else(|| panic!("no room sync line with three listeners: {err}"));
     assert!(spread < 0.2, "the server's spread {spread} ms");
 }
+
+/// A room delay shorter than the server's interval allows: streamd says so at start, the
+/// Welcome carries the floor, and a listener that asked for less says so once and plays in
+/// step at the floor.
+#[test]
+fn a_room_delay_below_the_servers_floor_is_raised_and_said_once() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempdir();
+    let file = dir.path().join("clip.wav");
+    clip(&file, 2);
+    let mut server = Server::start(&file, &["--interval", "20ms", "--latency", "10ms"]);
+    let mut l = Listener::start(server.addr, dir.path(), "l", &["--latency", "10ms"]);
+    assert_eq!(l.proc.exit_code(SLOW), 0, "{}", l.proc.stderr());
+    assert_eq!(server.proc.exit_code(SLOW), 0);
+    let said = server.proc.stderr();
+    assert!(
+        said.contains("--latency 10ms is shorter than a 20ms interval allows"),
+        "{said}"
+    );
+    let heard = l.proc.stderr();
+    assert_eq!(
+        heard
+            .matches("the server cannot keep a shorter playout delay than 25ms")
+            .count(),
+        1,
+        "{heard}"
+    );
+    assert!(
+        heard.contains("in step with the room: each frame plays"),
+        "{heard}"
+    );
+    let s = l.stats();
+    assert_eq!(s["end_reason"], "finished", "{s}");
+    assert_eq!(s["underruns"], 0, "{s}");
+}

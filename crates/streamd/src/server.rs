@@ -537,6 +537,15 @@ impl Server {
             relay_ready,
         };
         shell.log_start();
+        let least = crate::endpoint::min_playout_delay(shell.config.interval);
+        if shell.config.playout_delay < least {
+            tracing::warn!(
+                "--latency {:?} is shorter than a {:?} interval allows: the room plays each \
+                 frame {least:?} after it is due (the Welcome says so)",
+                shell.config.playout_delay,
+                shell.config.interval
+            );
+        }
         if shell.config.room_key.is_some() {
             tracing::info!(
                 "private room: joins must prove the room key (--key-file); the stream key rotates every {:?}",
