@@ -115,7 +115,8 @@ fn p99_between(a: &[PlayoutPoint], b: &[PlayoutPoint], from: Duration) -> (Durat
 /// Three synchronised listeners on clocks 200 ppm fast, 200 ppm slow and 150 ppm fast (and
 /// ±0.4 s off), over paths with 1 % loss and up to 5 ms of jitter each way on a 3 ms / 1 ms
 /// asymmetric delay, for a simulated hour: after the first minute, each frame leaves the three
-/// sinks within 0.2 ms of each other (p99), and nobody runs dry. (An asymmetry shifts a clock
+/// sinks within 0.2 ms of each other (p99), every buffer holds its level within 2 ms, and
+/// nobody runs dry. (An asymmetry shifts a clock
 /// estimate by half of it, invisibly to any exchange: the listeners share it here, as
 /// listeners on one LAN do.)
 #[test]
@@ -162,6 +163,35 @@ fn three_skewed_listeners_on_jittery_lossy_paths_play_in_step_for_an_hour() {
             "{ctx}"
         );
         assert!(stats.resyncs <= 1, "{ctx}");
+        // The buffer holds its level: no growth or shrinking from clock rates. Its average
+        // over each minute after the first stays within 2 ms of the hour's median minute.
+        let minutes: Vec<f64> = (1..secs / 60)
+            .map(|m| {
+                let from = Duration::from_secs(m * 60);
+                let to = from + Duration::from_secs(60);
+                let v: Vec<f64> = l
+                    .playout()
+                    .iter()
+                    .filter(|p| p.at >= from && p.at < to)
+                    .map(|p| p.buffered.as_secs_f64())
+                    .collect();
+                v.iter().sum::<f64>() / v.len().max(1) as f64
+            })
+            .collect();
+        let mut sorted = minutes.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[sorted.len() / 2];
+        let worst = minutes
+            .iter()
+            .map(|m| (m - median).abs())
+            .fold(0.0, f64::max);
+        eprintln!(
+            "listener {}: buffer {:.1} ms, minute averages within {:.2} ms",
+            l.index(),
+            median * 1e3,
+            worst * 1e3
+        );
+        assert!(worst < 0.002, "{ctx}: buffer off by {worst} s");
     }
     for (a, b) in [(0, 1), (0, 2), (1, 2)] {
         let (p99, n) = p99_between(ls[a].playout(), ls[b].playout(), Duration::from_secs(60));

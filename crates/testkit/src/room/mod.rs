@@ -665,9 +665,11 @@ impl Listener {
         if let Some(f) = s.take_fed()
             && self.spec.playout_log
         {
+            let buffered = s.jitter_buffer().map_or(Duration::ZERO, |jb| jb.buffered());
             self.playout.push(PlayoutPoint {
                 frame: f.first,
                 at: self.clock.real(f.at).saturating_duration_since(self.base),
+                buffered,
             });
         }
         match fed {
@@ -1100,4 +1102,6 @@ pub struct PlayoutPoint {
     pub frame: u64,
     /// When it left the sink, since the room's start.
     pub at: Duration,
+    /// What the jitter buffer held right after the feed.
+    pub buffered: Duration,
 }
