@@ -254,7 +254,12 @@ fn an_open_room_carries_its_pcm_in_the_clear() {
     let (captured, injected) = relay.finish();
     assert_eq!(injected, 0);
     let (_, got) = l.samples();
-    assert_eq!(first_difference(&got, &expected), None, "through the relay");
+    let st = l.stats();
+    assert_eq!(
+        first_difference(&got, &expected),
+        None,
+        "through the relay: {st}"
+    );
     assert!(
         !captured.iter().any(|d| d[3] == SEALED),
         "an open room sealed something"

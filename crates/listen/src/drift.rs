@@ -21,10 +21,11 @@
 pub const MAX_CORRECTION_PPM: f64 = 1_000.0;
 
 /// The servo starts correcting when the error exceeds this (µs), and then tracks it to zero:
-/// below it is the clock estimate's noise (tens of microseconds on a LAN, the least delayed
-/// exchanges selected), which must not cost a clean, unskewed listener its sample-exact
-/// output. A listener 100 ppm off leaves it about a second after its start.
-pub const DEAD_BAND_US: f64 = 120.0;
+/// below it is the clock estimate's noise (tens of microseconds on an idle LAN, a few hundred
+/// on a busy machine relaying through a user-space proxy), which must not cost a clean,
+/// unskewed listener its sample-exact output. A listener 100 ppm off leaves it 3 s after its
+/// start and is tracked to zero from then on.
+pub const DEAD_BAND_US: f64 = 300.0;
 
 /// The dead band for a sound card (µs): its output instant is measured from the callback's
 /// timestamps, which wander by a few hundred microseconds between callbacks, so a narrower
@@ -318,8 +319,8 @@ mod tests {
     fn noise_inside_the_dead_band_never_slips_a_frame() {
         let mut d = DriftControl::new(RATE);
         for k in 0..100_000u64 {
-            // ±110 µs of measurement noise.
-            let noise = (((k * 7919) % 23) as f64 - 11.0) * 10.0;
+            // ±290 µs of measurement noise.
+            let noise = (((k * 7919) % 59) as f64 - 29.0) * 10.0;
             assert_eq!(d.update(noise * 1e-6 * f64::from(RATE), 480, None), None);
             assert_eq!(d.plan(480), 480);
         }
