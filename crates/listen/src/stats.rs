@@ -452,6 +452,17 @@ pub fn render_table(s: &Stats) -> String {
     for (name, value, share) in rows {
         let _ = writeln!(t, "  {name:<13}{value:>14}  {share:>8}");
     }
+    // Synchronised playout ([`Stats::with_sync`]): how this listener kept the room's time.
+    if s.clock_offset_ms != 0.0 || s.drift_ppm != 0.0 || s.resyncs > 0 {
+        for (name, value) in [
+            ("clock offset", format!("{:+.3} ms", s.clock_offset_ms)),
+            ("drift", format!("{:+.3} ppm", s.drift_ppm)),
+            ("sync err p99", format!("{:.3} ms", s.sync_error_ms_p99)),
+            ("resyncs", s.resyncs.to_string()),
+        ] {
+            let _ = writeln!(t, "  {name:<13}{value:>14}");
+        }
+    }
     if s.garbage + s.foreign > 0 {
         let _ = writeln!(
             t,

@@ -215,4 +215,11 @@ fn table_shows_counts_and_percentages() {
     assert!(table.contains("25.00%"), "{table}"); // 1 of 4 lost
     assert!(table.contains("75.00%"), "{table}"); // 3 of 4 received
     assert!(table.contains("shutdown"), "{table}");
+    // Unsynchronised: no clock rows.
+    assert!(!table.contains("drift"), "{table}");
+    let synced = s.with_sync((-2.5, 120.25, 0.03, 1));
+    let table = render_table(&synced);
+    for row in ["-2.500 ms", "+120.250 ppm", "0.030 ms", "resyncs"] {
+        assert!(table.contains(row), "{row}: {table}");
+    }
 }
