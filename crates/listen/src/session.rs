@@ -60,7 +60,7 @@ use proto::{
 };
 
 use crate::decode::DecodeStage;
-use crate::jitter::{JitterBuffer, PlayoutCounters, duration_of};
+use crate::jitter::{JitterBuffer, PlayoutCounters, State, duration_of};
 use crate::schedule::{Fed, Schedule};
 use crate::sink::{Sink, SinkError, VIRTUAL_LEAD};
 use crate::stats::{Arrival, ExitReason, Stats, Tracker};
@@ -305,15 +305,32 @@ struct Stream {
     repair: repair::Receiver,
     /// Reused for what one datagram delivers.
     deliveries: Vec<repair::Delivery>,
+    /// When audio last left the jitter buffer, and the position it left it at: the instant
+    /// the position stood still from, for deadlines that do not move between pulls.
+    last_pull: Option<(Instant, u64)>,
 }
 
 impl Stream {
     /// When the frame `ts` must be in the jitter buffer: the sink takes it once the playout
     /// position reaches it, which waits while the buffer fills (the stream's first datagrams
     /// lost are still worth asking for then).
+    ///
+    /// While playing, it counts from the last pull rather than from `now`: the position moves
+    /// only when the sink takes audio, so counting from `now` would push every deadline later
+    /// the longer ago that was (by up to one refill), and a Nack would wait for an answer
+    /// that comes too late.
     fn deadline(&self, now: Instant, ts: u64) -> Instant {
-        now + self.jb.start_wait()
-            + duration_of(ts.saturating_sub(self.jb.position()), self.info.sample_rate)
+        let position = self.jb.position();
+        let ahead = duration_of(ts.saturating_sub(position), self.info.sample_rate);
+        match self.last_pull {
+            Some((at, p)) if p == position && self.jb.state() == State::Playing => at + ahead,
+            _ => now + self.jb.start_wait() + ahead,
+        }
+    }
+
+    /// Notes that audio left the jitter buffer at `now`.
+    fn pulled(&mut self, now: Instant) {
+        self.last_pull = Some((now, self.jb.position()));
     }
 
     /// Hands what repair delivered to the jitter buffer (a rebuilt or resent payload that is
@@ -779,6 +796,7 @@ impl Session {
             underruns: 0,
             repair,
             deliveries: Vec::new(),
+            last_pull: None,
         }));
         if self.config.playout && self.config.sync && info.playout_delay_us > 0 {
             // Every listener plays frame F at due(F) + the room's delay; one that asked for more
@@ -883,6 +901,7 @@ impl Session {
                     s.received_end = s.received_end.max(a.ts.saturating_add(frames));
                     if self.config.playout {
                         let deadline = s.deadline(now, a.ts);
+                        s.repair.set_playing(s.jb.state() == State::Playing);
                         let mut out = std::mem::take(&mut s.deliveries);
                         s.repair
                             .on_audio(now, p.seq, a.ts, &a.payload, deadline, &mut out);
@@ -1183,7 +1202,7 @@ impl Session {
 
     fn pull_inner(
         &mut self,
-        _now: Instant,
+        now: Instant,
         max_frames: usize,
         out: &mut Vec<i16>,
         due: bool,
@@ -1199,6 +1218,9 @@ impl Session {
         } else {
             s.jb.pull_with(max_frames, out, &mut s.decode)
         };
+        if got > 0 {
+            s.pulled(now);
+        }
         self.after_pull(got > 0);
         got
     }
@@ -1290,6 +1312,9 @@ impl Session {
         };
         let (next, fed) = result?;
         let played = fed.is_some();
+        if played {
+            s.pulled(now);
+        }
         if let Some(f) = fed {
             self.fed = Some(f);
         }

@@ -110,6 +110,13 @@ impl Receiver {
         }
     }
 
+    /// Whether playout runs (see [`NackPlanner::set_playing`]).
+    pub fn set_playing(&mut self, playing: bool) {
+        if let Some(n) = self.nack.as_mut() {
+            n.set_playing(playing);
+        }
+    }
+
     /// Feeds a round-trip sample to the Nack planner (the handshake's, for one).
     pub fn on_rtt_sample(&mut self, rtt: std::time::Duration) {
         if let Some(n) = self.nack.as_mut() {
@@ -261,7 +268,11 @@ mod tests {
         for seq in 0..4 {
             parity.extend(enc.push(seq, seq * 10, &payload(seq)));
         }
-        let mut r = Receiver::new(Some(params), true, NackConfig::default());
+        let nack = NackConfig {
+            detect_overdue: false,
+            ..NackConfig::default()
+        };
+        let mut r = Receiver::new(Some(params), true, nack);
         let dl = t0 + Duration::from_secs(1);
         let mut out = Vec::new();
         r.on_audio(t0, 0, 0, &payload(0), dl, &mut out);

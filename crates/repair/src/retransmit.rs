@@ -2,8 +2,10 @@
 //! listener's planner of what to ask for and when.
 //!
 //! The listener asks once for each missing seq as soon as the gap is certain (a later seq
-//! arrived) and only while an answer can still arrive before the seq's playout deadline; it
-//! asks again only when the answer is overdue by its round-trip estimate. The server answers
+//! arrived) or the seq is overdue (it should have arrived by now, judged from how late the
+//! recent datagrams came before their deadlines), and only while an answer can still arrive
+//! before the seq's playout deadline; it asks again only when the answer is overdue by its
+//! round-trip estimate. The server answers
 //! from the last second of datagrams, never spending more bytes per second on one listener's
 //! resends than the stream itself.
 
@@ -184,6 +186,10 @@ pub struct NackConfig {
     /// With FEC groups of this many seqs (0: none), a missing seq is asked for only once a
     /// seq of a later group arrived: its group's parity came first, and may have rebuilt it.
     pub fec_group: u8,
+    /// Ask for a seq that is overdue even before a later one arrives: a stream that sends one
+    /// datagram per tick learns of a loss a whole tick sooner, and a silent link is asked
+    /// again while it lasts instead of only after it.
+    pub detect_overdue: bool,
 }
 
 impl Default for NackConfig {
@@ -194,6 +200,7 @@ impl Default for NackConfig {
             min_rto: Duration::from_millis(10),
             max_tracked: 1024,
             fec_group: 0,
+            detect_overdue: true,
         }
     }
 }
@@ -218,6 +225,30 @@ pub struct NackStats {
     pub abandoned: u64,
 }
 
+/// Recent original arrivals remembered for the overdue estimate.
+const ARRIVALS: usize = 64;
+
+/// Seqs past the highest arrival that overdue detection marks missing at most: a link silent
+/// for longer is an outage or the end of the stream, not a loss to repair one seq at a time.
+const MAX_OVERDUE: u64 = 64;
+
+/// Extra wait, on top of the expected arrival, before a seq counts as overdue.
+const OVERDUE_SLACK: Duration = Duration::from_millis(2);
+
+/// Which of the recent leads (deadline − arrival, sorted ascending) a seq is expected by: the
+/// 5th percentile, so one datagram held up far longer than the rest (a hiccup of the listener
+/// or the path) does not delay every ask after it, while the everyday spread of arrival does
+/// not make asks for seqs still on their way.
+const LEAD_QUANTILE: (usize, usize) = (1, 20);
+
+/// One original arrival: its seq, its deadline, and how long before that deadline it came.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    seq: u64,
+    deadline: Instant,
+    lead: Duration,
+}
+
 /// The listener side: decides which missing seqs to ask for and when.
 ///
 /// The caller feeds every original audio datagram with its playout deadline (`on_received`),
@@ -229,6 +260,17 @@ pub struct NackPlanner {
     first: Option<u64>,
     highest: Option<(u64, Instant)>,
     missing: BTreeMap<u64, Missing>,
+    /// The last [`ARRIVALS`] original arrivals in order, each higher than the one before.
+    arrivals: VecDeque<Arrival>,
+    /// Deadline step per seq and expected lead, measured from `arrivals`.
+    cadence: Option<(Duration, Duration)>,
+    /// Whether deadlines follow the stream's timeline (playout has started): only then do
+    /// arrivals say when the next seq is due.
+    playing: bool,
+    /// The highest seq overdue detection has marked missing (or seen arrive).
+    scanned: u64,
+    /// The stream's last seq, once `End` named it: nothing after it is overdue.
+    last: Option<u64>,
     srtt: Option<Duration>,
     rttvar: Duration,
     stats: NackStats,
@@ -242,6 +284,11 @@ impl NackPlanner {
             first: None,
             highest: None,
             missing: BTreeMap::new(),
+            arrivals: VecDeque::with_capacity(ARRIVALS),
+            cadence: None,
+            playing: false,
+            scanned: 0,
+            last: None,
             srtt: None,
             rttvar: Duration::ZERO,
             stats: NackStats::default(),
@@ -293,9 +340,22 @@ impl NackPlanner {
         self.first = Some(seq);
     }
 
+    /// Whether playout runs: before it starts, a deadline is the instant the buffer is
+    /// expected to fill, which moves with arrivals rather than with the stream's timestamps,
+    /// so overdue detection waits for playout and starts afresh whenever it resumes.
+    pub fn set_playing(&mut self, playing: bool) {
+        if playing && !self.playing {
+            self.arrivals.clear();
+            self.cadence = None;
+        }
+        self.playing = playing;
+    }
+
     /// The stream ended at `last_seq` (`End.last_seq`): seqs after the highest received up to
     /// it are missing, none of them due later than `deadline` (the first one's).
     pub fn on_end(&mut self, now: Instant, last_seq: u64, deadline: Instant) {
+        self.last = Some(last_seq);
+        self.missing.retain(|&s, _| s <= last_seq);
         let Some((high, _)) = self.highest else {
             return;
         };
@@ -329,6 +389,22 @@ impl NackPlanner {
     /// become missing, with deadlines interpolated between their neighbours'.
     pub fn on_received(&mut self, now: Instant, seq: u64, deadline: Instant) {
         self.missing.remove(&seq);
+        // Only arrivals in order tell how late the link runs: a reordered one is late by
+        // however long it was held back.
+        if self.playing && self.highest.is_none_or(|(h, _)| seq > h) {
+            if self.arrivals.len() == ARRIVALS {
+                self.arrivals.pop_front();
+            }
+            self.arrivals.push_back(Arrival {
+                seq,
+                deadline,
+                lead: deadline.saturating_duration_since(now),
+            });
+            if self.config.detect_overdue {
+                self.cadence = self.measure_cadence();
+            }
+        }
+        self.scanned = self.scanned.max(seq);
         let Some((high, high_deadline)) = self.highest else {
             self.highest = Some((seq, deadline));
             // The stream's first datagrams lost: nothing came before to interpolate from, and
@@ -352,7 +428,14 @@ impl NackPlanner {
         for s in first..seq {
             let frac = (s - high) as f64 / (seq - high) as f64;
             let d = high_deadline + span.mul_f64(frac);
-            self.missing.insert(s, self.missing_entry(now, s, d));
+            match self.missing.get_mut(&s) {
+                // Already marked overdue: the neighbours' deadline is the better estimate.
+                Some(m) => m.deadline = d,
+                None => {
+                    let m = self.missing_entry(now, s, d);
+                    self.missing.insert(s, m);
+                }
+            }
         }
         while self.missing.len() > self.config.max_tracked {
             self.missing.pop_first();
@@ -373,12 +456,63 @@ impl NackPlanner {
         }
     }
 
+    /// The deadline step between consecutive seqs and how early before its deadline a seq
+    /// can be counted on to arrive (the [`LEAD_QUANTILE`] of the recent in-order arrivals'
+    /// leads), once two of them span more than one seq.
+    fn measure_cadence(&self) -> Option<(Duration, Duration)> {
+        let lo = self.arrivals.front()?;
+        let hi = self.arrivals.back()?;
+        if hi.seq <= lo.seq {
+            return None;
+        }
+        let step = hi.deadline.saturating_duration_since(lo.deadline) / (hi.seq - lo.seq) as u32;
+        let mut leads: Vec<Duration> = self.arrivals.iter().map(|a| a.lead).collect();
+        leads.sort_unstable();
+        let lead = leads[(leads.len() - 1) * LEAD_QUANTILE.0 / LEAD_QUANTILE.1];
+        Some((step, lead))
+    }
+
+    /// The next seq overdue detection would mark missing, its estimated deadline, and the
+    /// instant it becomes overdue: as late before its deadline as the latest recent arrival,
+    /// plus [`OVERDUE_SLACK`].
+    fn next_overdue(&self) -> Option<(u64, Instant, Instant)> {
+        if !self.config.detect_overdue {
+            return None;
+        }
+        let (high, high_deadline) = self.highest?;
+        let s = self.scanned.max(high) + 1;
+        if s > high + MAX_OVERDUE || self.last.is_some_and(|l| s > l) {
+            return None;
+        }
+        let (step, lead) = self.cadence?;
+        let deadline = high_deadline + step * (s - high) as u32;
+        let at = deadline.checked_sub(lead)? + OVERDUE_SLACK;
+        Some((s, deadline, at))
+    }
+
+    /// Marks every seq overdue at `now` missing, to be asked for at once (its group's parity
+    /// is as overdue as it is).
+    fn detect_overdue(&mut self, now: Instant) {
+        while let Some((s, deadline, at)) = self.next_overdue() {
+            if at > now {
+                break;
+            }
+            self.scanned = s;
+            if self.missing.len() < self.config.max_tracked {
+                let mut m = self.missing_entry(now, s, deadline);
+                m.ready_after = 0;
+                self.missing.entry(s).or_insert(m);
+            }
+        }
+    }
+
     /// The next Nack to send at `now`, if any seq is due; call until `None`.
     ///
     /// A seq is due when it has not been asked for yet or its last ask is overdue, and an answer
     /// sent now can still arrive a round trip before its deadline. Seqs that can no longer make
     /// it are dropped.
     pub fn poll_nack(&mut self, now: Instant) -> Option<NackRequest> {
+        self.detect_overdue(now);
         let rtt = self.rtt();
         let rto = self.rto();
         let max_asks = self.config.max_asks;
@@ -416,6 +550,7 @@ impl NackPlanner {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let high = self.highest.map_or(0, |(h, _)| h);
         let last_chance = self.rtt() + self.rto();
+        let overdue = self.next_overdue().map(|(_, _, at)| at);
         self.missing
             .values()
             .map(|m| {
@@ -426,6 +561,7 @@ impl NackPlanner {
                         .max(m.deadline.checked_sub(last_chance).unwrap_or(m.due))
                 }
             })
+            .chain(overdue)
             .min()
     }
 }
@@ -504,10 +640,13 @@ mod tests {
         assert_eq!(b.available(t0 + ms(100)), 0);
     }
 
+    /// A planner that learns of gaps only from later arrivals (overdue detection has its own
+    /// tests below).
     fn planner() -> NackPlanner {
         NackPlanner::new(NackConfig {
             initial_rtt: ms(20),
             max_asks: 3,
+            detect_overdue: false,
             ..NackConfig::default()
         })
     }
@@ -644,6 +783,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = NackPlanner::new(NackConfig {
             fec_group: 4,
+            detect_overdue: false,
             ..NackConfig::default()
         });
         p.on_received(t0, 4, t0 + ms(1000));
@@ -695,6 +835,117 @@ mod tests {
         let mut q = NackPlanner::new(NackConfig::default());
         q.on_received(t0, 102, t0 + ms(500));
         assert!(q.poll_nack(t0).is_none());
+    }
+
+    /// Seqs 0..=4 every 20 ms, each 100 ms before its deadline, playout running.
+    fn steady_stream(p: &mut NackPlanner, t0: Instant) {
+        p.set_playing(true);
+        for seq in 0..5u64 {
+            p.on_received(t0 + ms(20 * seq), seq, t0 + ms(20 * seq + 100));
+        }
+    }
+
+    #[test]
+    fn a_seq_that_does_not_come_is_asked_for_once_overdue() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig {
+            initial_rtt: ms(20),
+            ..NackConfig::default()
+        });
+        steady_stream(&mut p, t0);
+        // 5 is due at 200 ms, so expected by 100 ms; overdue 2 ms later.
+        assert_eq!(p.poll_timeout(), Some(t0 + ms(102)));
+        assert_eq!(p.poll_nack(t0 + ms(101)), None);
+        assert_eq!(
+            p.poll_nack(t0 + ms(102)),
+            Some(NackRequest { base: 5, mask: 0 })
+        );
+        assert_eq!(p.poll_nack(t0 + ms(102)), None);
+        // 6 is overdue at 122 ms; 5 is asked again only at 102 + rto (40 ms).
+        assert_eq!(p.poll_timeout(), Some(t0 + ms(122)));
+        assert_eq!(
+            p.poll_nack(t0 + ms(122)),
+            Some(NackRequest { base: 6, mask: 0 })
+        );
+        // At 142 ms, 5 again and 7 for the first time.
+        assert_eq!(
+            p.poll_nack(t0 + ms(142)),
+            Some(NackRequest {
+                base: 5,
+                mask: 0b10
+            })
+        );
+        // 6 and 7 were only late: their arrivals cancel them; 5 is still missing.
+        p.on_received(t0 + ms(143), 6, t0 + ms(220));
+        p.on_received(t0 + ms(144), 7, t0 + ms(240));
+        assert_eq!(p.missing(), 1);
+        assert_eq!(p.stats().asked, 4);
+    }
+
+    #[test]
+    fn a_stream_on_time_is_never_asked_for() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig::default());
+        p.set_playing(true);
+        // Three datagrams per 20 ms tick, sent together, arriving 0-1.5 ms late by turns.
+        for seq in 0..3000u64 {
+            let tick = seq / 3;
+            let late = Duration::from_micros(seq * 7919 % 1500);
+            let at = t0 + ms(20 * tick) + late;
+            if let Some(t) = p.poll_timeout() {
+                assert!(
+                    t >= at || p.poll_nack(t).is_none(),
+                    "seq {seq}: asked at {t:?}"
+                );
+            }
+            p.on_received(at, seq, t0 + ms(100) + Duration::from_micros(6_667 * seq));
+        }
+        assert_eq!(p.stats().asked, 0);
+    }
+
+    #[test]
+    fn overdue_detection_stops_at_the_end_and_after_a_long_silence() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig::default());
+        steady_stream(&mut p, t0);
+        p.on_end(t0 + ms(90), 4, t0 + ms(190));
+        assert_eq!(p.poll_timeout(), None);
+        assert_eq!(p.poll_nack(t0 + ms(500)), None);
+        // Without an End, a silence marks at most 64 seqs missing, however long it lasts.
+        let mut q = NackPlanner::new(NackConfig {
+            max_asks: 1,
+            ..NackConfig::default()
+        });
+        steady_stream(&mut q, t0);
+        let mut asked = Vec::new();
+        let mut now = t0 + ms(90);
+        while let Some(t) = q.poll_timeout() {
+            now = now.max(t);
+            while let Some(r) = q.poll_nack(now) {
+                asked.extend(r.seqs());
+            }
+        }
+        assert_eq!(asked, (5..5 + 64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn nothing_is_overdue_before_playout_starts() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig::default());
+        // While the buffer fills, every deadline is "when it will be full": 120 ms from now.
+        for seq in 0..12u64 {
+            let at = t0 + ms(20 * (seq / 3));
+            p.on_received(at, seq, at + ms(120));
+        }
+        assert_eq!(p.poll_timeout(), None);
+        assert_eq!(p.poll_nack(t0 + ms(79)), None);
+        // Playing: two arrivals in order give the cadence again.
+        p.set_playing(true);
+        p.on_received(t0 + ms(80), 12, t0 + ms(200));
+        assert_eq!(p.poll_timeout(), None);
+        p.on_received(t0 + ms(80), 13, t0 + ms(207));
+        // 14 is due at 214 ms and expected 120 ms before that, as 12 came; overdue at 96.
+        assert_eq!(p.poll_timeout(), Some(t0 + ms(96)));
     }
 
     #[test]
