@@ -96,6 +96,8 @@ fn run(
     });
     let mut receiver = Receiver::new(fec, retransmit, NackConfig::default());
     receiver.on_rtt_sample(2 * one_way);
+    // Deadlines here follow the send schedule from the start, as a playing listener's do.
+    receiver.set_playing(true);
     let mut events: BinaryHeap<Reverse<(Instant, u64, usize)>> = BinaryHeap::new();
     let mut payloads: Vec<Ev> = Vec::new();
     let mut on_time = vec![false; n as usize];
