@@ -844,10 +844,12 @@ impl Session {
                         keys.open(now, k, t, q, c, o)
                     }) {
                         Ok(inner) => Some(inner),
-                        // The copies of one End share their seq (§4.7): a repeat, not a replay
-                        // attack; the first copy that opened already counted.
+                        // The copies of one End share their seq (§4.7), and a seq asked for
+                        // again before the first answer arrived is resent twice: repeats, not
+                        // replay attacks; the first copy that opened already counted.
                         Err(seal::SealError::Replayed(_))
-                            if sealed.inner_type == MessageType::End as u8 =>
+                            if sealed.inner_type == MessageType::End as u8
+                                || sealed.inner_type == MessageType::Resent as u8 =>
                         {
                             return;
                         }

@@ -389,6 +389,9 @@ impl NackPlanner {
     /// become missing, with deadlines interpolated between their neighbours'.
     pub fn on_received(&mut self, now: Instant, seq: u64, deadline: Instant) {
         self.missing.remove(&seq);
+        // Seqs up to here were seen, repaired or marked overdue already: a gap below it is
+        // not news.
+        let scanned = self.scanned;
         // Only arrivals in order tell how late the link runs: a reordered one is late by
         // however long it was held back.
         if self.playing && self.highest.is_none_or(|(h, _)| seq > h) {
@@ -431,6 +434,8 @@ impl NackPlanner {
             match self.missing.get_mut(&s) {
                 // Already marked overdue: the neighbours' deadline is the better estimate.
                 Some(m) => m.deadline = d,
+                // Marked overdue and repaired (or given up on) since.
+                None if s <= scanned => {}
                 None => {
                     let m = self.missing_entry(now, s, d);
                     self.missing.insert(s, m);
@@ -880,6 +885,20 @@ mod tests {
         p.on_received(t0 + ms(144), 7, t0 + ms(240));
         assert_eq!(p.missing(), 1);
         assert_eq!(p.stats().asked, 4);
+    }
+
+    #[test]
+    fn a_seq_resent_before_the_next_arrives_is_not_asked_for_again() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig::default());
+        steady_stream(&mut p, t0);
+        assert_eq!(p.poll_nack(t0 + ms(102)).map(|r| r.base), Some(5));
+        p.on_repaired(t0 + ms(103), 5, true);
+        // 6 arrives and shows the gap 5 left: it was filled already.
+        p.on_received(t0 + ms(120), 6, t0 + ms(220));
+        assert_eq!(p.missing(), 0);
+        assert_eq!(p.poll_nack(t0 + ms(120)), None);
+        assert_eq!(p.stats().asked, 1);
     }
 
     #[test]
