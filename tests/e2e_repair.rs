@@ -99,6 +99,19 @@ fn through_proxy(file: &Path, codec: &str, latency: &str, imp: Impairment, dir: 
         listener.proc.stderr()
     );
     assert_eq!(server.proc.exit_code(SLOW), 0, "{}", server.proc.stderr());
+    // The default at 100 ms: a group of six PCM or FLAC datagrams (47-80 ms) fits; six 20 ms
+    // Opus datagrams do not, and Opus goes without parity.
+    let fec = if codec == "opus" {
+        "FEC off"
+    } else {
+        "FEC 6,1"
+    };
+    let offer = format!("loss repair: {fec}, retransmission on");
+    assert!(
+        server.proc.stderr().contains(&offer),
+        "{codec}: no `{offer}` in {}",
+        server.proc.stderr()
+    );
     let _ = stop_tx.send(());
     let proxy = rt.block_on(proxy_task).unwrap();
     drop(rt);

@@ -128,6 +128,18 @@ pub struct RepairConfig {
     pub retransmit: bool,
 }
 
+impl std::fmt::Display for RepairConfig {
+    /// `FEC 6,1, retransmission on`: what the start-up log says the Welcome offers.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.fec {
+            Some(p) => write!(f, "FEC {},{}", p.k(), p.m())?,
+            None => write!(f, "FEC off")?,
+        }
+        let on = if self.retransmit { "on" } else { "off" };
+        write!(f, ", retransmission {on}")
+    }
+}
+
 /// How far back Nacks are answered: past any playout delay a listener can use.
 pub const RETRANSMIT_HISTORY: Duration = repair::retransmit::DEFAULT_HISTORY;
 

@@ -124,8 +124,8 @@ pub const MIN_REKEY_INTERVAL: Duration = Duration::from_secs(1);
 /// `--fec`: what parity the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FecChoice {
-    /// [`repair::fec::DEFAULT_K`],[`repair::fec::DEFAULT_M`], fewer datagrams per group when
-    /// that many outlast the playout delay, none when fewer than three fit.
+    /// [`repair::fec::DEFAULT_K`],[`repair::fec::DEFAULT_M`] when that many datagrams fit the
+    /// playout delay, else none ([`repair::default_fec`]).
     #[default]
     Default,
     /// No parity.
@@ -168,11 +168,12 @@ impl Config {
         }
     }
 
-    /// Resolves `--fec` and `--retransmit` for a stream of `info`: a group must fit the
+    /// Resolves `--fec` and `--retransmit` for the stream `encoder` makes: a group of its
+    /// datagrams (a PCM datagram's room, one FLAC frame, one 20 ms Opus packet) must fit the
     /// playout delay (the error names the value and the K that fit).
-    pub fn resolve_repair(&self, info: &SourceInfo) -> Result<RepairConfig, String> {
-        let fpp = crate::pacing::frames_per_packet(self.mtu, info.bytes_per_frame()) as u64;
-        let rate = u64::from(info.sample_rate.max(1));
+    pub fn resolve_repair(&self, encoder: &audiocodec::Encoder) -> Result<RepairConfig, String> {
+        let fpp = u64::from(encoder.frames_per_packet());
+        let rate = u64::from(encoder.stream_format().sample_rate.max(1));
         let packet = Duration::from_nanos(fpp * 1_000_000_000 / rate);
         let playout = self
             .playout_delay
@@ -411,7 +412,7 @@ impl Server {
         };
         // The codec must carry the source (Opus: mono or stereo): refused here, in one line.
         let si = source.info();
-        audiocodec::Encoder::new(
+        let encoder = audiocodec::Encoder::new(
             config.codec,
             audiocodec::Format {
                 sample_rate: si.sample_rate,
@@ -421,7 +422,7 @@ impl Server {
         )
         .map_err(|e| StartError::Config(e.to_string()))?;
         config.repair = config
-            .resolve_repair(source.info())
+            .resolve_repair(&encoder)
             .map_err(StartError::Config)?;
         if config.looping && source.is_live() {
             return Err(StartError::Config(format!(
@@ -546,6 +547,7 @@ impl Server {
                 shell.config.interval
             );
         }
+        tracing::info!("loss repair: {}", shell.config.repair);
         if shell.config.room_key.is_some() {
             tracing::info!(
                 "private room: joins must prove the room key (--key-file); the stream key rotates every {:?}",

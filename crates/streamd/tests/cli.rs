@@ -148,6 +148,25 @@ fn bad_repair_options_are_usage_errors_exit_2() {
         "{:?}",
         stderr_lines(&o)
     );
+    // Opus datagrams carry 20 ms each, whatever the MTU: six (120 ms) do not fit 100 ms.
+    let o = run(&[
+        "--port",
+        "0",
+        "--file",
+        f.to_str().unwrap(),
+        "--codec",
+        "opus",
+        "--fec",
+        "6,1",
+        "--latency",
+        "100ms",
+    ]);
+    assert_one_line_error(&o, 2, "--fec 6,1");
+    assert!(
+        stderr_lines(&o)[0].contains("120 ms") && stderr_lines(&o)[0].contains("1..=5"),
+        "{:?}",
+        stderr_lines(&o)
+    );
 }
 
 #[test]

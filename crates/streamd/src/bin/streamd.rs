@@ -100,7 +100,7 @@ struct Cli {
     latency: Duration,
     /// Parity for loss repair: K,M sends M Reed-Solomon parity datagrams after every K audio
     /// datagrams (K 1..=32, M 1..=K; K datagrams must fit in --latency), or off
-    /// [default: 6,1, fewer datagrams per group when six outlast --latency].
+    /// [default: 6,1 when six datagrams fit in --latency, else off].
     #[arg(long, value_name = "K,M|off", value_parser = parse_fec)]
     fec: Option<FecChoice>,
     /// Resend audio listeners ask for again (within each one's share of the stream's rate).
