@@ -359,7 +359,9 @@ impl NackPlanner {
         let Some((high, _)) = self.highest else {
             return;
         };
-        let from = (high + 1).max(last_seq.saturating_sub(self.config.max_tracked as u64));
+        let from = high
+            .saturating_add(1)
+            .max(last_seq.saturating_sub(self.config.max_tracked as u64));
         for s in from..=last_seq {
             if !self.missing.contains_key(&s) {
                 let mut m = self.missing_entry(now, s, deadline);
@@ -372,8 +374,8 @@ impl NackPlanner {
 
     fn missing_entry(&self, now: Instant, s: u64, deadline: Instant) -> Missing {
         let ready_after = match u64::from(self.config.fec_group) {
-            0 => s + 1,
-            k => s - s % k + k,
+            0 => s.saturating_add(1),
+            k => (s - s % k).saturating_add(k),
         };
         Missing {
             deadline,
@@ -470,7 +472,9 @@ impl NackPlanner {
         if hi.seq <= lo.seq {
             return None;
         }
-        let step = hi.deadline.saturating_duration_since(lo.deadline) / (hi.seq - lo.seq) as u32;
+        // Seqs come from the network: a span past u32 (or a wrap to 0) gives no cadence.
+        let span = u32::try_from(hi.seq - lo.seq).ok().filter(|&n| n > 0)?;
+        let step = hi.deadline.saturating_duration_since(lo.deadline) / span;
         let mut leads: Vec<Duration> = self.arrivals.iter().map(|a| a.lead).collect();
         leads.sort_unstable();
         let lead = leads[(leads.len() - 1) * LEAD_QUANTILE.0 / LEAD_QUANTILE.1];
@@ -485,13 +489,15 @@ impl NackPlanner {
             return None;
         }
         let (high, high_deadline) = self.highest?;
-        let s = self.scanned.max(high) + 1;
-        if s > high + MAX_OVERDUE || self.last.is_some_and(|l| s > l) {
+        let s = self.scanned.max(high).checked_add(1)?;
+        if s > high.saturating_add(MAX_OVERDUE) || self.last.is_some_and(|l| s > l) {
             return None;
         }
         let (step, lead) = self.cadence?;
-        let deadline = high_deadline + step * (s - high) as u32;
-        let at = deadline.checked_sub(lead)? + OVERDUE_SLACK;
+        // At most MAX_OVERDUE seqs ahead, so the product stays small.
+        let deadline =
+            high_deadline.checked_add(step.checked_mul(u32::try_from(s - high).ok()?)?)?;
+        let at = deadline.checked_sub(lead)?.checked_add(OVERDUE_SLACK)?;
         Some((s, deadline, at))
     }
 
@@ -899,6 +905,18 @@ mod tests {
         assert_eq!(p.missing(), 0);
         assert_eq!(p.poll_nack(t0 + ms(120)), None);
         assert_eq!(p.stats().asked, 1);
+    }
+
+    #[test]
+    fn seqs_far_apart_give_no_cadence_and_no_panic() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig::default());
+        p.set_playing(true);
+        p.on_received(t0, 0, t0 + ms(100));
+        p.on_received(t0 + ms(20), 1 << 32, t0 + ms(120));
+        p.on_received(t0 + ms(40), u64::MAX, t0 + ms(140));
+        let _ = p.poll_timeout();
+        let _ = p.poll_nack(t0 + ms(60));
     }
 
     #[test]
