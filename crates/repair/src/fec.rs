@@ -130,8 +130,8 @@ fn most_k(packet: Duration, playout: Duration) -> u8 {
 /// the playout delay, else none. A shorter group costs more than a sixth of the stream in
 /// parity, and where six do not fit, retransmission alone does nearly as well on a home
 /// network: in the simulated room, 20 ms Opus-sized datagrams at 100 ms through 5 % loss in
-/// bursts of 3 conceal 0.037 % with retransmission alone and 0.017 % with 5,1 as well, for
-/// 7.5 % against 27.9 % of the stream in repair (1 ms one way; 0.087 % and 0.080 % at 10 ms).
+/// bursts of 3 conceal 0.020 % with retransmission alone and 0.013 % with 5,1 as well, for
+/// 7.5 % against 27.9 % of the stream in repair (1 ms one way; 0.077 % and 0.082 % at 10 ms).
 /// Parity pays off when the round trip eats the delay (20 ms one way, 15 % random loss: 1.9 %
 /// concealed alone, 0.65 % with 5,1): `--fec` or a longer `--latency` is the answer there.
 pub fn default_fec(packet: Duration, playout: Duration) -> Option<FecParams> {

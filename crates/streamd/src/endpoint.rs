@@ -72,7 +72,7 @@ use crate::source::{Source, SourceInfo};
 
 /// Bytes of payload an Audio datagram of at most `mtu` bytes holds: what PCM fills and what
 /// the other codecs are sized for.
-fn payload_room(mtu: usize) -> usize {
+pub(crate) fn payload_room(mtu: usize) -> usize {
     mtu.saturating_sub(AUDIO_OVERHEAD).min(MAX_PAYLOAD)
 }
 
