@@ -9,7 +9,7 @@
 //! from the last second of datagrams, never spending more bytes per second on one listener's
 //! resends than the stream itself.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -269,6 +269,9 @@ pub struct NackPlanner {
     playing: bool,
     /// The highest seq overdue detection has marked missing (or seen arrive).
     scanned: u64,
+    /// Seqs above the highest arrival already repaired (marked overdue, then rebuilt or
+    /// resent): the gap a later arrival shows there is not news.
+    repaired_ahead: BTreeSet<u64>,
     /// The stream's last seq, once `End` named it: nothing after it is overdue.
     last: Option<u64>,
     srtt: Option<Duration>,
@@ -288,6 +291,7 @@ impl NackPlanner {
             cadence: None,
             playing: false,
             scanned: 0,
+            repaired_ahead: BTreeSet::new(),
             last: None,
             srtt: None,
             rttvar: Duration::ZERO,
@@ -363,7 +367,7 @@ impl NackPlanner {
             .saturating_add(1)
             .max(last_seq.saturating_sub(self.config.max_tracked as u64));
         for s in from..=last_seq {
-            if !self.missing.contains_key(&s) {
+            if !self.missing.contains_key(&s) && !self.repaired_ahead.contains(&s) {
                 let mut m = self.missing_entry(now, s, deadline);
                 // No later group will come to say whether parity rebuilt it.
                 m.ready_after = 0;
@@ -391,9 +395,6 @@ impl NackPlanner {
     /// become missing, with deadlines interpolated between their neighbours'.
     pub fn on_received(&mut self, now: Instant, seq: u64, deadline: Instant) {
         self.missing.remove(&seq);
-        // Seqs up to here were seen, repaired or marked overdue already: a gap below it is
-        // not news.
-        let scanned = self.scanned;
         // Only arrivals in order tell how late the link runs: a reordered one is late by
         // however long it was held back.
         if self.playing && self.highest.is_none_or(|(h, _)| seq > h) {
@@ -426,6 +427,8 @@ impl NackPlanner {
             return;
         }
         self.highest = Some((seq, deadline));
+        let repaired = std::mem::take(&mut self.repaired_ahead);
+        self.repaired_ahead = repaired.iter().copied().filter(|&r| r > seq).collect();
         let gap = seq - high - 1;
         // Only the newest `max_tracked` of a long gap are worth tracking.
         let first = high + 1 + gap.saturating_sub(self.config.max_tracked as u64);
@@ -436,8 +439,8 @@ impl NackPlanner {
             match self.missing.get_mut(&s) {
                 // Already marked overdue: the neighbours' deadline is the better estimate.
                 Some(m) => m.deadline = d,
-                // Marked overdue and repaired (or given up on) since.
-                None if s <= scanned => {}
+                // Marked overdue and repaired since.
+                None if repaired.contains(&s) => {}
                 None => {
                     let m = self.missing_entry(now, s, d);
                     self.missing.insert(s, m);
@@ -454,6 +457,12 @@ impl NackPlanner {
     /// (`resent` true): it is no longer asked for. A Resent answering a single ask is a
     /// round-trip sample (Karn: an answer to a repeated ask is ambiguous).
     pub fn on_repaired(&mut self, now: Instant, seq: u64, resent: bool) {
+        if self.highest.is_some_and(|(h, _)| seq > h)
+            && seq <= self.scanned
+            && self.repaired_ahead.len() < MAX_OVERDUE as usize
+        {
+            self.repaired_ahead.insert(seq);
+        }
         if let Some(m) = self.missing.remove(&seq)
             && resent
             && m.asks == 1
@@ -482,10 +491,10 @@ impl NackPlanner {
     }
 
     /// The next seq overdue detection would mark missing, its estimated deadline, and the
-    /// instant it becomes overdue: as late before its deadline as the latest recent arrival,
-    /// plus [`OVERDUE_SLACK`].
+    /// instant it becomes overdue: as early before its deadline as the recent arrivals came
+    /// ([`LEAD_QUANTILE`]), plus [`OVERDUE_SLACK`].
     fn next_overdue(&self) -> Option<(u64, Instant, Instant)> {
-        if !self.config.detect_overdue {
+        if !self.config.detect_overdue || !self.playing {
             return None;
         }
         let (high, high_deadline) = self.highest?;
@@ -501,15 +510,19 @@ impl NackPlanner {
         Some((s, deadline, at))
     }
 
-    /// Marks every seq overdue at `now` missing, to be asked for at once (its group's parity
-    /// is as overdue as it is).
+    /// Marks every seq overdue at `now` missing, to be asked for at once. Waiting for its
+    /// group's parity could cost the group's whole duration, most of the playout delay at
+    /// streamd's defaults; the price is a resend that parity might have made unnecessary. A
+    /// seq whose answer could no longer arrive in time is left to the gap a later arrival shows
+    /// (with a better deadline).
     fn detect_overdue(&mut self, now: Instant) {
+        let rtt = self.rtt();
         while let Some((s, deadline, at)) = self.next_overdue() {
             if at > now {
                 break;
             }
             self.scanned = s;
-            if self.missing.len() < self.config.max_tracked {
+            if self.missing.len() < self.config.max_tracked && now + rtt <= deadline {
                 let mut m = self.missing_entry(now, s, deadline);
                 m.ready_after = 0;
                 self.missing.entry(s).or_insert(m);
@@ -917,6 +930,40 @@ mod tests {
         p.on_received(t0 + ms(40), u64::MAX, t0 + ms(140));
         let _ = p.poll_timeout();
         let _ = p.poll_nack(t0 + ms(60));
+    }
+
+    #[test]
+    fn after_a_pause_a_gap_is_asked_for_again() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig {
+            max_asks: 1,
+            ..NackConfig::default()
+        });
+        steady_stream(&mut p, t0);
+        // The server pauses for half a second: 5 and on are asked for once and given up on.
+        let mut now = t0 + ms(90);
+        while let Some(t) = p.poll_timeout() {
+            now = now.max(t);
+            while p.poll_nack(now).is_some() {}
+        }
+        // It resumes with 5 (its deadline as late as the pause); 6 is lost, 7 arrives.
+        p.on_received(t0 + ms(600), 5, t0 + ms(700));
+        p.on_received(t0 + ms(640), 7, t0 + ms(740));
+        assert_eq!(
+            p.poll_nack(t0 + ms(640)),
+            Some(NackRequest { base: 6, mask: 0 })
+        );
+    }
+
+    #[test]
+    fn overdue_detection_stops_while_playout_waits() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig::default());
+        steady_stream(&mut p, t0);
+        assert!(p.poll_timeout().is_some());
+        p.set_playing(false);
+        assert_eq!(p.poll_timeout(), None);
+        assert_eq!(p.poll_nack(t0 + ms(200)), None);
     }
 
     #[test]
