@@ -156,9 +156,12 @@ fn impaired_demo_reports_the_proxy_and_every_listener() {
     let (info, samples) = streamd::source::decode_all(&fixture("stereo44.wav")).unwrap();
     let frames = samples.len() as u64 / u64::from(info.channels);
     for [received, sent, dropped, lost] in &proxy {
-        // The whole stream reached the proxy; what it dropped is what was lost downstream.
+        // The whole stream reached the proxy; what it dropped is what was lost downstream. The
+        // proxy's own `lost` counts from its lowest to its highest seq sent, so a datagram
+        // dropped at either end of the stream is not in it; the listener's count (compared
+        // below) measures from the Welcome's start to End's last seq and is.
         assert_eq!(sent + dropped, *received, "{stdout}");
-        assert_eq!(lost, dropped, "{stdout}");
+        assert!(lost <= dropped && dropped - lost <= 2, "{stdout}");
         // 5% loss of ~300 datagrams: seeded, so fixed, but any sane engine lands in here.
         assert!((1..=45).contains(dropped), "{dropped} dropped:\n{stdout}");
     }
@@ -166,9 +169,10 @@ fn impaired_demo_reports_the_proxy_and_every_listener() {
         assert_eq!(got + lost, *expected, "{stdout}");
     }
     // Which listener is which proxy client is not printed: compare as sets of (datagrams the
-    // stream had for it, datagrams it got, lost). A listener that joined a tick later (late
-    // joiners join live) expects fewer, and the proxy saw fewer for it.
-    let mut proxy_sets: Vec<[u64; 3]> = proxy.iter().map(|p| [p[0], p[1], p[3]]).collect();
+    // stream had for it, datagrams it got, what the proxy dropped = what it lost). A listener
+    // that joined a tick later (late joiners join live) expects fewer, and the proxy saw fewer
+    // for it.
+    let mut proxy_sets: Vec<[u64; 3]> = proxy.iter().map(|p| [p[0], p[1], p[2]]).collect();
     let mut heard_sets: Vec<[u64; 3]> = heard.iter().map(|h| [h[1], h[0], h[2]]).collect();
     proxy_sets.sort();
     heard_sets.sort();
