@@ -544,20 +544,31 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_device_that_cannot_start_in_the_past_starts_on_time_behind_silence() {
-        let schedule = Schedule {
+    /// Frame 0 due at server time 1 s, 50 ms playout delay.
+    fn one_second_in() -> Schedule {
+        Schedule {
             ts: 0,
             server_us: 1_000_000,
             rate: RATE,
             playout_delay_us: 50_000,
-        };
-        let mut clock = ClockEstimator::new();
+        }
+    }
+
+    /// [`START_SAMPLES`] exchanges from local `from` µs on, answered at once: the listener's
+    /// clock reads the server's plus 1 s, exactly.
+    fn one_second_ahead(clock: &mut ClockEstimator, from: u64) {
         for k in 0..START_SAMPLES as u64 {
-            let t = 1_900_000 + k;
+            let t = from + k;
             clock.on_request_sent(t);
             clock.on_sample(t, t - 1_000_000, t - 1_000_000, t).unwrap();
         }
+    }
+
+    #[test]
+    fn a_device_that_cannot_start_in_the_past_starts_on_time_behind_silence() {
+        let schedule = one_second_in();
+        let mut clock = ClockEstimator::new();
+        one_second_ahead(&mut clock, 1_900_000);
         let mut sp = SyncedPlayout::new(schedule);
         // Frame 0 plays at local 2.05 s; the device outputs 40 ms after a write, in writes of
         // 480 frames (10 ms): 20 ms early is too early ...
@@ -581,12 +592,7 @@ mod tests {
 
     #[test]
     fn waits_until_the_first_frame_is_due_and_resyncs_a_late_start() {
-        let schedule = Schedule {
-            ts: 0,
-            server_us: 1_000_000,
-            rate: RATE,
-            playout_delay_us: 50_000,
-        };
+        let schedule = one_second_in();
         let mut clock = ClockEstimator::new();
         let mut sp = SyncedPlayout::new(schedule);
         assert_eq!(
@@ -595,12 +601,7 @@ mod tests {
                 until: 10 + UNSYNCED_RETRY_US
             }
         );
-        // Listener = server + 1 s, exactly.
-        for k in 0..START_SAMPLES as u64 {
-            let t = 2_000_000 - 2 + k;
-            clock.on_request_sent(t);
-            clock.on_sample(t, t - 1_000_000, t - 1_000_000, t).unwrap();
-        }
+        one_second_ahead(&mut clock, 2_000_000 - 2);
         // Frame 0 plays at server 1.05 s = local 2.05 s.
         assert_eq!(
             sp.step(&clock, 2_000_000, 2_000_000, 0, 480, true),

@@ -427,8 +427,11 @@ impl NackPlanner {
             return;
         }
         self.highest = Some((seq, deadline));
-        let repaired = std::mem::take(&mut self.repaired_ahead);
-        self.repaired_ahead = repaired.iter().copied().filter(|&r| r > seq).collect();
+        // Those above `seq` stay ahead; the rest are looked up in the gap below it.
+        let above = seq
+            .checked_add(1)
+            .map_or_else(BTreeSet::new, |next| self.repaired_ahead.split_off(&next));
+        let repaired = std::mem::replace(&mut self.repaired_ahead, above);
         let gap = seq - high - 1;
         // Only the newest `max_tracked` of a long gap are worth tracking.
         let first = high + 1 + gap.saturating_sub(self.config.max_tracked as u64);
@@ -484,9 +487,15 @@ impl NackPlanner {
         // Seqs come from the network: a span past u32 (or a wrap to 0) gives no cadence.
         let span = u32::try_from(hi.seq - lo.seq).ok().filter(|&n| n > 0)?;
         let step = hi.deadline.saturating_duration_since(lo.deadline) / span;
-        let mut leads: Vec<Duration> = self.arrivals.iter().map(|a| a.lead).collect();
+        // On the stack: this runs for every arrival.
+        let mut leads = [Duration::ZERO; ARRIVALS];
+        let n = self.arrivals.len();
+        for (slot, a) in leads.iter_mut().zip(&self.arrivals) {
+            *slot = a.lead;
+        }
+        let leads = &mut leads[..n];
         leads.sort_unstable();
-        let lead = leads[(leads.len() - 1) * LEAD_QUANTILE.0 / LEAD_QUANTILE.1];
+        let lead = leads[(n - 1) * LEAD_QUANTILE.0 / LEAD_QUANTILE.1];
         Some((step, lead))
     }
 

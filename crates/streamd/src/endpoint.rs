@@ -72,8 +72,15 @@ use crate::source::{Source, SourceInfo};
 
 /// Bytes of payload an Audio datagram of at most `mtu` bytes holds: what PCM fills and what
 /// the other codecs are sized for.
-pub(crate) fn payload_room(mtu: usize) -> usize {
+fn payload_room(mtu: usize) -> usize {
     mtu.saturating_sub(AUDIO_OVERHEAD).min(MAX_PAYLOAD)
+}
+
+/// Bytes of payload an Audio datagram of at most `mtu` bytes holds in a stream: the MTU less
+/// the Audio header, and in a private room (`keyed`) less the sealed envelope too.
+pub(crate) fn audio_payload_room(mtu: usize, keyed: bool) -> usize {
+    let envelope = if keyed { SEALED_OVERHEAD } else { 0 };
+    payload_room(mtu.saturating_sub(envelope))
 }
 
 /// How often silent listeners are looked for: a tenth of a second keeps eviction within
@@ -546,15 +553,9 @@ impl<S: AudioSource> Endpoint<S> {
         Ok(())
     }
 
-    /// Bytes of payload an Audio datagram holds: the MTU less the Audio header, and in a
-    /// private room less the sealed envelope too.
+    /// Bytes of payload an Audio datagram holds ([`audio_payload_room`]).
     fn payload_room(&self) -> usize {
-        let envelope = if self.rotation.is_some() {
-            SEALED_OVERHEAD
-        } else {
-            0
-        };
-        payload_room(self.config.mtu.saturating_sub(envelope))
+        audio_payload_room(self.config.mtu, self.rotation.is_some())
     }
 
     /// Makes this a private room from `now` (docs/PROTOCOL.md §4.12): joins must prove `room`,

@@ -414,18 +414,13 @@ impl Server {
         // Sized like the endpoint's own (less the sealed envelope in a private room), so the
         // default FEC group is chosen for the datagrams the stream really sends.
         let si = source.info();
-        let envelope = if config.room_key.is_some() {
-            seal::wire::SEALED_OVERHEAD
-        } else {
-            0
-        };
         let encoder = audiocodec::Encoder::new(
             config.codec,
             audiocodec::Format {
                 sample_rate: si.sample_rate,
                 channels: si.channels,
             },
-            crate::endpoint::payload_room(config.mtu.saturating_sub(envelope)),
+            crate::endpoint::audio_payload_room(config.mtu, config.room_key.is_some()),
         )
         .map_err(|e| StartError::Config(e.to_string()))?;
         config.repair = config
