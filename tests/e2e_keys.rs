@@ -47,8 +47,8 @@ fn new_key(dir: &Path, name: &str) -> PathBuf {
 
 /// A UDP relay between one listener and the server that keeps every datagram the server
 /// sends. With `mischief`, after every 10th sealed audio datagram it also sends the listener
-/// a replay of it, a copy with one ciphertext bit flipped, and a forgery under a fresh seq,
-/// counting each.
+/// a replay of it (unless it is a `Resent`), a copy with one ciphertext bit flipped, and a
+/// forgery under a fresh seq, counting each.
 struct Relay {
     addr: SocketAddr,
     captured: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -134,7 +134,16 @@ impl Relay {
                         tampered[n - 20] ^= 0x10;
                         let mut forged = d.clone();
                         forged[4..12].copy_from_slice(&(1_000_000 + sealed_audio).to_le_bytes());
-                        for extra in [&d, &tampered, &forged] {
+                        // A replayed Resent is not sent: one seq asked for twice is resent
+                        // twice under the same seq, so the listener takes the second copy as
+                        // a repeat, not as garbage.
+                        let resent = matches!(
+                            proto::decode(&d),
+                            Ok(proto::Packet { msg: proto::Message::Sealed(s), .. })
+                                if s.inner_type == proto::MessageType::Resent as u8
+                        );
+                        let replay = (!resent).then_some(&d);
+                        for extra in replay.into_iter().chain([&tampered, &forged]) {
                             let _ = front2.send_to(extra, to);
                             inj.fetch_add(1, Ordering::Relaxed);
                         }

@@ -845,8 +845,9 @@ impl Session {
                     }) {
                         Ok(inner) => Some(inner),
                         // The copies of one End share their seq (§4.7), and a seq asked for
-                        // again before the first answer arrived is resent twice: repeats, not
-                        // replay attacks; the first copy that opened already counted.
+                        // again before the first answer arrived is resent twice: authentic
+                        // repeats (a tampered copy is Forged), not replay attacks; the first
+                        // copy that opened already counted.
                         Err(seal::SealError::Replayed(_))
                             if sealed.inner_type == MessageType::End as u8
                                 || sealed.inner_type == MessageType::Resent as u8 =>

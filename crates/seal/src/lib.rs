@@ -344,7 +344,8 @@ impl Session {
     }
 
     /// Opens a datagram sealed by the peer into `out`; refuses forgeries and replays, and
-    /// records the seq only once the tag verified.
+    /// records the seq only once the tag verified. The tag is checked first, so `Replayed`
+    /// means an authentic copy of what already opened: anything tampered with is `Forged`.
     pub fn open(
         &mut self,
         inner_type: u8,
@@ -353,22 +354,23 @@ impl Session {
         out: &mut Vec<u8>,
     ) -> Result<(), SealError> {
         check_len(ciphertext)?;
-        self.windows.check(inner_type, seq)?;
+        let fresh = self.windows.check(inner_type, seq);
         out.clear();
         out.resize(ciphertext.len() - TAG_LEN, 0);
-        match self
+        if self
             .transport
             .read_message(nonce(inner_type, seq), ciphertext, out)
+            .is_err()
         {
-            Ok(_) => {
-                self.windows.commit(inner_type, seq);
-                Ok(())
-            }
-            Err(_) => {
-                out.clear();
-                Err(SealError::Forged)
-            }
+            out.clear();
+            return Err(SealError::Forged);
         }
+        if let Err(replayed) = fresh {
+            out.clear();
+            return Err(replayed);
+        }
+        self.windows.commit(inner_type, seq);
+        Ok(())
     }
 }
 
@@ -543,7 +545,8 @@ impl Keyring {
         self.entries.iter().map(|e| e.key.id).collect()
     }
 
-    /// Opens a datagram sealed under stream key `key_id` into `out`.
+    /// Opens a datagram sealed under stream key `key_id` into `out`. As with
+    /// [`Session::open`], `Replayed` is only ever an authentic copy.
     pub fn open(
         &mut self,
         now: Instant,
@@ -560,8 +563,12 @@ impl Keyring {
             .find(|e| e.key.id == key_id)
             .ok_or(SealError::UnknownKey(key_id))?;
         check_len(ciphertext)?;
-        entry.windows.check(inner_type, seq)?;
+        let fresh = entry.windows.check(inner_type, seq);
         entry.key.open_into(inner_type, seq, ciphertext, out)?;
+        if let Err(replayed) = fresh {
+            out.clear();
+            return Err(replayed);
+        }
         entry.windows.commit(inner_type, seq);
         entry.first_used.get_or_insert(now);
         Ok(())

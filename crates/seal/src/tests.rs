@@ -188,6 +188,14 @@ fn replayed_and_too_old_datagrams_are_refused() {
         ring.open(now, 0, AUDIO, 10, &first, &mut plain),
         Err(SealError::Replayed(Replay::Duplicate))
     );
+    // A copy of an opened seq that does not verify is a forgery, not a repeat.
+    let mut tampered = first.clone();
+    tampered[0] ^= 1;
+    assert_eq!(
+        ring.open(now, 0, AUDIO, 10, &tampered, &mut plain),
+        Err(SealError::Forged)
+    );
+    assert!(plain.is_empty());
     // A Resent of the same seq is another inner type, with its own nonce and window.
     let mut resent = Vec::new();
     stream.seal(RESENT, 10, b"pcm", &mut resent);
@@ -216,6 +224,13 @@ fn replayed_and_too_old_datagrams_are_refused() {
     assert_eq!(
         server.open(REPORT, 3, &wire, &mut plain),
         Err(SealError::Replayed(Replay::Duplicate))
+    );
+    assert!(plain.is_empty());
+    let mut tampered = wire.clone();
+    tampered[1] ^= 1;
+    assert_eq!(
+        server.open(REPORT, 3, &tampered, &mut plain),
+        Err(SealError::Forged)
     );
 }
 
