@@ -11,6 +11,11 @@ use std::path::Path;
 
 use common::*;
 
+/// The listeners' options: the live input is what these tests check, sample for sample, so
+/// the listeners play on their own clock (synchronised playout may drop or repeat single
+/// frames on a busy machine; tests/e2e_sync.rs covers it).
+const LISTEN: &[&str] = &["--latency", "200ms", "--sync", "off"];
+
 /// Raw s16le bytes of interleaved samples.
 fn raw_bytes(samples: &[i16]) -> Vec<u8> {
     samples.iter().flat_map(|s| s.to_le_bytes()).collect()
@@ -81,7 +86,7 @@ fn raw_pcm_on_stdin_arrives_sample_exact() {
     std::fs::write(&raw, raw_bytes(&samples)).unwrap();
     let format = format!("s16le:{}:{}", info.sample_rate, info.channels);
     let (mut server, addr) = start_with_stdin(&raw, &["--file", "-", "--format", &format]);
-    let mut listener = Listener::start(addr, dir.path(), "l", &["--latency", "200ms"]);
+    let mut listener = Listener::start(addr, dir.path(), "l", LISTEN);
     assert_eq!(
         listener.proc.exit_code(SLOW),
         0,
@@ -108,7 +113,7 @@ fn a_raw_pcm_file_with_format_streams_like_a_file() {
     let raw = dir.path().join("mono.raw");
     std::fs::write(&raw, raw_bytes(&samples)).unwrap();
     let mut server = Server::start(&raw, &["--format", "s16le:22050:1", "--no-announce"]);
-    let mut l = Listener::start(server.addr, dir.path(), "l", &["--latency", "200ms"]);
+    let mut l = Listener::start(server.addr, dir.path(), "l", LISTEN);
     assert_eq!(l.proc.exit_code(SLOW), 0, "{}", l.proc.stderr());
     assert_eq!(server.proc.exit_code(SLOW), 0, "{}", server.proc.stderr());
     let (spec, got) = l.samples();
@@ -124,7 +129,7 @@ fn a_wav_on_stdin_arrives_sample_exact() {
     let (_, samples) = streamd::source::decode_all(&fixture("stereo44.wav")).unwrap();
     let dir = tempdir();
     let (mut server, addr) = start_with_stdin(&fixture("stereo44.wav"), &["--file", "-"]);
-    let mut l = Listener::start(addr, dir.path(), "l", &["--latency", "200ms"]);
+    let mut l = Listener::start(addr, dir.path(), "l", LISTEN);
     assert_eq!(l.proc.exit_code(SLOW), 0, "{}", l.proc.stderr());
     assert_eq!(server.exit_code(SLOW), 0, "{}", server.stderr());
     let (_, got) = l.samples();
@@ -156,7 +161,7 @@ fn a_fifo_writer_that_closes_and_reopens_keeps_the_listener_with_silence_between
             "now",
         ],
     );
-    let mut l = Listener::start(server.addr, dir.path(), "l", &["--latency", "200ms"]);
+    let mut l = Listener::start(server.addr, dir.path(), "l", LISTEN);
     // The first part goes out as soon as it is written: the listener must have joined.
     assert!(
         server.proc.wait_for_line("accepted", SLOW).is_some(),
@@ -224,7 +229,7 @@ fn a_stalled_writer_costs_counted_underruns_and_no_memory() {
             "end",
         ],
     );
-    let mut l = Listener::start(server.addr, dir.path(), "l", &["--latency", "200ms"]);
+    let mut l = Listener::start(server.addr, dir.path(), "l", LISTEN);
     let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     w.write_all(&raw_bytes(&tone(0, 22_050))).unwrap();
     // The writer stalls with the FIFO open: the listener keeps getting (silent) audio. Wait
@@ -373,7 +378,7 @@ fn a_tone_played_into_the_capture_source_reaches_a_listener() {
         .and_then(|r| r.parse().ok())
         .unwrap_or_else(|| panic!("no rate in {line:?}"));
     let dir = tempdir();
-    let l = Listener::start(addr, dir.path(), "l", &["--latency", "200ms"]);
+    let l = Listener::start(addr, dir.path(), "l", LISTEN);
     wait_for_audio(&l);
     let tone = sine(48_000, 2, 96_000);
     let raw = pulse.dir().join("tone.raw");
