@@ -453,7 +453,10 @@ pub(crate) async fn drive_session(
             () = &mut refill, if refill_armed => Wake::Timer,
             _ = status_tick.tick(), if status.is_on() => Wake::Status,
         };
-        // The one clock read of this wake-up.
+        // Read when the wake-up's first datagram is in hand (and again for each one drained
+        // after it): a datagram is never stamped before it arrived, which the clock exchange
+        // relies on (a `TimeResponse` stamped early looks faster than the network and pulls
+        // the estimate by the difference).
         now = config.clock.now();
         match wake {
             Wake::Interrupt => {
@@ -468,11 +471,13 @@ pub(crate) async fn drive_session(
                 // Drain what else is queued without going back through the select: a server
                 // with a long interval sends a whole burst at once, and the socket buffer must
                 // not overflow while timers are polled between datagrams.
-                for _ in 0..RECV_BATCH {
-                    match sock.try_recv_from(&mut buf) {
-                        Ok((n, from)) => session.handle(now, from, &buf[..n]),
-                        Err(_) => break,
-                    }
+                if let Some(t) = drain(
+                    &mut buf,
+                    |b| sock.try_recv_from(b).ok(),
+                    || config.clock.now(),
+                    |t, from, d| session.handle(t, from, d),
+                ) {
+                    now = t;
                 }
             }
             Wake::Group(r) => {
@@ -480,11 +485,13 @@ pub(crate) async fn drive_session(
                     Ok(n) => session.handle_group(now, &gbuf[..n]),
                     Err(e) => tracing::debug!("recv (group): {e}"),
                 }
-                for _ in 0..RECV_BATCH {
-                    match group.try_recv(&mut buf) {
-                        Some(n) => session.handle_group(now, &buf[..n]),
-                        None => break,
-                    }
+                if let Some(t) = drain(
+                    &mut buf,
+                    |b| group.try_recv(b).map(|n| (n, ())),
+                    || config.clock.now(),
+                    |t, _, d| session.handle_group(t, d),
+                ) {
+                    now = t;
                 }
             }
             Wake::Timer => {}
@@ -492,6 +499,27 @@ pub(crate) async fn drive_session(
         }
         session.handle_timeout(now);
     }
+}
+
+/// Hands `handle` the datagrams already queued (at most [`RECV_BATCH`]: `recv` answers `None`
+/// when there are no more), each with a clock read taken after it was received; returns the
+/// last read. A datagram stamped before it arrived would look faster than the network: a
+/// `TimeResponse` drained after a busy wake-up would pull the clock estimate by the
+/// difference.
+fn drain<From>(
+    buf: &mut [u8],
+    mut recv: impl FnMut(&mut [u8]) -> Option<(usize, From)>,
+    mut clock: impl FnMut() -> Instant,
+    mut handle: impl FnMut(Instant, From, &[u8]),
+) -> Option<Instant> {
+    let mut last = None;
+    for _ in 0..RECV_BATCH {
+        let Some((n, from)) = recv(buf) else { break };
+        let now = clock();
+        handle(now, from, &buf[..n]);
+        last = Some(now);
+    }
+    last
 }
 
 /// The multicast group's socket of one session: joined when the session names a group, left
@@ -710,4 +738,72 @@ pub async fn run(
         info: session.info().cloned(),
         stay: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Datagrams that arrive while earlier ones are handled are each stamped no earlier than
+    /// they arrived, and the drain ends with the queue.
+    #[test]
+    fn each_drained_datagram_is_stamped_after_it_arrived() {
+        let t0 = Instant::now();
+        let time = Cell::new(t0);
+        let arrived = RefCell::new(Vec::new());
+        let stamped = RefCell::new(Vec::new());
+        let mut queued = 5u8;
+        let mut buf = [0u8; 16];
+        let last = drain(
+            &mut buf,
+            |b| {
+                if queued == 0 {
+                    return None;
+                }
+                queued -= 1;
+                // The next datagram arrives 0.5 ms after the previous one was handled.
+                time.set(time.get() + Duration::from_micros(500));
+                arrived.borrow_mut().push(time.get());
+                b[0] = queued;
+                Some((1, queued))
+            },
+            || time.get(),
+            |now, from, d| {
+                assert_eq!(d, [from]);
+                stamped.borrow_mut().push(now);
+                // Handling one takes 2 ms.
+                time.set(time.get() + Duration::from_millis(2));
+            },
+        );
+        let (arrived, stamped) = (arrived.into_inner(), stamped.into_inner());
+        assert_eq!(stamped.len(), 5);
+        for (a, s) in arrived.iter().zip(&stamped) {
+            assert!(
+                s >= a,
+                "stamped {:?} before it arrived",
+                a.duration_since(*s)
+            );
+        }
+        assert_eq!(last, stamped.last().copied());
+    }
+
+    /// An empty queue hands nothing on; a queue that never empties is cut at [`RECV_BATCH`].
+    #[test]
+    fn the_drain_stops_when_the_queue_is_empty_or_the_batch_full() {
+        let now = Instant::now();
+        let mut buf = [0u8; 4];
+        let mut handled = 0;
+        let none = drain(
+            &mut buf,
+            |_| None::<(usize, ())>,
+            || now,
+            |_, _, _| handled += 1,
+        );
+        assert_eq!((none, handled), (None, 0));
+        let full = drain(&mut buf, |_| Some((0, ())), || now, |_, _, _| handled += 1);
+        assert_eq!((full, handled), (Some(now), RECV_BATCH));
+    }
 }
