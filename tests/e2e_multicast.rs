@@ -260,14 +260,19 @@ fn listener_in(m: &Member, server: Ipv4Addr, dir: &Path, name: &str, more: &[&st
     Listener { proc, wav, json }
 }
 
-/// Checks a finished listener: exit 0, nothing lost, `transport` as expected, and its WAV is
-/// the source's last frames sample for sample (a listener that joined after the start hears
-/// the rest of the stream), at least half of it.
+/// Checks a finished listener: exit 0, `transport` as expected, nothing concealed, and its
+/// WAV is the source's last frames sample for sample (a listener that joined after the start
+/// hears the rest of the stream), at least half of it. A listener starved on a busy machine
+/// may have a few datagrams dropped at its socket (at most 1 %), repaired in time.
 fn check_listener(l: &mut Listener, name: &str, source: &[i16], transport: &str) {
     assert_eq!(l.proc.exit_code(SLOW), 0, "{name}: {}", l.proc.stderr());
     let st = l.stats();
     assert_eq!(st["transport"], transport, "{name}: {st}");
-    assert_eq!(stat(&st, "lost"), 0, "{name}: {st}");
+    assert!(
+        stat(&st, "lost") <= stat(&st, "expected") / 100,
+        "{name}: {st}"
+    );
+    assert_eq!(stat(&st, "concealed_ms"), 0, "{name}: {st}");
     assert_eq!(stat(&st, "duplicates"), 0, "{name}: {st}");
     let (_, wav) = l.samples();
     assert!(
