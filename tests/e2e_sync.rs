@@ -288,3 +288,44 @@ fn a_room_delay_below_the_servers_floor_is_raised_and_said_once() {
     assert_eq!(s["end_reason"], "finished", "{s}");
     assert_eq!(s["underruns"], 0, "{s}");
 }
+
+/// Eight synchronised listeners of one server on this machine, on its own clock: their clock
+/// exchanges queue behind each other's work on two cores, and yet each WAV is the clip's tail
+/// sample for sample. Answers drained after a busy wake-up must be stamped when they were
+/// received, or they look faster than the network and pull the estimate by milliseconds, and
+/// the drift servo drops or repeats frames to follow it.
+#[test]
+fn eight_synchronised_listeners_on_one_machine_slip_no_frame() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let clip = demo_clip();
+    let (_, expected) = streamd::source::decode_all(&clip).unwrap();
+    let dir = tempdir();
+    let mut server = Server::start(&clip, &[]);
+    let mut listeners: Vec<Listener> = (0..8)
+        .map(|i| Listener::start(server.addr, dir.path(), &format!("l{i}"), &[]))
+        .collect();
+    for l in &mut listeners {
+        assert_eq!(l.proc.exit_code(SLOW), 0, "{}", l.proc.stderr());
+    }
+    assert_eq!(server.proc.exit_code(SLOW), 0);
+    for (i, l) in listeners.iter().enumerate() {
+        let s = l.stats();
+        assert_eq!(s["end_reason"], "finished", "listener {i}: {s}");
+        assert_eq!(stat(&s, "concealed_ms"), 0, "listener {i}: {s}");
+        assert_eq!(stat(&s, "resyncs"), 0, "listener {i}: {s}");
+        let (_, got) = l.samples();
+        // Joined at the start, give or take a synchronised start's skip.
+        assert!(
+            got.len() >= expected.len() * 3 / 4 && got.len() <= expected.len(),
+            "listener {i}: {} of {} samples: {s}",
+            got.len(),
+            expected.len()
+        );
+        let tail = &expected[expected.len() - got.len()..];
+        assert_eq!(
+            first_difference(&got, tail),
+            None,
+            "listener {i} slipped: {s}"
+        );
+    }
+}

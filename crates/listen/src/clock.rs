@@ -6,7 +6,7 @@
 //! listener's midpoint `(t1 + t4) / 2` to within half its round-trip delay
 //! `(t4 − t1) − (t3 − t2)`, and exactly when the two directions take equally long. Queueing only
 //! ever adds delay, so the exchanges with the least delay carry the least error: the estimator
-//! keeps a window of exchanges, selects the lowest-delay sixteenth of each eighth of it and fits offset *and* rate to
+//! keeps a window of exchanges, selects the lowest-delay eighth of each sixteenth of it and fits offset *and* rate to
 //! them by least squares. A fixed asymmetry between the two directions cannot be observed by
 //! any exchange; it shifts the estimate by half the difference.
 //!
