@@ -130,43 +130,26 @@ fn bad_repair_options_are_usage_errors_exit_2() {
         );
         assert!(!err.contains("panicked"));
     }
-    // Eight 44.1 kHz stereo datagrams (62 ms) do not fit a 50 ms playout delay: one line
-    // naming the value and the K that fit.
-    let o = run(&[
-        "--port",
-        "0",
-        "--file",
-        f.to_str().unwrap(),
-        "--fec",
-        "8,2",
-        "--latency",
-        "50ms",
-    ]);
-    assert_one_line_error(&o, 2, "--fec 8,2");
-    assert!(
-        stderr_lines(&o)[0].contains("1..=6"),
-        "{:?}",
-        stderr_lines(&o)
-    );
-    // Opus datagrams carry 20 ms each, whatever the MTU: six (120 ms) do not fit 100 ms.
-    let o = run(&[
-        "--port",
-        "0",
-        "--file",
-        f.to_str().unwrap(),
-        "--codec",
-        "opus",
-        "--fec",
-        "6,1",
-        "--latency",
-        "100ms",
-    ]);
-    assert_one_line_error(&o, 2, "--fec 6,1");
-    assert!(
-        stderr_lines(&o)[0].contains("120 ms") && stderr_lines(&o)[0].contains("1..=5"),
-        "{:?}",
-        stderr_lines(&o)
-    );
+    // A group that does not fit the playout delay: one line naming the value and the K that
+    // fit. Eight 44.1 kHz stereo datagrams (62 ms) do not fit 50 ms; Opus datagrams carry
+    // 20 ms each, whatever the MTU, so six (120 ms) do not fit 100 ms.
+    let file = f.to_str().unwrap();
+    let cases: [(&[&str], &str, &str, &[&str]); 2] = [
+        (&[], "8,2", "50ms", &["1..=6"]),
+        (&["--codec", "opus"], "6,1", "100ms", &["120 ms", "1..=5"]),
+    ];
+    for (codec, fec, latency, said) in cases {
+        let mut args = vec!["--port", "0", "--file", file];
+        args.extend_from_slice(codec);
+        args.extend_from_slice(&["--fec", fec, "--latency", latency]);
+        let o = run(&args);
+        assert_one_line_error(&o, 2, &format!("--fec {fec}"));
+        assert!(
+            said.iter().all(|s| stderr_lines(&o)[0].contains(s)),
+            "{:?}",
+            stderr_lines(&o)
+        );
+    }
 }
 
 #[test]
