@@ -57,6 +57,16 @@ fn music_wav(dir: &Path, rate: u32) -> PathBuf {
 }
 
 /// One listener's run through the proxy.
+/// How the listener places its playout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    /// The default: each frame at its due time on the server's clock plus the room's delay.
+    Room,
+    /// `--sync off`: the delay counts from the first datagram's arrival, on the listener's
+    /// own clock; a WAV compares sample for sample with no drift correction in the way.
+    Off,
+}
+
 struct Run {
     stats: serde_json::Value,
     proxy: ProxyReport,
@@ -69,7 +79,14 @@ struct Run {
 /// `--latency LATENCY` on both sides, and checks what holds in every run: both exit 0, the
 /// proxy dropped something, `lost` is exactly what it dropped and `received` what it let
 /// through (repair counts neither).
-fn through_proxy(file: &Path, codec: &str, latency: &str, imp: Impairment, dir: &Path) -> Run {
+fn through_proxy(
+    file: &Path,
+    codec: &str,
+    latency: &str,
+    imp: Impairment,
+    dir: &Path,
+    sync: Sync,
+) -> Run {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -91,16 +108,11 @@ fn through_proxy(file: &Path, codec: &str, latency: &str, imp: Impairment, dir: 
     let proxy_task = rt.spawn(proxy.run(async {
         let _ = stop_rx.await;
     }));
-    // The listener's delay counts from the first datagram's arrival (`--sync off`): repair is
-    // measured against the jitter buffer's delay. A synchronised listener's room delay counts
-    // from each frame's start instead, which a 20 ms Opus datagram leaves 20 ms later, so it
-    // has that much less time to repair (docs/BENCHMARKS.md, "Loss repair").
-    let mut listener = Listener::start(
-        proxy_addr,
-        dir,
-        codec,
-        &["--latency", latency, "--sync", "off"],
-    );
+    let mut args = vec!["--latency", latency];
+    if sync == Sync::Off {
+        args.extend(["--sync", "off"]);
+    }
+    let mut listener = Listener::start(proxy_addr, dir, codec, &args);
     assert_eq!(
         listener.proc.exit_code(SLOW),
         0,
@@ -196,7 +208,7 @@ fn bursty_loss_pcm_and_flac_play_every_sample() {
     let file = music_wav(dir.path(), 44_100);
     let (_, expected) = streamd::source::decode_all(&file).unwrap();
     for (codec, seed) in [("pcm", 11), ("flac", 12)] {
-        let r = through_proxy(&file, codec, "100ms", bursty(seed), dir.path());
+        let r = through_proxy(&file, codec, "100ms", bursty(seed), dir.path(), Sync::Off);
         assert_eq!(r.concealed_ms(), 0, "{}", r.ctx);
         r.assert_sample_exact(&expected);
         assert!(r.repair_share() <= 0.30, "{}", r.ctx);
@@ -212,7 +224,9 @@ fn bursty_loss_pcm_and_flac_play_every_sample() {
 fn bursty_loss_opus_conceals_at_most_a_thousandth() {
     let dir = tempdir();
     let file = music_wav(dir.path(), 48_000);
-    let r = through_proxy(&file, "opus", "100ms", bursty(13), dir.path());
+    // The default listener, synchronised: its delay counts from each frame's due time, and
+    // streamd reads a file ahead by what the encoder holds so a datagram leaves when due.
+    let r = through_proxy(&file, "opus", "100ms", bursty(13), dir.path(), Sync::Room);
     assert!(r.concealed_ms() * 1000 <= r.played_ms(), "{}", r.ctx);
     assert!(r.repair_share() <= 0.30, "{}", r.ctx);
     assert_eq!(r.stats["codec"], "opus:128000", "{}", r.ctx);
@@ -224,7 +238,14 @@ fn random_loss_15_pct_conceals_at_most_one_percent() {
     let dir = tempdir();
     for (codec, rate, seed) in [("pcm", 44_100, 21), ("opus", 48_000, 22)] {
         let file = music_wav(dir.path(), rate);
-        let r = through_proxy(&file, codec, "100ms", random15(seed), dir.path());
+        let r = through_proxy(
+            &file,
+            codec,
+            "100ms",
+            random15(seed),
+            dir.path(),
+            Sync::Room,
+        );
         assert!(r.concealed_ms() * 100 <= r.played_ms(), "{}", r.ctx);
     }
 }

@@ -135,6 +135,18 @@ impl Encoder {
         u32::try_from(self.fpp).unwrap_or(u32::MAX)
     }
 
+    /// Source frames past a packet's first frame that must be encoded before that packet comes
+    /// out, at most: PCM 0, FLAC a block, Opus a packet plus the look-ahead and the resampler's
+    /// delay. A server that can read its source ahead by this much sends each packet when its
+    /// first frame is due instead of a packet (and more) later.
+    pub fn lag(&self) -> u64 {
+        match &self.inner {
+            Inner::Pcm { .. } => 0,
+            Inner::Flac { .. } => self.fpp as u64,
+            Inner::Opus(enc) => enc.lag(),
+        }
+    }
+
     /// `ts` of the next packet: where a listener joining now starts.
     pub fn next_ts(&self) -> u64 {
         self.next_ts

@@ -84,6 +84,8 @@ struct Resample {
     output: Vec<f32>,
     /// Output frames of the resampler's delay still to drop.
     to_skip: usize,
+    /// Input frames per block: nothing comes out until a whole block is in.
+    chunk: usize,
 }
 
 impl Resample {
@@ -106,6 +108,7 @@ impl Resample {
             input: Vec::new(),
             output,
             to_skip,
+            chunk,
         })
     }
 
@@ -152,6 +155,8 @@ pub(crate) struct OpusEncoder {
     packet: Vec<u8>,
     /// The first packet holds only the priming silence and the look-ahead: it is dropped.
     drop_next: bool,
+    /// Source frames past a packet's first frame that must go in before the packet comes out.
+    lag: u64,
 }
 
 impl OpusEncoder {
@@ -179,6 +184,15 @@ impl OpusEncoder {
         } else {
             Some(Resample::new(format.sample_rate, channels)?)
         };
+        // Packet `ts` needs 48 kHz frames up to `ts + FRAMES + lookahead`; resampled frame `k`
+        // needs the source's input block holding raw output frame `k + delay`.
+        let lag = match &resample {
+            None => (FRAMES + lookahead) as u64,
+            Some(r) => {
+                let out = (FRAMES + lookahead + r.to_skip + 1) as u64;
+                (out * u64::from(format.sample_rate)).div_ceil(u64::from(RATE)) + r.chunk as u64
+            }
+        };
         let mut pending = Vec::with_capacity(FRAMES * channels * 4);
         pending.resize(FRAMES.saturating_sub(lookahead) * channels, 0.0);
         Ok(Self {
@@ -190,7 +204,14 @@ impl OpusEncoder {
             pending,
             packet: vec![0; max_payload.clamp(1, MAX_PACKET)],
             drop_next: true,
+            lag,
         })
+    }
+
+    /// Source frames past a packet's first frame that go in before the packet comes out, at
+    /// most: the packet, the look-ahead and the resampler's delay and block.
+    pub(crate) fn lag(&self) -> u64 {
+        self.lag
     }
 
     /// The source rate.

@@ -394,3 +394,59 @@ fn opus_refuses_what_it_cannot_carry_in_one_line() {
         .is_err()
     );
 }
+
+/// `Encoder::lag` is what a server reads ahead so a packet leaves when its first frame is due:
+/// fed a frame at a time, every packet is out once `lag` frames past its first frame have gone
+/// in, and not much sooner (within the resampler's 10 ms block), for each codec and rate.
+#[test]
+fn lag_is_how_far_past_its_first_frame_a_packet_needs_the_source() {
+    let cases = [
+        (AudioCodec::Pcm, 44_100, 0),
+        (AudioCodec::Flac, 44_100, 0),
+        (AudioCodec::Opus { bitrate: 128_000 }, 48_000, 0),
+        (AudioCodec::Opus { bitrate: 128_000 }, 44_100, 441),
+        (AudioCodec::Opus { bitrate: 64_000 }, 32_000, 320),
+    ];
+    for (codec, rate, slack) in cases {
+        let format = Format {
+            sample_rate: rate,
+            channels: 2,
+        };
+        let mut enc = Encoder::new(codec, format, ROOM).expect("encoder");
+        let lag = enc.lag();
+        let pcm = music(rate, 2, 0, rate as usize / 2);
+        // (first source frame of the packet, source frames fed when it came out)
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (i, frame) in pcm.chunks(2).enumerate() {
+            let fed = i as u64 + 1;
+            enc.encode(frame, &mut |ts, _| {
+                let first = ts * u64::from(rate) / u64::from(enc_rate(codec, rate));
+                out.push((first, fed));
+            })
+            .expect("encode");
+        }
+        assert!(
+            out.len() >= 10,
+            "{codec:?} at {rate}: {} packets",
+            out.len()
+        );
+        for (first, fed) in out {
+            let needed = fed - first;
+            assert!(
+                needed <= lag.max(1),
+                "{codec:?} at {rate}: packet at {first} needed {needed} > lag {lag}"
+            );
+            assert!(
+                needed + slack + 2 >= lag,
+                "{codec:?} at {rate}: packet at {first} needed only {needed}, lag {lag}"
+            );
+        }
+    }
+}
+
+fn enc_rate(codec: AudioCodec, rate: u32) -> u32 {
+    match codec {
+        AudioCodec::Opus { .. } => opus::RATE,
+        _ => rate,
+    }
+}

@@ -215,6 +215,13 @@ pub trait AudioSource {
     fn ready_frames(&self) -> Option<u64> {
         None
     }
+    /// True for a source whose audio exists before it is due (a file): the server reads it
+    /// ahead by what its encoder holds back ([`audiocodec::Encoder::lag`]), so a FLAC or Opus
+    /// datagram leaves when its first frame is due, as a PCM one does, and a synchronised
+    /// listener keeps the whole playout delay for repair. A live source cannot (the default).
+    fn reads_ahead(&self) -> bool {
+        false
+    }
 }
 
 impl AudioSource for Source {
@@ -243,6 +250,10 @@ impl AudioSource for Source {
 
     fn corrupt_packets(&self) -> u64 {
         Source::corrupt_packets(self)
+    }
+
+    fn reads_ahead(&self) -> bool {
+        true
     }
 }
 
@@ -550,6 +561,12 @@ impl<S: AudioSource> Endpoint<S> {
             _ => None,
         };
         self.encoder = encoder;
+        let lead = if self.source.reads_ahead() {
+            self.encoder.lag()
+        } else {
+            0
+        };
+        self.clock.set_lead(lead);
         Ok(())
     }
 

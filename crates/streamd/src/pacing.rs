@@ -43,6 +43,9 @@ pub struct MediaClock {
     slipped: Duration,
     /// Most frames owed before the clock slips.
     max_owed: u64,
+    /// Frames handed out ahead of the media clock: what an encoder holds back before a packet
+    /// comes out, for a source that can be read ahead (see [`MediaClock::set_lead`]).
+    lead: u64,
 }
 
 impl MediaClock {
@@ -60,7 +63,15 @@ impl MediaClock {
             sent: 0,
             slipped: Duration::ZERO,
             max_owed,
+            lead: 0,
         }
+    }
+
+    /// Hands out `frames` more than are due, from now on: a file read this far ahead lets an
+    /// encoder that holds `frames` back (FLAC, Opus) emit each packet when its first frame is
+    /// due. The timeline ([`MediaClock::anchor`]) does not move.
+    pub fn set_lead(&mut self, frames: u64) {
+        self.lead = frames;
     }
 
     /// Starts the clock: frame 0 is due at `now`. Starting twice does nothing.
@@ -101,7 +112,10 @@ impl MediaClock {
     /// is owed, the clock slips so that exactly that much is owed.
     pub fn due(&mut self, now: Instant) -> u64 {
         let Some(anchor) = self.anchor else { return 0 };
-        let owed = self.due_total(anchor, now).saturating_sub(self.sent);
+        let owed = self
+            .due_total(anchor, now)
+            .saturating_add(self.lead)
+            .saturating_sub(self.sent);
         let max = self.max_owed;
         if owed > max {
             let excess = owed - max;
@@ -111,7 +125,7 @@ impl MediaClock {
             );
             // Re-anchor at now with exactly `max` owed.
             self.anchor = Some(now);
-            self.anchor_frames = self.sent + max;
+            self.anchor_frames = (self.sent + max).saturating_sub(self.lead);
             self.slipped += excess_time;
             return max;
         }
@@ -123,7 +137,7 @@ impl MediaClock {
     pub fn hold(&mut self, now: Instant) {
         if self.anchor.is_some() {
             self.anchor = Some(now);
-            self.anchor_frames = self.sent;
+            self.anchor_frames = self.sent.saturating_sub(self.lead);
         }
     }
 
@@ -255,5 +269,34 @@ mod tests {
         }
         assert_eq!(c.slipped(), Duration::ZERO);
         assert_eq!(c.frames_sent(), 200 * u64::from(RATE) + 150 * 441 / 10);
+    }
+
+    #[test]
+    fn a_lead_hands_out_frames_early_and_keeps_the_timeline() {
+        let t0 = Instant::now();
+        let mut c = MediaClock::new(RATE, TICK);
+        c.set_lead(1_000);
+        c.start(t0);
+        // At the start the lead is due at once; then the cadence is the clock's.
+        assert_eq!(c.due(t0), 1_000);
+        c.sent(1_000);
+        assert_eq!(c.due(t0 + Duration::from_millis(20)), 882);
+        c.sent(882);
+        assert_eq!(c.anchor(), Some((t0, 0)));
+        // A stall slips as without a lead, and the lead survives the slip.
+        let d = c.due(t0 + Duration::from_secs(5));
+        assert_eq!(d, u64::from(RATE));
+        c.sent(d);
+        assert_eq!(c.slipped(), Duration::from_millis(3_980));
+        let (at, frames) = c.anchor().unwrap();
+        assert_eq!(at, t0 + Duration::from_secs(5));
+        // The frame due at the new anchor is `lead` behind what went out.
+        assert_eq!(frames + 1_000, c.frames_sent());
+        assert_eq!(c.due(t0 + Duration::from_millis(5020)), 882);
+        // Holding (a paused source) keeps the lead too.
+        c.sent(882);
+        c.hold(t0 + Duration::from_secs(6));
+        assert_eq!(c.due(t0 + Duration::from_secs(6)), 0);
+        assert_eq!(c.due(t0 + Duration::from_millis(6020)), 882);
     }
 }

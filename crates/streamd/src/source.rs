@@ -777,6 +777,10 @@ impl AudioSource for Input {
         }
     }
 
+    fn reads_ahead(&self) -> bool {
+        matches!(self, Input::File(_) | Input::Raw(_))
+    }
+
     fn end_reason(&self) -> proto::EndReason {
         match self {
             Input::Relay(r) => r.end_reason(),

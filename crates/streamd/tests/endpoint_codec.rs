@@ -22,6 +22,8 @@ struct Clip {
     info: SourceInfo,
     pcm: Vec<i16>,
     pos: usize,
+    /// Whether the server may read it ahead (a file), or only as it becomes due (live).
+    ahead: bool,
 }
 
 impl Clip {
@@ -36,6 +38,7 @@ impl Clip {
             },
             pcm: music(rate, channels, 0, frames),
             pos: 0,
+            ahead: true,
         }
     }
 }
@@ -57,6 +60,9 @@ impl AudioSource for Clip {
     fn rewind(&mut self) -> Result<(), String> {
         self.pos = 0;
         Ok(())
+    }
+    fn reads_ahead(&self) -> bool {
+        self.ahead
     }
 }
 
@@ -244,4 +250,62 @@ fn a_listener_that_cannot_decode_the_codec_is_rejected_naming_it() {
         join_with(&mut ep, t0, addr(2), pcm_only | AudioCodec::Flac.bit()),
         Message::Welcome(_)
     ));
+}
+
+/// When each Audio datagram of an Opus stream of `clip` leaves, against when its first frame is
+/// due on the timeline the Welcome gave: (ts, sent − due in ms).
+fn opus_send_times(clip: Clip) -> Vec<(u64, f64)> {
+    let t0 = Instant::now();
+    let mut ep = Endpoint::new(t0, config(), clip);
+    ep.set_codec(AudioCodec::Opus { bitrate: 128_000 }).unwrap();
+    let info = join(&mut ep, t0, addr(1));
+    let rate = f64::from(info.sample_rate);
+    let due = |ts: u64| {
+        let tl = info.timeline;
+        tl.server_us as f64 / 1e3 + (ts as f64 - tl.ts as f64) * 1e3 / rate
+    };
+    let mut now = t0;
+    let mut out = Vec::new();
+    while !ep.is_closed() && now - t0 < Duration::from_secs(30) {
+        let Some(at) = ep.poll_timeout() else { break };
+        now = now.max(at);
+        ep.handle_timeout(now);
+        let sent = (now - t0).as_secs_f64() * 1e3;
+        while let Some(t) = ep.poll_transmit(now) {
+            if let Transmit::Fanout { datagrams, .. } = t {
+                for d in datagrams {
+                    if let Message::Audio(a) = proto::decode(d).unwrap().msg {
+                        out.push((a.ts, sent - due(a.ts)));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A file is read ahead by what the Opus encoder holds back (a packet, its look-ahead and the
+/// resampler's delay), so each datagram leaves at the first tick once its first frame is due,
+/// like PCM's, and a synchronised listener keeps the whole playout delay to repair it. A live
+/// source cannot be read ahead: there a datagram leaves more than a packet after it is due.
+#[test]
+fn an_opus_datagram_of_a_file_leaves_when_its_first_frame_is_due() {
+    let ahead = opus_send_times(Clip::new(44_100, 2, 44_100));
+    assert!(ahead.len() >= 45, "{} datagrams", ahead.len());
+    for &(ts, late) in &ahead[..ahead.len() - 1] {
+        // Early by at most the lag's rounding (one 10 ms resampler block), late by at most a tick.
+        assert!(
+            (-11.0..=20.0).contains(&late),
+            "datagram at ts {ts} left {late:.1} ms after it was due"
+        );
+    }
+    let mut live = Clip::new(44_100, 2, 44_100);
+    live.ahead = false;
+    let behind = opus_send_times(live);
+    for &(ts, late) in &behind[..behind.len() - 1] {
+        assert!(
+            late >= 26.0,
+            "live: datagram at ts {ts} left {late:.1} ms after it was due"
+        );
+    }
 }

@@ -149,6 +149,10 @@ impl AudioSource for SyntheticSource {
         self.pos = 0;
         Ok(())
     }
+
+    fn reads_ahead(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
