@@ -856,16 +856,25 @@ impl<S: AudioSource> Endpoint<S> {
 
     /// The media timeline at `now`: the server-clock instant at which a frame is due. Before
     /// the stream starts, the next frame is due now (a Join that starts the stream starts it
-    /// at this instant).
+    /// at this instant). A source that cannot be read ahead (live) has its frames due when the
+    /// encoder can give them out: its timeline is later than its media clock by what the
+    /// encoder holds back, so that every datagram, live or not, leaves when it is due and the
+    /// playout delay is all the network's.
     pub fn timeline(&self, now: Instant) -> Timeline {
         let (at, ts) = self
             .clock
             .anchor()
             .unwrap_or((now, self.clock.frames_sent()));
+        let held_us = if self.source.reads_ahead() {
+            0
+        } else {
+            let rate = u64::from(self.encoder.source_format().sample_rate.max(1));
+            self.encoder.lag().saturating_mul(1_000_000).div_ceil(rate)
+        };
         Timeline {
             // The media clock counts source frames; the stream's may run at another rate (Opus).
             ts: self.encoder.stream_frames(ts),
-            server_us: self.sessions.server_us(at),
+            server_us: self.sessions.server_us(at).saturating_add(held_us),
         }
     }
 
