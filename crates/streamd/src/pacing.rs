@@ -288,7 +288,9 @@ mod tests {
         assert_eq!(d, u64::from(RATE));
         c.sent(d);
         assert_eq!(c.slipped(), Duration::from_millis(3_980));
-        let (at, frames) = c.anchor().unwrap();
+        let Some((at, frames)) = c.anchor() else {
+            panic!("a started clock has an anchor")
+        };
         assert_eq!(at, t0 + Duration::from_secs(5));
         // The frame due at the new anchor is `lead` behind what went out.
         assert_eq!(frames + 1_000, c.frames_sent());
