@@ -92,10 +92,7 @@ fn through_proxy(
         .enable_all()
         .build()
         .unwrap();
-    let mut server = Server::start(
-        file,
-        &["--interval", "20ms", "--codec", codec, "--latency", latency],
-    );
+    let mut server = Server::start(file, &["--codec", codec, "--latency", latency]);
     let proxy = rt
         .block_on(Proxy::bind(
             "127.0.0.1:0".parse().unwrap(),

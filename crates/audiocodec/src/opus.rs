@@ -172,10 +172,10 @@ impl OpusEncoder {
         let mut enc = opus::Encoder::new(RATE, ch, opus::Application::Audio).map_err(lib)?;
         enc.set_bitrate(opus::Bitrate::Bits(bitrate as i32))
             .map_err(lib)?;
-        // Constrained VBR: near-constant size per packet (datagrams stay predictable) with
-        // most of VBR's quality.
-        enc.set_vbr(true).map_err(lib)?;
-        enc.set_vbr_constraint(true).map_err(lib)?;
+        // Constant bitrate: every packet of a stream has the same size, so a tick's packets go
+        // to each listener as one UDP GSO message of equal segments (one send, not one per
+        // packet), and the datagrams are predictable.
+        enc.set_vbr(false).map_err(lib)?;
         enc.set_complexity(COMPLEXITY).map_err(lib)?;
         let lookahead = usize::try_from(enc.get_lookahead().map_err(lib)?).unwrap_or(0);
         let channels = usize::from(format.channels);

@@ -218,52 +218,53 @@ fn opus_packets_never_exceed_a_small_datagram() {
     assert!(sizes.iter().all(|&n| n <= 300), "{sizes:?}");
 }
 
+/// A lost packet is concealed by Opus's own PLC: sound at the level of the music it replaces
+/// (neither the fade to silence PCM and FLAC get, nor a burst), asked for in uneven pieces as
+/// a jitter buffer does, and decoding goes on after the hole. How much the extrapolation
+/// resembles the missing audio depends on where the hole falls (its SNR against the music
+/// ranges from about −4.5 to +3 dB over these holes), so that is printed, not asserted.
 #[test]
 fn opus_conceals_a_lost_packet_with_sound_not_silence() {
     let (reference, _, packets) = opus_round_trip(48_000, 2, 128_000);
-    let mut dec = Decoder::new(
-        AudioCodec::Opus { bitrate: 128_000 },
-        Format {
-            sample_rate: 48_000,
-            channels: 2,
-        },
-        960,
-    )
-    .expect("decoder");
-    assert!(dec.conceals());
-    let lost = 40;
-    let mut out = Vec::new();
-    for p in &packets[..lost] {
-        dec.decode(&p.bytes, &mut out).expect("decode");
-    }
-    // The hole is asked for in uneven pieces, as a jitter buffer does.
-    let ts = packets[lost].ts;
-    let mut plc = Vec::new();
-    for (at, n) in [(0u64, 100usize), (100, 500), (600, 360)] {
-        assert!(dec.conceal(ts + at, n, &mut plc));
-    }
-    assert_eq!(plc.len(), 960 * 2);
-    let energy: f64 = plc.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / plc.len() as f64;
-    eprintln!(
-        "PLC RMS {:.0}, SNR {:.1} dB",
-        energy.sqrt(),
-        snr_db(
-            &reference[ts as usize * 2..ts as usize * 2 + plc.len()],
-            &plc
+    let rms =
+        |s: &[i16]| (s.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / s.len() as f64).sqrt();
+    for lost in [20, 30, 40, 50, 60, 70, 80] {
+        let mut dec = Decoder::new(
+            AudioCodec::Opus { bitrate: 128_000 },
+            Format {
+                sample_rate: 48_000,
+                channels: 2,
+            },
+            960,
         )
-    );
-    assert!(energy.sqrt() > 100.0, "PLC RMS {:.1}", energy.sqrt());
-    // And it resembles the missing music more than silence does.
-    let at = ts as usize * 2;
-    let want = &reference[at..at + plc.len()];
-    assert!(
-        snr_db(want, &plc) > 0.0,
-        "PLC SNR {:.1} dB",
-        snr_db(want, &plc)
-    );
-    // Decoding continues after the hole.
-    let mut after = Vec::new();
-    assert_eq!(dec.decode(&packets[lost + 1].bytes, &mut after), Ok(960));
+        .expect("decoder");
+        assert!(dec.conceals());
+        let mut out = Vec::new();
+        for p in &packets[..lost] {
+            dec.decode(&p.bytes, &mut out).expect("decode");
+        }
+        let ts = packets[lost].ts;
+        let mut plc = Vec::new();
+        for (at, n) in [(0u64, 100usize), (100, 500), (600, 360)] {
+            assert!(dec.conceal(ts + at, n, &mut plc));
+        }
+        assert_eq!(plc.len(), 960 * 2);
+        let at = ts as usize * 2;
+        let want = &reference[at..at + plc.len()];
+        let (got_rms, want_rms) = (rms(&plc), rms(want));
+        eprintln!(
+            "hole at packet {lost}: PLC RMS {got_rms:.0} (music {want_rms:.0}), SNR {:.1} dB",
+            snr_db(want, &plc)
+        );
+        assert!(got_rms > 100.0, "packet {lost}: PLC RMS {got_rms:.1}");
+        assert!(
+            got_rms > want_rms / 10.0 && got_rms < want_rms * 3.0,
+            "packet {lost}: PLC RMS {got_rms:.0} against the music's {want_rms:.0}"
+        );
+        // Decoding continues after the hole.
+        let mut after = Vec::new();
+        assert_eq!(dec.decode(&packets[lost + 1].bytes, &mut after), Ok(960));
+    }
 }
 
 #[test]

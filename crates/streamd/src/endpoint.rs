@@ -215,10 +215,11 @@ pub trait AudioSource {
     fn ready_frames(&self) -> Option<u64> {
         None
     }
-    /// True for a source whose audio exists before it is due (a file): the server reads it
-    /// ahead by what its encoder holds back ([`audiocodec::Encoder::lag`]), so a FLAC or Opus
-    /// datagram leaves when its first frame is due, as a PCM one does, and a synchronised
-    /// listener keeps the whole playout delay for repair. A live source cannot (the default).
+    /// True for a source whose audio exists before it is due (a file): with FLAC or Opus the
+    /// server reads it ahead by what the encoder holds back ([`audiocodec::Encoder::lag`]) plus
+    /// one interval, so each datagram has left by the time its first frame is due and a
+    /// synchronised listener keeps the whole playout delay for repair. A live source cannot
+    /// (the default): its timeline is put later instead ([`Endpoint::timeline`]).
     fn reads_ahead(&self) -> bool {
         false
     }
@@ -561,13 +562,22 @@ impl<S: AudioSource> Endpoint<S> {
             _ => None,
         };
         self.encoder = encoder;
-        let lead = if self.source.reads_ahead() {
-            self.encoder.lag()
-        } else {
-            0
-        };
-        self.clock.set_lead(lead);
+        self.clock.set_lead(self.read_ahead());
         Ok(())
+    }
+
+    /// Source frames a file is read ahead of its media clock: nothing for PCM, which is cut
+    /// as it becomes due; for a codec that gives out whole packets (FLAC, Opus), what the
+    /// encoder holds back plus one interval, so every packet has left by the time its first
+    /// frame is due, however many packets a tick carries. A live source: nothing.
+    fn read_ahead(&self) -> u64 {
+        let lag = self.encoder.lag();
+        if !self.source.reads_ahead() || lag == 0 {
+            return 0;
+        }
+        let rate = u128::from(self.encoder.source_format().sample_rate);
+        let interval = self.config.interval.as_nanos() * rate / 1_000_000_000;
+        lag.saturating_add(u64::try_from(interval).unwrap_or(u64::MAX))
     }
 
     /// Bytes of payload an Audio datagram holds ([`audio_payload_room`]).

@@ -136,6 +136,21 @@ pub enum FecChoice {
 
 /// Default `--interval`: 50 ticks a second, small bursts, cheap timers.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(20);
+
+/// `--interval`'s default for an Opus stream: two 20 ms packets a tick. Every listener costs
+/// the server one send per tick (a PCM tick's three datagrams, or an Opus tick's two packets of
+/// one constant size, go as one UDP GSO message), so this halves an Opus listener's sends; a
+/// file is read ahead by an interval, so each packet still leaves before it is due.
+pub const OPUS_DEFAULT_INTERVAL: Duration = Duration::from_millis(40);
+
+/// The interval when `--interval` is not given: [`OPUS_DEFAULT_INTERVAL`] for Opus, else
+/// [`DEFAULT_INTERVAL`].
+pub fn default_interval(codec: AudioCodec) -> Duration {
+    match codec {
+        AudioCodec::Opus { .. } => OPUS_DEFAULT_INTERVAL,
+        _ => DEFAULT_INTERVAL,
+    }
+}
 /// Default `--max-clients`: the original served 3; 32 is a classroom.
 pub const DEFAULT_MAX_CLIENTS: usize = 32;
 

@@ -82,9 +82,10 @@ struct Cli {
     /// What listeners get while a FIFO has no writer (between tracks).
     #[arg(long, value_enum, default_value_t = OnIdle::Silence)]
     on_idle: OnIdle,
-    /// Send tick, 5ms..2s: e.g. 20ms, 0.5s or plain seconds (0.02).
-    #[arg(long, default_value = "20ms", value_parser = parse_interval, value_name = "DURATION")]
-    interval: Duration,
+    /// Send tick, 5ms..2s: e.g. 20ms, 0.5s or plain seconds (0.02) [default: 20ms; 40ms with
+    /// --codec opus, two 20 ms packets per send]
+    #[arg(long, value_parser = parse_interval, value_name = "DURATION")]
+    interval: Option<Duration>,
     /// Address to bind.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     bind: IpAddr,
@@ -185,7 +186,9 @@ impl Cli {
         };
         let mut c = Config::new(file, SocketAddr::new(self.bind, self.port.unwrap_or(0)));
         c.capture = self.capture.clone();
-        c.interval = self.interval;
+        c.interval = self
+            .interval
+            .unwrap_or_else(|| streamd::server::default_interval(self.codec));
         c.max_clients = self.max_clients as usize;
         c.client_timeout = self.client_timeout;
         c.playout_delay = self.latency;
