@@ -575,9 +575,8 @@ impl<S: AudioSource> Endpoint<S> {
         if !self.source.reads_ahead() || lag == 0 {
             return 0;
         }
-        let rate = u128::from(self.encoder.source_format().sample_rate);
-        let interval = self.config.interval.as_nanos() * rate / 1_000_000_000;
-        lag.saturating_add(u64::try_from(interval).unwrap_or(u64::MAX))
+        let rate = self.encoder.source_format().sample_rate;
+        lag.saturating_add(pacing::frames_in(self.config.interval, rate))
     }
 
     /// Bytes of payload an Audio datagram holds ([`audio_payload_room`]).

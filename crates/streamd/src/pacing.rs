@@ -21,6 +21,11 @@ pub const MAX_CATCH_UP: Duration = Duration::from_secs(1);
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 
+/// Whole frames in `d` at `rate` frames per second (rounded down, saturating).
+pub fn frames_in(d: Duration, rate: u32) -> u64 {
+    u64::try_from(d.as_nanos() * u128::from(rate) / NANOS_PER_SEC).unwrap_or(u64::MAX)
+}
+
 /// Frames per datagram: as many whole frames as fit in `mtu` bytes after the audio header,
 /// and never more than a v1 payload may hold. At least one.
 pub fn frames_per_packet(mtu: usize, bytes_per_frame: usize) -> usize {
@@ -43,8 +48,8 @@ pub struct MediaClock {
     slipped: Duration,
     /// Most frames owed before the clock slips.
     max_owed: u64,
-    /// Frames handed out ahead of the media clock: what an encoder holds back before a packet
-    /// comes out, for a source that can be read ahead (see [`MediaClock::set_lead`]).
+    /// Frames handed out ahead of the media clock, for a source that can be read ahead (see
+    /// [`MediaClock::set_lead`]).
     lead: u64,
 }
 
@@ -54,8 +59,7 @@ impl MediaClock {
     pub fn new(rate: u32, interval: Duration) -> Self {
         let rate = rate.max(1);
         let window = MAX_CATCH_UP.max(interval.saturating_mul(2));
-        let max_owed =
-            u64::try_from(window.as_nanos() * u128::from(rate) / NANOS_PER_SEC).unwrap_or(u64::MAX);
+        let max_owed = frames_in(window, rate);
         Self {
             rate,
             anchor: None,
@@ -67,8 +71,8 @@ impl MediaClock {
         }
     }
 
-    /// Hands out `frames` more than are due, from now on: a file read this far ahead lets an
-    /// encoder that holds `frames` back (FLAC, Opus) emit each packet when its first frame is
+    /// Hands out `frames` more than are due, from now on: a file read ahead by what a FLAC or
+    /// Opus encoder holds back (plus an interval) has each packet out before its first frame is
     /// due. The timeline ([`MediaClock::anchor`]) does not move.
     pub fn set_lead(&mut self, frames: u64) {
         self.lead = frames;

@@ -151,6 +151,7 @@ pub fn default_interval(codec: AudioCodec) -> Duration {
         _ => DEFAULT_INTERVAL,
     }
 }
+
 /// Default `--max-clients`: the original served 3; 32 is a classroom.
 pub const DEFAULT_MAX_CLIENTS: usize = 32;
 
