@@ -137,17 +137,26 @@ pub enum FecChoice {
 /// Default `--interval`: 50 ticks a second, small bursts, cheap timers.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(20);
 
-/// `--interval`'s default for an Opus stream: two 20 ms packets a tick. Every listener costs
-/// the server one send per tick (a PCM tick's three datagrams, or an Opus tick's two packets of
-/// one constant size, go as one UDP GSO message), so this halves an Opus listener's sends; a
-/// file is read ahead by an interval, so each packet still leaves before it is due.
-pub const OPUS_DEFAULT_INTERVAL: Duration = Duration::from_millis(40);
+/// `--interval`'s default for an Opus stream from a file: three 20 ms packets a tick. Every
+/// listener costs the server one send per tick (a PCM tick's three datagrams, or an Opus tick's
+/// packets of one constant size, go as one UDP GSO message), so the longer the tick the fewer
+/// sends; a file is read ahead by an interval, so each packet still leaves before it is due.
+/// The room's playout delay is at least the interval + 5 ms, so this raises the default 50 ms
+/// to 65 ms.
+pub const OPUS_FILE_INTERVAL: Duration = Duration::from_millis(60);
 
-/// The interval when `--interval` is not given: [`OPUS_DEFAULT_INTERVAL`] for Opus, else
-/// [`DEFAULT_INTERVAL`].
-pub fn default_interval(codec: AudioCodec) -> Duration {
+/// `--interval`'s default for an Opus stream from a live input (stdin, a FIFO, a capture
+/// device, a relay): two 20 ms packets a tick. A live input cannot be read ahead, so its tick
+/// adds to the delay; 40 ms keeps the room's default 50 ms.
+pub const OPUS_LIVE_INTERVAL: Duration = Duration::from_millis(40);
+
+/// The interval when `--interval` is not given: for Opus, [`OPUS_FILE_INTERVAL`] when the
+/// source is a file (`reads_ahead`) and [`OPUS_LIVE_INTERVAL`] when it is live; for the other
+/// codecs [`DEFAULT_INTERVAL`].
+pub fn default_interval(codec: AudioCodec, reads_ahead: bool) -> Duration {
     match codec {
-        AudioCodec::Opus { .. } => OPUS_DEFAULT_INTERVAL,
+        AudioCodec::Opus { .. } if reads_ahead => OPUS_FILE_INTERVAL,
+        AudioCodec::Opus { .. } => OPUS_LIVE_INTERVAL,
         _ => DEFAULT_INTERVAL,
     }
 }
@@ -684,7 +693,7 @@ impl Shell {
             .map(|d| format!("{:.3}s", d.as_secs_f64()))
             .unwrap_or_else(|| "unknown".into());
         tracing::info!(
-            "on {}: streaming {} ({}, {} Hz, {} ch, {}) every {:?} as {} in datagrams of <= {} bytes ({} frames), \
+            "on {}: streaming {} ({}, {} Hz, {} ch, {}) every {:?} (playout delay {:?}) as {} in datagrams of <= {} bytes ({} frames), \
              max {} listeners, client timeout {:?}, start {}, loop {}, fan-out by {}",
             self.local_addr,
             self.config.file.display(),
@@ -693,6 +702,7 @@ impl Shell {
             si.channels,
             duration,
             self.config.interval,
+            Duration::from_micros(u64::from(self.endpoint.stream_info().playout_delay_us)),
             audiocodec::codec_label(self.endpoint.codec()),
             self.config.mtu,
             self.endpoint.frames_per_packet(),

@@ -635,19 +635,24 @@ pub struct InputOptions {
     pub on_idle: OnIdle,
 }
 
+/// Whether `--file path` is live (`-` for stdin, or a named pipe) rather than a file that can
+/// be read ahead.
+pub fn live_input(path: &Path) -> Option<LiveInput> {
+    if path == Path::new("-") {
+        Some(LiveInput::Stdin)
+    } else if crate::live::is_fifo(path) {
+        Some(LiveInput::Fifo(path.to_path_buf()))
+    } else {
+        None
+    }
+}
+
 impl Input {
     /// Opens `path` (`-` for stdin): a FIFO or stdin becomes a live input with its reader
     /// thread started; a container on it is probed first (for a FIFO that waits for its first
     /// writer), so a stream that is not audio fails here.
     pub fn open(path: &Path, opts: InputOptions) -> Result<Input, SourceError> {
-        let live = if path == Path::new("-") {
-            Some(LiveInput::Stdin)
-        } else if crate::live::is_fifo(path) {
-            Some(LiveInput::Fifo(path.to_path_buf()))
-        } else {
-            None
-        };
-        let Some(live) = live else {
+        let Some(live) = live_input(path) else {
             return Ok(match opts.format {
                 Some(f) => Input::Raw(RawFile::open(path, f)?),
                 None => Input::File(Source::open(path)?),

@@ -333,3 +333,69 @@ fn a_file_shorter_than_announced_is_streamed_with_a_warning() {
     assert!(warning.contains(&*path.to_string_lossy()), "{warning}");
     assert!(warning.contains("88200 frames"), "{warning}");
 }
+
+/// The `streaming ... every I (playout delay D) as CODEC` line of a server started with `args`
+/// (stdin from `stdin`, when given); the server is killed by its PID once it has said it.
+fn start_line(args: &[&str], stdin: Option<std::fs::File>) -> String {
+    let mut child = streamd()
+        .args(["--port", "0", "--bind", "127.0.0.1"])
+        .args(args)
+        .stdin(stdin.map_or(Stdio::null(), Stdio::from))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..5 {
+        line.clear();
+        err.read_line(&mut line).unwrap();
+        if line.contains(": streaming ") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    line
+}
+
+#[test]
+fn the_default_tick_and_delay_follow_the_codec_and_the_source() {
+    let wav = fixture("stereo44.wav");
+    let wav = wav.to_str().unwrap();
+    let cases: [(&[&str], bool, &str); 5] = [
+        (
+            &["--file", wav],
+            false,
+            "every 20ms (playout delay 50ms) as pcm",
+        ),
+        // A file is read ahead: three Opus packets a tick, and a room delay the tick allows.
+        (
+            &["--file", wav, "--codec", "opus"],
+            false,
+            "every 60ms (playout delay 65ms) as opus",
+        ),
+        // A live input cannot be read ahead: two packets a tick keep the room's 50 ms.
+        (
+            &["--file", "-", "--codec", "opus"],
+            true,
+            "every 40ms (playout delay 50ms) as opus",
+        ),
+        // What is given is kept.
+        (
+            &["--file", wav, "--codec", "opus", "--interval", "20ms"],
+            false,
+            "every 20ms (playout delay 50ms) as opus",
+        ),
+        (
+            &["--file", wav, "--codec", "opus", "--latency", "200ms"],
+            false,
+            "every 60ms (playout delay 200ms) as opus",
+        ),
+    ];
+    for (args, stdin, want) in cases {
+        let input = stdin.then(|| std::fs::File::open(fixture("stereo44.wav")).unwrap());
+        let line = start_line(args, input);
+        assert!(line.contains(want), "{args:?}: want {want:?} in {line:?}");
+    }
+}

@@ -82,8 +82,9 @@ struct Cli {
     /// What listeners get while a FIFO has no writer (between tracks).
     #[arg(long, value_enum, default_value_t = OnIdle::Silence)]
     on_idle: OnIdle,
-    /// Send tick, 5ms..2s: e.g. 20ms, 0.5s or plain seconds (0.02) [default: 20ms; 40ms with
-    /// --codec opus, two 20 ms packets per send]
+    /// Send tick, 5ms..2s: e.g. 20ms, 0.5s or plain seconds (0.02) [default: 20ms; with
+    /// --codec opus 60ms from a file, 40ms from a live input: three or two 20 ms packets per
+    /// send]
     #[arg(long, value_parser = parse_interval, value_name = "DURATION")]
     interval: Option<Duration>,
     /// Address to bind.
@@ -96,9 +97,10 @@ struct Cli {
     #[arg(long, default_value = "5s", value_parser = parse_client_timeout, value_name = "DURATION")]
     client_timeout: Duration,
     /// The room's playout delay: every listener plays each frame this long after it became
-    /// due, 10ms..5s (raised to the interval + 5 ms when shorter).
-    #[arg(long, default_value = "50ms", value_parser = parse_latency, value_name = "DURATION")]
-    latency: Duration,
+    /// due, 10ms..5s (raised to the interval + 5 ms when shorter) [default: 50ms, or the
+    /// interval + 5 ms when longer: 65ms for Opus from a file]
+    #[arg(long, value_parser = parse_latency, value_name = "DURATION")]
+    latency: Option<Duration>,
     /// Parity for loss repair: K,M sends M Reed-Solomon parity datagrams after every K audio
     /// datagrams (K 1..=32, M 1..=K; K datagrams must fit in --latency), or off
     /// [default: 6,1 when six datagrams fit in --latency, else off].
@@ -178,6 +180,14 @@ fn parse_rekey_interval(s: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
+    /// True when the audio comes from a file streamd can read ahead (not stdin, a FIFO, a
+    /// capture device or a relay).
+    fn reads_ahead(&self) -> bool {
+        self.file
+            .as_deref()
+            .is_some_and(|f| streamd::source::live_input(f).is_none())
+    }
+
     fn config(&self) -> Config {
         let file = match (&self.file, &self.relay_from) {
             (Some(f), _) => f.clone(),
@@ -188,10 +198,13 @@ impl Cli {
         c.capture = self.capture.clone();
         c.interval = self
             .interval
-            .unwrap_or_else(|| streamd::server::default_interval(self.codec));
+            .unwrap_or_else(|| streamd::server::default_interval(self.codec, self.reads_ahead()));
         c.max_clients = self.max_clients as usize;
         c.client_timeout = self.client_timeout;
-        c.playout_delay = self.latency;
+        c.playout_delay = self.latency.unwrap_or_else(|| {
+            proto::limits::DEFAULT_PLAYOUT_DELAY
+                .max(streamd::endpoint::min_playout_delay(c.interval))
+        });
         c.fec = self.fec.unwrap_or_default();
         c.retransmit = self.retransmit;
         // RTP players do not join: with --rtp the stream starts at once unless told otherwise.
