@@ -728,7 +728,8 @@ fn render(rows: &[Row], d: Duration) -> String {
     for r in rows {
         let _ = writeln!(s, "{}", render_row(r));
     }
-    let ratios = ratios(rows);
+    let mut ratios = ratios(rows);
+    ratios.extend(marginal(rows));
     if !ratios.is_empty() {
         let _ = writeln!(s);
         for line in ratios {
@@ -771,6 +772,66 @@ fn ratios(rows: &[Row]) -> Vec<String> {
         }
     }
     out
+}
+
+/// A system's server CPU (cores) against N, fitted as `fixed + per_listener × N` by least
+/// squares over the N it was measured at: the cost of one more listener, apart from what the
+/// stream costs with none (decoding, encoding, timers). `None` below two distinct N.
+fn fit(rows: &[Row], system: &str) -> Option<(f64, f64)> {
+    let pts: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.system == system)
+        .filter_map(|r| Some((r.n as f64, r.cpu_per_listener? * r.n as f64)))
+        .collect();
+    let k = pts.len() as f64;
+    let mx = pts.iter().map(|p| p.0).sum::<f64>() / k;
+    let my = pts.iter().map(|p| p.1).sum::<f64>() / k;
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if pts.len() < 2 || sxx <= 0.0 {
+        return None;
+    }
+    let per = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx;
+    Some((my - per * mx, per))
+}
+
+/// The fitted cost of one more listener of each system, and its ratios to each earshot
+/// column's: the fan-out compared without the fixed cost, which weighs on a small N.
+fn marginal(rows: &[Row]) -> Vec<String> {
+    let systems = ["earshot", "earshot-opus", "snapserver", "gstreamer"];
+    let fits: Vec<(&str, (f64, f64))> = systems
+        .iter()
+        .filter_map(|&sys| Some((sys, fit(rows, sys)?)))
+        .collect();
+    if fits.is_empty() {
+        return Vec::new();
+    }
+    let mut ns: Vec<usize> = rows.iter().map(|r| r.n).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    let mut parts: Vec<String> = fits
+        .iter()
+        .map(|(sys, (fixed, per))| {
+            format!("{sys} {per:.6} (fixed {:.2} % of a core)", fixed * 100.0)
+        })
+        .collect();
+    for ours in ["earshot", "earshot-opus"] {
+        let Some((_, (_, e))) = fits.iter().find(|(s, _)| *s == ours) else {
+            continue;
+        };
+        for (other, (_, c)) in &fits {
+            if *other != ours && *other != "earshot-opus" && *e > 0.0 {
+                parts.push(format!("{other} / {ours} {:.2} ×", c / e));
+            }
+        }
+    }
+    vec![format!(
+        "N = {}: server CPU per added listener (least squares over N), {}",
+        ns.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        parts.join(", ")
+    )]
 }
 
 fn render_row(r: &Row) -> String {
@@ -849,5 +910,39 @@ mod tests {
             ]
         );
         assert!(render(&rows, Duration::from_secs(1)).contains("snapserver / earshot-opus 12.00"));
+    }
+
+    #[test]
+    fn the_fit_separates_the_fixed_cost_from_each_added_listener() {
+        // earshot-opus: 1 % of a core with no listener, 0.00004 per listener; snapserver:
+        // 0.3 %, 0.0003 per listener. Per listener at N = 100 that is 0.00014 against 0.000303
+        // (2.2 ×), but each added listener costs 7.5 × less.
+        let row = |system: &str, n: usize, fixed: f64, per: f64| Row {
+            system: system.into(),
+            n,
+            cpu_per_listener: Some(fixed / n as f64 + per),
+            ..Row::default()
+        };
+        let rows = [
+            row("earshot-opus", 100, 0.01, 0.00004),
+            row("earshot-opus", 200, 0.01, 0.00004),
+            row("earshot-opus", 250, 0.01, 0.00004),
+            row("snapserver", 100, 0.003, 0.0003),
+            row("snapserver", 250, 0.003, 0.0003),
+            row("earshot", 100, 0.003, 0.00013),
+        ];
+        let (fixed, per) = fit(&rows, "earshot-opus").unwrap();
+        assert!((fixed - 0.01).abs() < 1e-9 && (per - 0.00004).abs() < 1e-12);
+        assert_eq!(fit(&rows, "earshot"), None, "one N is no slope");
+        assert_eq!(
+            marginal(&rows),
+            vec![
+                "N = 100, 200, 250: server CPU per added listener (least squares over N), \
+                 earshot-opus 0.000040 (fixed 1.00 % of a core), snapserver 0.000300 (fixed \
+                 0.30 % of a core), snapserver / earshot-opus 7.50 ×"
+                    .to_string()
+            ]
+        );
+        assert!(marginal(&rows[..1]).is_empty());
     }
 }
