@@ -1,6 +1,6 @@
 //! What the kernel says about processes and sockets: CPU seconds and memory of a process from
-//! `/proc/PID/stat`, its threads' `schedstat` and `/proc/PID/status`, our own threads' CPU from `getrusage`, and the
-//! receive-queue drops of given UDP sockets from `/proc/net/udp`.
+//! `/proc/PID/stat`, its threads' `schedstat` and `/proc/PID/status`, our own threads' CPU from
+//! `getrusage`, and the receive-queue drops of given UDP sockets from `/proc/net/udp`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -783,11 +783,14 @@ fn fit(rows: &[Row], system: &str) -> Option<(f64, f64)> {
         .filter(|r| r.system == system)
         .filter_map(|r| Some((r.n as f64, r.cpu_per_listener? * r.n as f64)))
         .collect();
+    if pts.len() < 2 {
+        return None;
+    }
     let k = pts.len() as f64;
     let mx = pts.iter().map(|p| p.0).sum::<f64>() / k;
     let my = pts.iter().map(|p| p.1).sum::<f64>() / k;
     let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    if pts.len() < 2 || sxx <= 0.0 {
+    if sxx <= 0.0 {
         return None;
     }
     let per = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx;
