@@ -4,6 +4,10 @@
 //! table: server CPU seconds per audio second per listener, server RSS, datagrams and bytes per
 //! second per listener, loss.
 //!
+//! `--listeners 0` also runs earshot, earshot-opus and snapserver with no listener: what their
+//! stream costs by itself (decoding, encoding, timers). Each N's cost per listener above that
+//! is then printed beside the plain ratios, which at small N weigh that fixed cost too.
+//!
 //! Never part of `cargo xtask test`. Installs the peers with apt-get when missing (as root;
 //! otherwise prints the command). Every process it starts is stopped by its PID at the end, also
 //! on error (see [`Procs`]). All traffic stays on 127.0.0.1.
@@ -68,6 +72,10 @@ const MAX_SNAPCLIENTS: usize = 300;
 /// throughput at the smallest N measured; larger N are then skipped for a system that did not.
 const HOLD_SHARE: f64 = 0.9;
 
+/// The systems `--listeners 0` runs: servers that decode (and encode) their stream with no
+/// listener, so that run measures the stream's own cost.
+const IDLE_PEERS: &[&str] = &["earshot", "earshot-opus", "snapserver"];
+
 /// GStreamer receiver branches per `gst-launch-1.0` process.
 const GST_BRANCHES_PER_PROCESS: usize = 100;
 
@@ -88,11 +96,24 @@ struct Row {
     system: String,
     n: usize,
     cpu_per_listener: Option<f64>,
+    /// Server CPU s per audio s (the share of a core) with no listener; N = 0 rows only.
+    idle_cores: Option<f64>,
     rss_mib: Option<f64>,
     dgrams_per_s: Option<f64>,
     bytes_per_s: Option<f64>,
     loss: String,
     note: String,
+}
+
+impl Row {
+    /// The server's whole CPU s per audio s at this N (per listener × N, or the idle figure).
+    fn cores(&self) -> Option<f64> {
+        if self.n == 0 {
+            self.idle_cores
+        } else {
+            Some(self.cpu_per_listener? * self.n as f64)
+        }
+    }
 }
 
 /// Child processes, stopped by PID (SIGTERM, then SIGKILL after a grace) when dropped.
@@ -138,7 +159,7 @@ impl Drop for Procs {
 }
 
 fn usage() -> &'static str {
-    "cargo xtask bench-peers [--listeners 1,100,1000] [--duration SECS] \
+    "cargo xtask bench-peers [--listeners 0,1,100,1000] [--duration SECS] \
      [--peers floor,fake,earshot,earshot-opus,snapserver,gstreamer] [--no-install] [--force] \
      [--out DIR]"
 }
@@ -175,8 +196,8 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
                     .map(|s| s.trim().parse::<usize>())
                     .collect::<Result<_, _>>()
                     .context("--listeners takes numbers like 1,100,1000")?;
-                if o.listeners.iter().any(|&n| n == 0 || n > 10_000) {
-                    bail!("--listeners must be between 1 and 10000");
+                if o.listeners.iter().any(|&n| n > 10_000) {
+                    bail!("--listeners must be between 0 and 10000");
                 }
             }
             "--duration" => {
@@ -228,6 +249,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                     note: format!("skipped: did not hold at N={at}"),
                     ..Row::default()
                 });
+                continue;
+            }
+            if n == 0 && !IDLE_PEERS.contains(&peer.as_str()) {
+                // The floor, the fake server and GStreamer's sender have no stream of their
+                // own to cost anything without a listener.
                 continue;
             }
             if peer == "snapserver" && n > MAX_SNAPCLIENTS && !o.force {
@@ -370,6 +396,7 @@ fn floor(n: usize, o: &Opts) -> anyhow::Result<Vec<Row>> {
             system: format!("floor-{mode}"),
             n,
             cpu_per_listener: json_f64(&j, &["cpu_per_audio_s_per_listener"]),
+            idle_cores: None,
             rss_mib: None,
             dgrams_per_s: per("datagrams"),
             bytes_per_s: per("bytes"),
@@ -434,6 +461,14 @@ fn earshot_like(n: usize, o: &Opts, stream: Option<(&Path, &str)>) -> anyhow::Re
             )
         }
     };
+    if n == 0 {
+        // No listener: the stream's own cost (decoding, encoding, the timer), read like
+        // snapserver's and GStreamer's.
+        std::thread::sleep(WARMUP);
+        let (cpu, rss) = measure(pid, o)?;
+        procs.stop_all();
+        return Ok(idle_row(system, cpu, rss, o));
+    }
     std::thread::sleep(Duration::from_millis(500));
     let out = Command::new(&load)
         .args(["--server", &addr, "--listeners", &n.to_string(), "--json"])
@@ -451,6 +486,7 @@ fn earshot_like(n: usize, o: &Opts, stream: Option<(&Path, &str)>) -> anyhow::Re
         system: system.into(),
         n,
         cpu_per_listener: json_f64(&j, &["server_proc", "cpu_per_audio_s_per_listener"]),
+        idle_cores: None,
         rss_mib: json_f64(&j, &["server_proc", "rss_peak_kib"]).map(|k| k / 1024.0),
         dgrams_per_s: Some(received / ls),
         // Every datagram from the server (audio and parity), UDP payloads with headers.
@@ -469,6 +505,20 @@ fn earshot_like(n: usize, o: &Opts, stream: Option<(&Path, &str)>) -> anyhow::Re
             json_f64(&j, &["tool", "rx_queue_drops"]).unwrap_or(0.0)
         ),
     })
+}
+
+/// The row of a run with no listener: `cpu` s over `o.duration`.
+fn idle_row(system: &str, cpu: f64, rss_mib: f64, o: &Opts) -> Row {
+    let cores = cpu / o.duration.as_secs_f64();
+    Row {
+        system: system.into(),
+        n: 0,
+        idle_cores: Some(cores),
+        rss_mib: Some(rss_mib),
+        loss: "-".into(),
+        note: format!("no listener: {:.2} % of a core", cores * 100.0),
+        ..Row::default()
+    }
 }
 
 /// Measures a server process over `o.duration` from now: CPU s and peak RSS.
@@ -557,11 +607,15 @@ fn snapserver(n: usize, o: &Opts, raw: &Path) -> anyhow::Result<Row> {
     let segs = ss_sum(port, "segs_out") - s0;
     let conns = count_conns(port);
     procs.stop_all();
+    if n == 0 {
+        return Ok(idle_row("snapserver", cpu, rss, o));
+    }
     let span = o.duration.as_secs_f64();
     Ok(Row {
         system: "snapserver".into(),
         n,
         cpu_per_listener: Some(cpu / o.duration.as_secs_f64() / n as f64),
+        idle_cores: None,
         rss_mib: Some(rss),
         dgrams_per_s: Some(segs / span / n as f64),
         bytes_per_s: Some(bytes / span / n as f64),
@@ -701,6 +755,7 @@ fn gstreamer(n: usize, o: &Opts, wav: &Path) -> anyhow::Result<Row> {
         system: "gstreamer".into(),
         n,
         cpu_per_listener: Some(cpu / secs / n as f64),
+        idle_cores: None,
         rss_mib: Some(rss),
         dgrams_per_s: Some(pkts as f64 / secs),
         bytes_per_s: Some(bytes as f64 / secs),
@@ -729,6 +784,7 @@ fn render(rows: &[Row], d: Duration) -> String {
         let _ = writeln!(s, "{}", render_row(r));
     }
     let mut ratios = ratios(rows);
+    ratios.extend(above_idle(rows));
     ratios.extend(marginal(rows));
     if !ratios.is_empty() {
         let _ = writeln!(s);
@@ -739,34 +795,74 @@ fn render(rows: &[Row], d: Duration) -> String {
     s
 }
 
+/// `other / ours N ×` for each earshot column (`ours`) against each other system, from a cost
+/// per listener `cost(system)`: how many times cheaper earshot is.
+fn ratio_parts(cost: impl Fn(&str) -> Option<f64>) -> Vec<String> {
+    let mut parts = Vec::new();
+    for ours in ["earshot", "earshot-opus"] {
+        let Some(e) = cost(ours).filter(|&c| c > 0.0) else {
+            continue;
+        };
+        for other in ["earshot", "snapserver", "gstreamer"] {
+            if other == ours {
+                continue;
+            }
+            if let Some(c) = cost(other).filter(|&c| c > 0.0) {
+                parts.push(format!("{other} / {ours} {:.2} ×", c / e));
+            }
+        }
+    }
+    parts
+}
+
 /// Server CPU per listener of each system over each earshot column's, per N where both were
 /// measured in this run: how many times cheaper earshot is per listener.
 fn ratios(rows: &[Row]) -> Vec<String> {
-    let cpu = |system: &str, n: usize| {
-        rows.iter()
-            .find(|r| r.system == system && r.n == n)
-            .and_then(|r| r.cpu_per_listener)
-            .filter(|&c| c > 0.0)
-    };
-    let mut ns: Vec<usize> = rows.iter().map(|r| r.n).collect();
-    ns.dedup();
     let mut out = Vec::new();
-    for n in ns {
-        let mut parts = Vec::new();
-        for ours in ["earshot", "earshot-opus"] {
-            let Some(e) = cpu(ours, n) else { continue };
-            for other in ["earshot", "snapserver", "gstreamer"] {
-                if other == ours {
-                    continue;
-                }
-                if let Some(c) = cpu(other, n) {
-                    parts.push(format!("{other} / {ours} {:.2} ×", c / e));
-                }
-            }
-        }
+    for n in sorted_ns(rows) {
+        let parts = ratio_parts(|system| {
+            rows.iter()
+                .find(|r| r.system == system && r.n == n)
+                .and_then(|r| r.cpu_per_listener)
+        });
         if !parts.is_empty() {
             out.push(format!(
                 "N = {n}: server CPU per listener, {}",
+                parts.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// The N measured, in order, each once.
+fn sorted_ns(rows: &[Row]) -> Vec<usize> {
+    let mut ns: Vec<usize> = rows.iter().map(|r| r.n).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    ns
+}
+
+/// Per N, each system's server CPU per listener above its own with no listener (an N = 0 run
+/// in the same table), `(cpu(N) − cpu(0)) / N`, and the ratios of those: the fan-out compared
+/// without the stream's fixed cost, from two direct measurements instead of a fit.
+fn above_idle(rows: &[Row]) -> Vec<String> {
+    let cores = |system: &str, n: usize| {
+        rows.iter()
+            .find(|r| r.system == system && r.n == n)
+            .and_then(Row::cores)
+    };
+    let mut out = Vec::new();
+    for n in sorted_ns(rows).into_iter().filter(|&n| n > 0) {
+        let per = |system: &str| Some((cores(system, n)? - cores(system, 0)?) / n as f64);
+        let mut parts: Vec<String> = ["earshot", "earshot-opus", "snapserver"]
+            .iter()
+            .filter_map(|&s| Some(format!("{s} {:.6}", per(s)?)))
+            .collect();
+        parts.extend(ratio_parts(per));
+        if !parts.is_empty() {
+            out.push(format!(
+                "N = {n}: server CPU per listener above the same system with none (N = 0), {}",
                 parts.join(", ")
             ));
         }
@@ -781,7 +877,7 @@ fn fit(rows: &[Row], system: &str) -> Option<(f64, f64)> {
     let pts: Vec<(f64, f64)> = rows
         .iter()
         .filter(|r| r.system == system)
-        .filter_map(|r| Some((r.n as f64, r.cpu_per_listener? * r.n as f64)))
+        .filter_map(|r| Some((r.n as f64, r.cores()?)))
         .collect();
     if pts.len() < 2 {
         return None;
@@ -808,28 +904,21 @@ fn marginal(rows: &[Row]) -> Vec<String> {
     if fits.is_empty() {
         return Vec::new();
     }
-    let mut ns: Vec<usize> = rows.iter().map(|r| r.n).collect();
-    ns.sort_unstable();
-    ns.dedup();
     let mut parts: Vec<String> = fits
         .iter()
         .map(|(sys, (fixed, per))| {
             format!("{sys} {per:.6} (fixed {:.2} % of a core)", fixed * 100.0)
         })
         .collect();
-    for ours in ["earshot", "earshot-opus"] {
-        let Some((_, (_, e))) = fits.iter().find(|(s, _)| *s == ours) else {
-            continue;
-        };
-        for (other, (_, c)) in &fits {
-            if *other != ours && *other != "earshot-opus" && *e > 0.0 {
-                parts.push(format!("{other} / {ours} {:.2} ×", c / e));
-            }
-        }
-    }
+    parts.extend(ratio_parts(|system| {
+        fits.iter()
+            .find(|(s, _)| *s == system)
+            .map(|(_, (_, per))| *per)
+    }));
     vec![format!(
         "N = {}: server CPU per added listener (least squares over N), {}",
-        ns.iter()
+        sorted_ns(rows)
+            .iter()
             .map(|n| n.to_string())
             .collect::<Vec<_>>()
             .join(", "),
@@ -870,7 +959,11 @@ mod tests {
         assert_eq!(o.listeners, vec![1, 100]);
         assert_eq!(o.duration, Duration::from_secs(5));
         assert!(!o.install);
-        assert!(parse(&a(&["--listeners", "0"])).is_err());
+        assert_eq!(
+            parse(&a(&["--listeners", "0,200"])).unwrap().listeners,
+            vec![0, 200]
+        );
+        assert!(parse(&a(&["--listeners", "10001"])).is_err());
         assert!(parse(&a(&["--duration"])).is_err());
         assert!(parse(&a(&["--bogus"])).is_err());
     }
@@ -947,5 +1040,47 @@ mod tests {
             ]
         );
         assert!(marginal(&rows[..1]).is_empty());
+    }
+
+    #[test]
+    fn a_run_with_no_listener_gives_each_listeners_cost_above_the_stream() {
+        // earshot-opus: 0.8 % of a core with none, 1.6 % at N = 200 (0.00004 per listener
+        // above it); earshot: 0.3 % and 3.1 % (0.00014); snapserver: 0.5 % and 8.5 % (0.0004).
+        let at = |system: &str, n: usize, cores: f64| Row {
+            system: system.into(),
+            n,
+            cpu_per_listener: (n > 0).then(|| cores / n as f64),
+            idle_cores: (n == 0).then_some(cores),
+            ..Row::default()
+        };
+        let rows = [
+            at("earshot", 0, 0.003),
+            at("earshot-opus", 0, 0.008),
+            at("snapserver", 0, 0.005),
+            at("earshot", 200, 0.031),
+            at("earshot-opus", 200, 0.016),
+            at("snapserver", 200, 0.085),
+            at("earshot-opus", 300, 0.02),
+        ];
+        assert_eq!(
+            above_idle(&rows),
+            vec![
+                "N = 200: server CPU per listener above the same system with none (N = 0), \
+                 earshot 0.000140, earshot-opus 0.000040, snapserver 0.000400, snapserver / \
+                 earshot 2.86 ×, earshot / earshot-opus 3.50 ×, snapserver / earshot-opus \
+                 10.00 ×"
+                    .to_string(),
+                "N = 300: server CPU per listener above the same system with none (N = 0), \
+                 earshot-opus 0.000040"
+                    .to_string()
+            ]
+        );
+        // The N = 0 rows feed the fit as measured fixed costs, and stay out of the ratios.
+        let (fixed, per) = fit(&rows, "earshot-opus").unwrap();
+        assert!((fixed - 0.008).abs() < 1e-9 && (per - 0.00004).abs() < 1e-12);
+        assert!(ratios(&rows).iter().all(|l| !l.starts_with("N = 0")));
+        let table = render(&rows, Duration::from_secs(1));
+        assert!(table.contains("| earshot-opus | 0 | - |"), "{table}");
+        assert!(above_idle(&rows[3..]).is_empty(), "no N = 0 run, no line");
     }
 }
