@@ -76,6 +76,7 @@ fn open_sink(config: &Config, info: &StreamInfo) -> Result<Box<dyn Sink>, SinkEr
             config.device.as_deref(),
             info.sample_rate,
             info.channels,
+            config.clock,
         )?)),
     }
 }

@@ -29,6 +29,7 @@ use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{FromSample, SizedSample};
 
 use crate::jitter::{duration_of, frames_in};
+use crate::simclock::SimClock;
 
 /// How far ahead a virtual device (WAV, null) takes audio: the client refills it when it is
 /// down to [`VIRTUAL_REFILL_MARGIN`], so the client's timer slipping a few milliseconds never
@@ -569,6 +570,8 @@ pub struct CpalSink {
     scratch: Vec<i16>,
     /// What the device side saw, counted lock-free.
     counters: Arc<DeviceCounters>,
+    /// The listener's clock, which the instants of [`Sink`] are read on.
+    clock: SimClock,
     /// For messages.
     name: String,
 }
@@ -801,11 +804,21 @@ impl CpalSink {
 
     /// Opens the device (the default, or `name`) for a stream of `rate` and `channels`, and
     /// starts it playing (silence until audio comes).
-    pub fn open(name: Option<&str>, rate: u32, channels: u16) -> Result<Self, SinkError> {
-        quiet_alsa(|| Self::open_inner(name, rate, channels))
+    pub fn open(
+        name: Option<&str>,
+        rate: u32,
+        channels: u16,
+        clock: SimClock,
+    ) -> Result<Self, SinkError> {
+        quiet_alsa(|| Self::open_inner(name, rate, channels, clock))
     }
 
-    fn open_inner(name: Option<&str>, rate: u32, channels: u16) -> Result<Self, SinkError> {
+    fn open_inner(
+        name: Option<&str>,
+        rate: u32,
+        channels: u16,
+        clock: SimClock,
+    ) -> Result<Self, SinkError> {
         use cpal::SampleFormat as F;
         let device = find_device(name)?;
         let dev_name = device_name(&device);
@@ -859,6 +872,7 @@ impl CpalSink {
             capacity,
             scratch: Vec::with_capacity(capacity + 64),
             counters,
+            clock,
             name: dev_name,
         })
     }
@@ -897,15 +911,17 @@ impl Sink for CpalSink {
         now + DEVICE_REFILL
     }
 
-    fn output_at(&self, now: Instant) -> Instant {
-        // The device's part as its last callback predicted it (how long from now until the
-        // frame after that callback's data plays: a duration of real time, measured on the
-        // real clock), then what the ring holds.
+    fn output_at(&self, _now: Instant) -> Instant {
+        // When the frame after the last callback's data plays, as that callback predicted it
+        // (not in the past), then what the ring holds: a real instant, read on the listener's
+        // clock. It depends on the ring and the device as they are now, not on `now`, which
+        // is as old as the caller's wake-up (a busy machine can make that milliseconds).
         let queued = (self.capacity - self.producer.slots()) / self.dev_ch;
         let next = self.counters.origin
             + Duration::from_nanos(self.counters.next_out_ns.load(Ordering::Relaxed));
-        let device = next.saturating_duration_since(Instant::now());
-        now + device + duration_of(queued as u64, self.dev_rate)
+        let device = next.max(Instant::now());
+        self.clock
+            .local(device + duration_of(queued as u64, self.dev_rate))
     }
 
     fn finish(&mut self, _now: Instant) -> Result<Duration, SinkError> {
