@@ -163,7 +163,7 @@ fn p99_difference(a: &[(i128, u64)], b: &[(i128, u64)], from: i128) -> (f64, usi
 /// other option (synchronised playout is the default): after 5 s of convergence, their
 /// playout logs agree on every common frame within 0.2 ms (p99) over two minutes; each one's
 /// drift is its knob within 2 ppm, its clock offset the knob within a millisecond, and a
-/// clean loopback costs no underrun, no concealment and reads near-zero jitter.
+/// clean loopback costs no underrun, no concealment and reads a jitter far below the delay.
 #[test]
 fn three_listeners_on_skewed_clocks_play_in_step() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -227,7 +227,10 @@ fn three_listeners_on_skewed_clocks_play_in_step() {
         assert_eq!(s["concealed_ms"], 0, "listener {i}: {s}");
         assert_eq!(s["resyncs"], 0, "listener {i}: {s}");
         let jitter = s["jitter_ms"].as_f64().unwrap();
-        assert!(jitter < 1.0, "listener {i}: jitter {jitter} ms on loopback");
+        // On loopback the jitter is how late the processes get the CPU: 0.15–0.37 ms beside
+        // two busy loops, once 2.4 ms with the rest of the suite beside them too; a tenth of
+        // the 50 ms delay would be a wrong estimate, not a busy machine.
+        assert!(jitter < 5.0, "listener {i}: jitter {jitter} ms on loopback");
         logs.push(read_log(log));
     }
     let from = joined_at + 5_000_000_000;
