@@ -4,8 +4,9 @@
 //! another rate than the stream's, the tone that comes out must keep its frequency and level.
 //! A listener's playout log (`--playout-log`) must say when the device really played each
 //! frame, within 2 ms (5 ms in the 2 s after the sound server broke its output, starved, while
-//! its reported latency settles). The tests take the device one at a time. Skipped loudly where PulseAudio is missing, unless
-//! `EARSHOT_REQUIRE_PULSE` is set (`cargo xtask test` sets it).
+//! its reported latency settles). The tests take the device one at a time. Skipped loudly
+//! where PulseAudio is missing, unless `EARSHOT_REQUIRE_PULSE` is set (`cargo xtask test`
+//! sets it).
 #![allow(clippy::unwrap_used)]
 
 mod common;
