@@ -156,8 +156,9 @@ impl ClockEstimator {
     }
 
     /// Takes one exchange: `t1` sent and `t4` received on the listener's clock, `t2` received
-    /// and `t3` sent on the server's (all µs).
-    pub fn on_sample(&mut self, t1: u64, t2: u64, t3: u64, t4: u64) -> Result<(), Rejected> {
+    /// and `t3` sent on the server's (all µs). Returns its round trip on the network (µs,
+    /// the server's own time taken out), which also tells loss repair how soon an answer comes.
+    pub fn on_sample(&mut self, t1: u64, t2: u64, t3: u64, t4: u64) -> Result<u64, Rejected> {
         let Some(i) = self.outstanding.iter().position(|&t| t == t1) else {
             return Err(Rejected::Unsolicited(t1));
         };
@@ -184,7 +185,7 @@ impl ClockEstimator {
         });
         self.answered += 1;
         self.refit();
-        Ok(())
+        Ok(delay)
     }
 
     /// Fits the line to the least delayed exchanges of each part of the window.
@@ -578,7 +579,7 @@ mod tests {
         );
         assert!(!est.is_synced());
         est.on_request_sent(3_000);
-        assert_eq!(est.on_sample(3_000, 10_100, 10_110, 3_210), Ok(()));
+        assert_eq!(est.on_sample(3_000, 10_100, 10_110, 3_210), Ok(200));
         // Each answer is taken once.
         assert_eq!(
             est.on_sample(3_000, 10_100, 10_110, 3_210),

@@ -273,6 +273,32 @@ struct Handshake {
     retry_at: Instant,
     /// The handshake gives up here.
     deadline: Instant,
+    /// The message awaiting its answer and when it was sent; `None` once it was sent again,
+    /// since an answer could then be to either copy (Karn's rule).
+    asked: Option<(Asked, Instant)>,
+    /// The shortest round trip the handshake measured: loss repair's first estimate of how
+    /// soon a resend can come, before any Nack was answered.
+    rtt: Option<Duration>,
+}
+
+/// A handshake message that gets an answer: `Connect` a `Challenge`, `Join` a `Welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Connect,
+    Join,
+}
+
+impl Handshake {
+    /// The answer to `what` arrived at `now`: a round trip, if `what` was sent once.
+    fn answered(&mut self, what: Asked, now: Instant) {
+        if let Some((asked, at)) = self.asked
+            && asked == what
+        {
+            self.asked = None;
+            let rtt = now.saturating_duration_since(at);
+            self.rtt = Some(self.rtt.map_or(rtt, |r| r.min(rtt)));
+        }
+    }
 }
 
 /// Reception state after a playable `Welcome`.
@@ -445,6 +471,8 @@ impl Session {
                 backoff: HANDSHAKE_RETRY_FIRST,
                 retry_at: (now + HANDSHAKE_RETRY_FIRST).min(now + config.timeout),
                 deadline: now + config.timeout,
+                asked: Some((Asked::Connect, now)),
+                rtt: None,
             },
             stream: None,
             tracker: Tracker::new(1, 0, now),
@@ -667,12 +695,20 @@ impl Session {
         };
         match p.msg {
             Message::Challenge(c) => {
+                self.handshake.answered(Asked::Connect, now);
+                // A second Challenge (to a resent Connect) sends the Join again: its Welcome
+                // could then answer either copy.
+                self.handshake.asked = match self.handshake.cookie {
+                    None => Some((Asked::Join, now)),
+                    Some(_) => None,
+                };
                 self.handshake.cookie = Some(c.cookie);
                 let join = self.join(c.cookie);
                 self.transmits.push_back(join);
                 self.events.push_back(Event::Challenged);
             }
             Message::Welcome(w) => {
+                self.handshake.answered(Asked::Join, now);
                 if self.finish_handshake(&w.noise) {
                     self.welcome(now, w.token, w.info);
                 }
@@ -773,9 +809,18 @@ impl Session {
                 .filter(|_| self.config.playout)
                 .and_then(|f| repair::FecParams::new(f.k, f.m).ok()),
             self.config.playout && info.repair.retransmit_ms > 0,
-            repair::NackConfig::default(),
+            repair::NackConfig {
+                step: Some(duration_of(
+                    u64::from(info.frames_per_packet),
+                    info.sample_rate,
+                )),
+                ..repair::NackConfig::default()
+            },
         );
         repair.expect_from(info.start_seq);
+        if let Some(rtt) = self.handshake.rtt {
+            repair.on_rtt_sample(rtt);
+        }
         let interval = Duration::from_micros(u64::from(info.interval_us));
         let mut tracker = Tracker::new(info.sample_rate, info.start_seq, now);
         tracker
@@ -944,8 +989,11 @@ impl Session {
             }
             Message::Resent(_) | Message::Parity(_) => {}
             Message::TimeResponse(r) => {
-                // An answer to no request of ours (forged, stale, duplicated) is dropped.
-                let _ = self.sync.on_response(now, r.t1, r.t2, r.t3);
+                // An answer to no request of ours (forged, stale, duplicated) is dropped; a
+                // taken one is a round trip for loss repair too.
+                if let Ok(rtt) = self.sync.on_response(now, r.t1, r.t2, r.t3) {
+                    s.repair.on_rtt_sample(rtt);
+                }
             }
             Message::End(e) if s.end.is_none() => {
                 // Trailing loss of a finished stream is concealed to the end, but never past
@@ -1068,6 +1116,7 @@ impl Session {
                 }
                 h.backoff = (h.backoff * 2).min(HANDSHAKE_RETRY_MAX);
                 h.retry_at = (now + h.backoff).min(h.deadline);
+                h.asked = None;
                 match h.cookie {
                     Some(cookie) => {
                         let join = self.join(cookie);

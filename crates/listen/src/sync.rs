@@ -5,7 +5,7 @@
 //! Times on the wire are microseconds of the listener's clock since the session's [`Epoch`];
 //! the session passes its `now` (already through `--sim-clock-*` in the shell).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::clock::{ClockEstimator, Rejected};
 use crate::jitter::JitterBuffer;
@@ -83,13 +83,20 @@ impl ClockSync {
     }
 
     /// A `TimeResponse` arrived at `now` for the request sent at `t1`; the server received it
-    /// at `t2` and answered at `t3` (server µs).
-    pub fn on_response(&mut self, now: Instant, t1: u64, t2: u64, t3: u64) -> Result<(), Rejected> {
+    /// at `t2` and answered at `t3` (server µs). Returns the exchange's round trip on the
+    /// network.
+    pub fn on_response(
+        &mut self,
+        now: Instant,
+        t1: u64,
+        t2: u64,
+        t3: u64,
+    ) -> Result<Duration, Rejected> {
         let r = self.clock.on_sample(t1, t2, t3, self.epoch.us(now));
         if r.is_err() {
             self.rejected += 1;
         }
-        r
+        r.map(Duration::from_micros)
     }
 
     /// Answers that were not taken (forged, stale, inconsistent).

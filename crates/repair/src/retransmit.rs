@@ -190,17 +190,23 @@ pub struct NackConfig {
     /// datagram per tick learns of a loss a whole tick sooner, and a silent link is asked
     /// again while it lasts instead of only after it.
     pub detect_overdue: bool,
+    /// The deadline step from one seq to the next as the stream describes it (one datagram's
+    /// audio), if known: overdue detection then starts from the first arrival once playout
+    /// runs, instead of waiting for a second one to measure the step. A link that goes silent
+    /// just as playout starts is asked for at once, not only after it comes back.
+    pub step: Option<Duration>,
 }
 
 impl Default for NackConfig {
     fn default() -> Self {
         NackConfig {
-            max_asks: 6,
+            max_asks: 12,
             initial_rtt: Duration::from_millis(50),
             min_rto: Duration::from_millis(10),
             max_tracked: 1024,
             fec_group: 0,
             detect_overdue: true,
+            step: None,
         }
     }
 }
@@ -477,16 +483,19 @@ impl NackPlanner {
 
     /// The deadline step between consecutive seqs and how early before its deadline a seq
     /// can be counted on to arrive (the [`LEAD_QUANTILE`] of the recent in-order arrivals'
-    /// leads), once two of them span more than one seq.
+    /// leads), once two of them span more than one seq, or from the first one with the
+    /// stream's own step ([`NackConfig::step`]).
     fn measure_cadence(&self) -> Option<(Duration, Duration)> {
         let lo = self.arrivals.front()?;
         let hi = self.arrivals.back()?;
-        if hi.seq <= lo.seq {
-            return None;
-        }
-        // Seqs come from the network: a span past u32 (or a wrap to 0) gives no cadence.
-        let span = u32::try_from(hi.seq - lo.seq).ok().filter(|&n| n > 0)?;
-        let step = hi.deadline.saturating_duration_since(lo.deadline) / span;
+        let step = if hi.seq > lo.seq {
+            // Seqs come from the network: a span past u32 (or a wrap to 0) gives no cadence.
+            let span = u32::try_from(hi.seq - lo.seq).ok().filter(|&n| n > 0)?;
+            hi.deadline.saturating_duration_since(lo.deadline) / span
+        } else {
+            // One arrival: the stream's own step, when it said.
+            self.config.step.filter(|s| !s.is_zero())?
+        };
         // On the stack: this runs for every arrival.
         let mut leads = [Duration::ZERO; ARRIVALS];
         let n = self.arrivals.len();
@@ -1039,6 +1048,66 @@ mod tests {
         p.on_received(t0 + ms(80), 13, t0 + ms(207));
         // 14 is due at 214 ms and expected 120 ms before that, as 12 came; overdue at 96.
         assert_eq!(p.poll_timeout(), Some(t0 + ms(96)));
+    }
+
+    #[test]
+    fn with_the_streams_step_one_arrival_after_playout_starts_is_enough() {
+        let t0 = Instant::now();
+        let with = |step| {
+            let mut p = NackPlanner::new(NackConfig {
+                initial_rtt: ms(2),
+                step,
+                ..NackConfig::default()
+            });
+            p.set_playing(true);
+            p.on_received(t0, 10, t0 + ms(130));
+            p
+        };
+        // Without the step, one arrival measures nothing: the link could stay silent for the
+        // whole delay before anything is asked for.
+        assert_eq!(with(None).poll_timeout(), None);
+        // With it, 11 is due at 150 ms and expected 130 ms before, as 10 came: overdue at 22.
+        let mut p = with(Some(ms(20)));
+        assert_eq!(p.poll_timeout(), Some(t0 + ms(22)));
+        assert_eq!(p.poll_nack(t0 + ms(21)), None);
+        let r = p.poll_nack(t0 + ms(22)).unwrap();
+        assert_eq!((r.base, r.mask), (11, 0));
+        // A second arrival measures the step: 12 arrives 40 ms after 10 with a deadline 40 ms
+        // later, so 13 is expected 20 ms after it.
+        p.on_received(t0 + ms(40), 12, t0 + ms(170));
+        assert_eq!(
+            p.next_overdue().map(|(s, _, at)| (s, at)),
+            Some((13, t0 + ms(62)))
+        );
+        // A zero step from a broken description is no step.
+        assert_eq!(with(Some(Duration::ZERO)).poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_silent_link_is_asked_again_while_an_answer_can_still_come() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig {
+            initial_rtt: ms(2),
+            ..NackConfig::default()
+        });
+        steady_stream(&mut p, t0);
+        // Nothing comes after 4: 5 is overdue at 102 ms with its deadline at 200 ms, and is
+        // asked for every RTO (10 ms) for as long as an answer can arrive in time: ten asks,
+        // within the default's twelve.
+        let mut asks = Vec::new();
+        let mut now = t0 + ms(90);
+        while let Some(t) = p.poll_timeout() {
+            now = now.max(t);
+            while let Some(r) = p.poll_nack(now) {
+                if r.base == 5 {
+                    asks.push(now.duration_since(t0).as_millis());
+                }
+            }
+            if now > t0 + ms(400) {
+                break;
+            }
+        }
+        assert_eq!(asks, (0..10).map(|i| 102 + 10 * i).collect::<Vec<_>>());
     }
 
     #[test]

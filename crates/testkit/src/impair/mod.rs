@@ -87,6 +87,19 @@ impl Impairment {
         }
     }
 
+    /// A home network at its worst that repair must still hide: 5 % loss in bursts of 3
+    /// (Gilbert), 2 % reordering and 1 % duplication, seeded.
+    pub fn bursty(seed: u64) -> Self {
+        Self {
+            loss: 0.05,
+            burst: Some(3.0),
+            reorder: 0.02,
+            dup: 0.01,
+            seed,
+            ..Self::none()
+        }
+    }
+
     /// Checks the values mean what they say; the error names the flag and the value.
     pub fn validate(&self) -> Result<(), String> {
         for (name, v) in [

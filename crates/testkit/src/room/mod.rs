@@ -944,6 +944,11 @@ impl<S: AudioSource> Room<S> {
         &self.server.endpoint
     }
 
+    /// The server, to set it up before the first tick ([`Endpoint::set_codec`]).
+    pub fn endpoint_mut(&mut self) -> &mut Endpoint<S> {
+        &mut self.server.endpoint
+    }
+
     /// The server's events with their instants, except `Report`s.
     pub fn server_events(&self) -> &[(Duration, ServerEvent)] {
         &self.server.events
