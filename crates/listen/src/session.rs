@@ -357,6 +357,9 @@ impl Stream {
     /// Notes that audio left the jitter buffer at `now`.
     fn pulled(&mut self, now: Instant) {
         self.last_pull = Some((now, self.jb.position()));
+        // Playout may start (or resume) while the link is silent: repair learns of it here,
+        // not only at the next arrival.
+        self.repair.set_playing(self.jb.state() == State::Playing);
     }
 
     /// Hands what repair delivered to the jitter buffer (a rebuilt or resent payload that is

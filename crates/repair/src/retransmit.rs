@@ -273,6 +273,12 @@ pub struct NackPlanner {
     /// Whether deadlines follow the stream's timeline (playout has started): only then do
     /// arrivals say when the next seq is due.
     playing: bool,
+    /// The newest in-order arrival while playout waited: when playout starts it stands in
+    /// for `arrivals` until one comes, so a link silent from then on is noticed.
+    waiting: Option<Arrival>,
+    /// `arrivals` holds only that stand-in: its deadline is the waiting buffer's estimate,
+    /// which a step measured against a playing deadline would get wrong.
+    anchored: bool,
     /// The highest seq overdue detection has marked missing (or seen arrive).
     scanned: u64,
     /// Seqs above the highest arrival already repaired (marked overdue, then rebuilt or
@@ -296,6 +302,8 @@ impl NackPlanner {
             arrivals: VecDeque::with_capacity(ARRIVALS),
             cadence: None,
             playing: false,
+            waiting: None,
+            anchored: false,
             scanned: 0,
             repaired_ahead: BTreeSet::new(),
             last: None,
@@ -352,11 +360,22 @@ impl NackPlanner {
 
     /// Whether playout runs: before it starts, a deadline is the instant the buffer is
     /// expected to fill, which moves with arrivals rather than with the stream's timestamps,
-    /// so overdue detection waits for playout and starts afresh whenever it resumes.
+    /// so overdue detection waits for playout and starts afresh whenever it resumes, from the
+    /// newest arrival while it waited (whose deadline and lead are off by the same amount, so
+    /// the instant it expects the next seq is not).
     pub fn set_playing(&mut self, playing: bool) {
         if playing && !self.playing {
             self.arrivals.clear();
-            self.cadence = None;
+            self.arrivals.extend(self.waiting.take());
+            self.anchored = !self.arrivals.is_empty();
+            self.cadence = if self.config.detect_overdue {
+                self.measure_cadence()
+            } else {
+                None
+            };
+        }
+        if !playing && self.playing {
+            self.waiting = None;
         }
         self.playing = playing;
     }
@@ -403,7 +422,18 @@ impl NackPlanner {
         self.missing.remove(&seq);
         // Only arrivals in order tell how late the link runs: a reordered one is late by
         // however long it was held back.
-        if self.playing && self.highest.is_none_or(|(h, _)| seq > h) {
+        let in_order = self.highest.is_none_or(|(h, _)| seq > h);
+        if !self.playing && in_order {
+            self.waiting = Some(Arrival {
+                seq,
+                deadline,
+                lead: deadline.saturating_duration_since(now),
+            });
+        }
+        if self.playing && in_order {
+            if std::mem::take(&mut self.anchored) {
+                self.arrivals.clear();
+            }
             if self.arrivals.len() == ARRIVALS {
                 self.arrivals.pop_front();
             }
@@ -1081,6 +1111,37 @@ mod tests {
         );
         // A zero step from a broken description is no step.
         assert_eq!(with(Some(Duration::ZERO)).poll_timeout(), None);
+    }
+
+    #[test]
+    fn playout_starting_on_a_silent_link_expects_the_next_seq_after_the_last_arrival() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig {
+            initial_rtt: ms(2),
+            step: Some(ms(20)),
+            ..NackConfig::default()
+        });
+        // While the buffer fills, each deadline is "when it will be full" plus the seq's place.
+        for seq in 0..5u64 {
+            let at = t0 + ms(20 * seq);
+            p.on_received(at, seq, t0 + ms(200 + 20 * seq));
+        }
+        assert_eq!(p.poll_timeout(), None);
+        // Playout starts at 100 ms and nothing more comes: 5 is expected a step after 4 came.
+        p.set_playing(true);
+        assert_eq!(p.poll_timeout(), Some(t0 + ms(102)));
+        let r = p.poll_nack(t0 + ms(102)).unwrap();
+        assert_eq!((r.base, r.mask), (5, 0));
+        // 5 does come, with a deadline on the playing timeline, 30 ms earlier than the filling
+        // buffer's estimate said: the stand-in goes, so no step is measured across the two and
+        // 6 is expected a step after 5, not at once.
+        p.on_received(t0 + ms(104), 5, t0 + ms(270));
+        assert_eq!(p.poll_nack(t0 + ms(104)), None);
+        assert_eq!(p.poll_timeout(), Some(t0 + ms(126)));
+        // A pause forgets the stand-in: playout resuming with nothing new waits for arrivals.
+        p.set_playing(false);
+        p.set_playing(true);
+        assert_eq!(p.next_overdue(), None);
     }
 
     #[test]

@@ -259,3 +259,33 @@ fn opus_at_the_file_tick_through_bursty_loss_conceals_at_most_a_thousandth() {
     eprintln!("opus at 60 ms ticks, 200 s: lost {lost}, concealed {concealed} of {played} ms");
     assert!(lost > 200, "lost {lost}");
 }
+
+/// FLAC at 20 ms ticks with streamd's default repair at 100 ms (parity 6,1 and
+/// retransmission), 1 ms each way: eight datagrams in a row lost from the 10th (107 ms of
+/// audio), while the buffer is still filling, so playout starts during the silence. The
+/// listener learns of the start from its own playout, expects the next datagram a step after
+/// the last one came, and gets every one back before it is due.
+#[test]
+fn an_outage_while_the_buffer_fills_is_resent_in_time() {
+    let mut config = server_config(ms(20));
+    config.playout_delay = ms(100);
+    config.repair = both();
+    let mut room = Room::new(config, SyntheticSource::new(44_100, 2, 44_100 * 3));
+    room.endpoint_mut().set_codec(AudioCodec::Flac).unwrap();
+    let mut spec = ListenerSpec::new()
+        .delay(ms(1), ms(1))
+        .latency(ms(100))
+        .sink(Playback::Keep);
+    for nth in 10..18 {
+        spec = spec.drop_down(MessageType::Audio, nth);
+    }
+    room.add_listener(spec);
+    room.run_to_end();
+    let s = room.listeners()[0].stats().unwrap();
+    assert_eq!(s.lost, 8, "{s:?}");
+    assert_eq!(s.recovered_fec + s.recovered_retransmit, 8, "{s:?}");
+    assert_eq!(s.concealed_ms, 0, "{s:?}");
+    let played = room.listeners()[0].played();
+    let want = SyntheticSource::samples(2, 0..44_100 * 3);
+    assert!(played.samples.as_ref().unwrap() == &want, "{s:?}");
+}
