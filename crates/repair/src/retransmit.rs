@@ -255,6 +255,16 @@ struct Arrival {
     lead: Duration,
 }
 
+/// Whether a seq waiting for its group's parity (until a seq from `ready_after` on arrives)
+/// need wait no more, given the highest seq that arrived and the highest overdue detection
+/// has passed. A later group's seq arrived, or was overdue; or the group's last seq was
+/// overdue and has not come: the parity leaves right after it, so it is as late, and waiting
+/// for it only leaves fewer asks before the deadline (a burst takes both more often than not).
+fn parity_past(high: u64, scanned: u64, ready_after: u64) -> bool {
+    let last = ready_after.saturating_sub(1);
+    high.max(scanned) >= ready_after || (scanned >= last && high < last)
+}
+
 /// The listener side: decides which missing seqs to ask for and when.
 ///
 /// The caller feeds every original audio datagram with its playout deadline (`on_received`),
@@ -598,9 +608,10 @@ impl NackPlanner {
         });
         self.stats.abandoned += abandoned;
         let mut request: Option<NackRequest> = None;
-        let high = self.highest.map_or(0, |(h, _)| h);
+        let (high, scanned) = (self.highest.map_or(0, |(h, _)| h), self.scanned);
         for (&seq, m) in self.missing.iter_mut() {
-            if m.due > now || (high < m.ready_after && now + rtt + rto < m.deadline) {
+            let waits = !parity_past(high, scanned, m.ready_after);
+            if m.due > now || (waits && now + rtt + rto < m.deadline) {
                 continue;
             }
             match request.as_mut() {
@@ -617,16 +628,16 @@ impl NackPlanner {
     }
 
     /// When `poll_nack` next has something to do. A seq waiting for its group's end waits
-    /// for an arrival, or at most until only a round trip and one retry are left before its
-    /// deadline: then it is asked for anyway.
+    /// for an arrival (or the group's last seq to be overdue), or at most until only a round
+    /// trip and one retry are left before its deadline: then it is asked for anyway.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let high = self.highest.map_or(0, |(h, _)| h);
+        let (high, scanned) = (self.highest.map_or(0, |(h, _)| h), self.scanned);
         let last_chance = self.rtt() + self.rto();
         let overdue = self.next_overdue().map(|(_, _, at)| at);
         self.missing
             .values()
             .map(|m| {
-                if high >= m.ready_after {
+                if parity_past(high, scanned, m.ready_after) {
                     m.due
                 } else {
                     m.due
@@ -1142,6 +1153,39 @@ mod tests {
         p.set_playing(false);
         p.set_playing(true);
         assert_eq!(p.next_overdue(), None);
+    }
+
+    #[test]
+    fn a_seq_waiting_for_parity_is_asked_for_once_its_groups_last_is_overdue() {
+        let t0 = Instant::now();
+        let mut p = NackPlanner::new(NackConfig {
+            initial_rtt: ms(1),
+            fec_group: 6,
+            ..NackConfig::default()
+        });
+        p.set_playing(true);
+        // Groups of six, one seq every 20 ms, each due 100 ms after it is sent. 8 is lost; 9
+        // shows the gap, and 8 waits for its group's parity (sent after 11).
+        for seq in [6u64, 7, 9] {
+            p.on_received(t0 + ms(20 * seq), seq, t0 + ms(20 * seq + 100));
+        }
+        let asked_at = |p: &mut NackPlanner, t: u64| {
+            let mut seqs = Vec::new();
+            while let Some(r) = p.poll_nack(t0 + ms(t)) {
+                seqs.extend(r.seqs());
+            }
+            seqs
+        };
+        assert_eq!(asked_at(&mut p, 180), Vec::<u64>::new());
+        // Then the link goes silent: 10 and 11 are overdue at 202 and 222 ms, and asked for
+        // (10 again at 222, its answer overdue).
+        assert_eq!(asked_at(&mut p, 202), vec![10]);
+        assert!(!asked_at(&mut p, 221).contains(&8));
+        // 11, the group's last, is overdue at 222 ms and has not come: the parity, sent right
+        // after it, is as late, so 8 is asked for then, 38 ms before its deadline (260 ms), not
+        // only at the last chance (a round trip and one timeout before it, 249 ms), when one
+        // lost answer loses it.
+        assert_eq!(asked_at(&mut p, 222), vec![8, 11]);
     }
 
     #[test]
