@@ -378,11 +378,7 @@ impl NackPlanner {
             self.arrivals.clear();
             self.arrivals.extend(self.waiting.take());
             self.anchored = !self.arrivals.is_empty();
-            self.cadence = if self.config.detect_overdue {
-                self.measure_cadence()
-            } else {
-                None
-            };
+            self.cadence = self.measure_cadence();
         }
         if !playing && self.playing {
             self.waiting = None;

@@ -178,27 +178,40 @@ fn one_datagram_a_tick_through_bursty_loss_conceals_at_most_a_thousandth() {
     );
 }
 
-/// Opus from a file at streamd's 60 ms tick (three 20 ms packets a send), 100 ms latency, 1 ms
-/// each way, retransmission only: `n` Audio datagrams in a row lost from the `first`th on,
-/// right as playout starts. Returns the listener's stats.
-fn opus_start_outage(first: u64, n: u64, synced: bool) -> listen::stats::Stats {
+/// `seconds` of 48 kHz stereo as Opus from a file at streamd's 60 ms tick (three 20 ms
+/// packets a send), with a 100 ms room delay and retransmission only.
+fn opus_file_room(seconds: u64) -> Room<SyntheticSource> {
     let mut config = resend_only(ms(60));
     config.playout_delay = ms(100);
-    let mut room = Room::new(config, SyntheticSource::new(RATE, 2, u64::from(RATE) * 3));
+    let mut room = Room::new(
+        config,
+        SyntheticSource::new(RATE, 2, u64::from(RATE) * seconds),
+    );
     room.endpoint_mut()
         .set_codec(AudioCodec::Opus { bitrate: 128_000 })
         .unwrap();
+    room
+}
+
+/// A listener 1 ms each way at 100 ms latency that keeps what it plays; `n` Audio datagrams
+/// in a row are lost on its way from the `first`th on.
+fn outage_listener(first: u64, n: u64) -> ListenerSpec {
     let mut spec = ListenerSpec::new()
         .delay(ms(1), ms(1))
         .latency(ms(100))
         .sink(Playback::Keep);
-    if synced {
-        spec = spec.synced();
-    }
     for nth in first..first + n {
         spec = spec.drop_down(MessageType::Audio, nth);
     }
-    room.add_listener(spec);
+    spec
+}
+
+/// Opus from a file ([`opus_file_room`]), 3 s: `n` Audio datagrams in a row lost from the
+/// `first`th on, right as playout starts. Returns the listener's stats.
+fn opus_start_outage(first: u64, n: u64, synced: bool) -> listen::stats::Stats {
+    let mut room = opus_file_room(3);
+    let spec = outage_listener(first, n);
+    room.add_listener(if synced { spec.synced() } else { spec });
     room.run_to_end();
     room.listeners()[0].stats().unwrap()
 }
@@ -230,12 +243,7 @@ fn an_outage_as_playout_starts_is_resent_in_time() {
 fn opus_at_the_file_tick_through_bursty_loss_conceals_at_most_a_thousandth() {
     let (mut concealed, mut played, mut lost) = (0, 0, 0);
     for seed in 1..=10u64 {
-        let mut config = resend_only(ms(60));
-        config.playout_delay = ms(100);
-        let mut room = Room::new(config, SyntheticSource::new(RATE, 2, u64::from(RATE) * 20));
-        room.endpoint_mut()
-            .set_codec(AudioCodec::Opus { bitrate: 128_000 })
-            .unwrap();
+        let mut room = opus_file_room(20);
         room.add_listener(
             ListenerSpec::new()
                 .down(Impairment::bursty(seed))
@@ -272,14 +280,7 @@ fn an_outage_while_the_buffer_fills_is_resent_in_time() {
     config.repair = both();
     let mut room = Room::new(config, SyntheticSource::new(44_100, 2, 44_100 * 3));
     room.endpoint_mut().set_codec(AudioCodec::Flac).unwrap();
-    let mut spec = ListenerSpec::new()
-        .delay(ms(1), ms(1))
-        .latency(ms(100))
-        .sink(Playback::Keep);
-    for nth in 10..18 {
-        spec = spec.drop_down(MessageType::Audio, nth);
-    }
-    room.add_listener(spec);
+    room.add_listener(outage_listener(10, 8));
     room.run_to_end();
     let s = room.listeners()[0].stats().unwrap();
     assert_eq!(s.lost, 8, "{s:?}");
