@@ -137,25 +137,44 @@ pub enum FecChoice {
 /// Default `--interval`: 50 ticks a second, small bursts, cheap timers.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(20);
 
-/// `--interval`'s default for an Opus stream from a file: three 20 ms packets a tick. Every
-/// listener costs the server one send per tick (a PCM tick's three datagrams, or an Opus tick's
-/// packets of one constant size, go as one UDP GSO message), so the longer the tick the fewer
-/// sends; a file is read ahead by an interval, so each packet still leaves before it is due.
-/// The room's playout delay is at least the interval + 5 ms, so this raises the default 50 ms
-/// to 65 ms.
-pub const OPUS_FILE_INTERVAL: Duration = Duration::from_millis(60);
+/// `--interval`'s longest default for an Opus stream from a file: five 20 ms packets a tick.
+/// Every listener costs the server one send per tick (a PCM tick's three datagrams, or an Opus
+/// tick's packets of one constant size, go as one UDP GSO message), so the longer the tick the
+/// fewer sends: against three packets a tick, five take about a quarter off each listener's
+/// cost. A file is read ahead by an interval, so each packet still leaves before it is due. The
+/// room's playout delay is at least the interval + 5 ms, so this raises the default 50 ms to
+/// 105 ms; a `--latency` given shorter gets the longest tick of whole packets that fits it.
+pub const OPUS_FILE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// `--interval`'s default for an Opus stream from a live input (stdin, a FIFO, a capture
 /// device, a relay): two 20 ms packets a tick. A live input cannot be read ahead, so its tick
 /// adds to the delay; 40 ms keeps the room's default 50 ms.
 pub const OPUS_LIVE_INTERVAL: Duration = Duration::from_millis(40);
 
-/// The interval when `--interval` is not given: for Opus, [`OPUS_FILE_INTERVAL`] when the
-/// source is a file (`reads_ahead`) and [`OPUS_LIVE_INTERVAL`] when it is live; for the other
-/// codecs [`DEFAULT_INTERVAL`].
-pub fn default_interval(codec: AudioCodec, reads_ahead: bool) -> Duration {
+/// One Opus packet's audio (20 ms): a tick of an Opus stream is a whole number of them.
+const OPUS_PACKET: Duration = Duration::from_micros(
+    audiocodec::opus::FRAMES as u64 * 1_000_000 / audiocodec::opus::RATE as u64,
+);
+
+/// The interval when `--interval` is not given: for Opus from a file (`reads_ahead`), the
+/// longest tick of whole 20 ms packets up to [`OPUS_FILE_INTERVAL`] whose least playout delay
+/// (the tick + 5 ms) fits `latency` when one was given; for Opus from a live input
+/// [`OPUS_LIVE_INTERVAL`]; for the other codecs [`DEFAULT_INTERVAL`].
+pub fn default_interval(
+    codec: AudioCodec,
+    reads_ahead: bool,
+    latency: Option<Duration>,
+) -> Duration {
     match codec {
-        AudioCodec::Opus { .. } if reads_ahead => OPUS_FILE_INTERVAL,
+        AudioCodec::Opus { .. } if reads_ahead => {
+            let most = OPUS_FILE_INTERVAL.as_millis() / OPUS_PACKET.as_millis();
+            let fit = latency.map_or(most, |l| {
+                let room = l.saturating_sub(crate::endpoint::min_playout_delay(Duration::ZERO));
+                room.as_millis() / OPUS_PACKET.as_millis()
+            });
+            let packets = u32::try_from(fit.clamp(1, most)).unwrap_or(1);
+            OPUS_PACKET * packets
+        }
         AudioCodec::Opus { .. } => OPUS_LIVE_INTERVAL,
         _ => DEFAULT_INTERVAL,
     }
@@ -1119,4 +1138,45 @@ fn realtime_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn an_opus_file_ticks_with_as_many_packets_as_the_latency_leaves_room_for() {
+        let opus = AudioCodec::Opus { bitrate: 128_000 };
+        for (latency, tick) in [
+            (None, 100),
+            (Some(500), 100),
+            (Some(105), 100),
+            (Some(104), 80),
+            (Some(100), 80),
+            (Some(65), 60),
+            (Some(50), 40),
+            (Some(44), 20),
+            (Some(10), 20),
+        ] {
+            assert_eq!(
+                default_interval(opus, true, latency.map(ms)),
+                ms(tick),
+                "--latency {latency:?}"
+            );
+        }
+        // A live input cannot be read ahead; the other codecs keep the common tick.
+        assert_eq!(default_interval(opus, false, None), OPUS_LIVE_INTERVAL);
+        assert_eq!(
+            default_interval(opus, false, Some(ms(500))),
+            OPUS_LIVE_INTERVAL
+        );
+        assert_eq!(
+            default_interval(AudioCodec::Pcm, true, Some(ms(500))),
+            DEFAULT_INTERVAL
+        );
+    }
 }

@@ -363,17 +363,28 @@ fn start_line(args: &[&str], stdin: Option<std::fs::File>) -> String {
 fn the_default_tick_and_delay_follow_the_codec_and_the_source() {
     let wav = fixture("stereo44.wav");
     let wav = wav.to_str().unwrap();
-    let cases: [(&[&str], bool, &str); 5] = [
+    let cases: [(&[&str], bool, &str); 7] = [
         (
             &["--file", wav],
             false,
             "every 20ms (playout delay 50ms) as pcm",
         ),
-        // A file is read ahead: three Opus packets a tick, and a room delay the tick allows.
+        // A file is read ahead: five Opus packets a tick, and a room delay the tick allows.
         (
             &["--file", wav, "--codec", "opus"],
             false,
-            "every 60ms (playout delay 65ms) as opus",
+            "every 100ms (playout delay 105ms) as opus",
+        ),
+        // A shorter --latency keeps its delay: the tick takes as many packets as fit in it.
+        (
+            &["--file", wav, "--codec", "opus", "--latency", "100ms"],
+            false,
+            "every 80ms (playout delay 100ms) as opus",
+        ),
+        (
+            &["--file", wav, "--codec", "opus", "--latency", "30ms"],
+            false,
+            "every 20ms (playout delay 30ms) as opus",
         ),
         // A live input cannot be read ahead: two packets a tick keep the room's 50 ms.
         (
@@ -390,7 +401,7 @@ fn the_default_tick_and_delay_follow_the_codec_and_the_source() {
         (
             &["--file", wav, "--codec", "opus", "--latency", "200ms"],
             false,
-            "every 60ms (playout delay 200ms) as opus",
+            "every 100ms (playout delay 200ms) as opus",
         ),
     ];
     for (args, stdin, want) in cases {

@@ -13,6 +13,9 @@ use testkit::room::{ListenerSpec, NetCounts, Playback, Room, SyntheticSource, se
 
 const RATE: u32 = 48_000;
 
+/// The Opus stream streamd sends by default.
+const OPUS: AudioCodec = AudioCodec::Opus { bitrate: 128_000 };
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -178,18 +181,24 @@ fn one_datagram_a_tick_through_bursty_loss_conceals_at_most_a_thousandth() {
     );
 }
 
-/// `seconds` of 48 kHz stereo as Opus from a file at streamd's 60 ms tick (three 20 ms
-/// packets a send), with a 100 ms room delay and retransmission only.
+/// Opus as streamd sends it from a file with `--latency 100ms`: the tick of whole 20 ms
+/// packets that fits the delay (80 ms: four packets a send).
+fn opus_file_tick() -> Duration {
+    let tick = streamd::server::default_interval(OPUS, true, Some(ms(100)));
+    assert_eq!(tick, ms(80));
+    tick
+}
+
+/// `seconds` of 48 kHz stereo as Opus from a file at streamd's tick for a 100 ms room delay
+/// ([`opus_file_tick`]), retransmission only.
 fn opus_file_room(seconds: u64) -> Room<SyntheticSource> {
-    let mut config = resend_only(ms(60));
+    let mut config = resend_only(opus_file_tick());
     config.playout_delay = ms(100);
     let mut room = Room::new(
         config,
         SyntheticSource::new(RATE, 2, u64::from(RATE) * seconds),
     );
-    room.endpoint_mut()
-        .set_codec(AudioCodec::Opus { bitrate: 128_000 })
-        .unwrap();
+    room.endpoint_mut().set_codec(OPUS).unwrap();
     room
 }
 
@@ -216,7 +225,7 @@ fn opus_start_outage(first: u64, n: u64, synced: bool) -> listen::stats::Stats {
     room.listeners()[0].stats().unwrap()
 }
 
-/// Two ticks of Opus lost just as playout starts: the listener knows the round trip from
+/// Six and nine Opus datagrams lost just as playout starts: the listener knows the round trip from
 /// its handshake (and, synchronised, from its clock exchanges) and the stream's step from the
 /// Welcome, so it asks for each datagram as soon as it is overdue and gets every one back in
 /// time. Without either it would wait for the link to come back, or take 50 ms for the round
@@ -234,7 +243,7 @@ fn an_outage_as_playout_starts_is_resent_in_time() {
     }
 }
 
-/// Opus from a file at streamd's 60 ms tick through the link (5 % loss in bursts of
+/// Opus from a file at streamd's tick through the link (5 % loss in bursts of
 /// 3, 2 % reordering, 1 % duplication; 1 ms each way), 100 ms latency, retransmission only,
 /// synchronised: in each of ten seeded 20 s runs at most 0.1 % of the played time concealed.
 /// Bursts right as playout starts are among them (seeds 2 and 5), which a listener without the
@@ -264,7 +273,7 @@ fn opus_at_the_file_tick_through_bursty_loss_conceals_at_most_a_thousandth() {
         played += s.played_ms;
         lost += s.lost;
     }
-    eprintln!("opus at 60 ms ticks, 200 s: lost {lost}, concealed {concealed} of {played} ms");
+    eprintln!("opus from a file, 200 s: lost {lost}, concealed {concealed} of {played} ms");
     assert!(lost > 200, "lost {lost}");
 }
 

@@ -83,8 +83,8 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = OnIdle::Silence)]
     on_idle: OnIdle,
     /// Send tick, 5ms..2s: e.g. 20ms, 0.5s or plain seconds (0.02) [default: 20ms; with
-    /// --codec opus 60ms from a file, 40ms from a live input: three or two 20 ms packets per
-    /// send]
+    /// --codec opus 100ms from a file (five 20 ms packets per send; fewer when --latency is
+    /// shorter than 105ms), 40ms from a live input (two packets)]
     #[arg(long, value_parser = parse_interval, value_name = "DURATION")]
     interval: Option<Duration>,
     /// Address to bind.
@@ -98,7 +98,7 @@ struct Cli {
     client_timeout: Duration,
     /// The room's playout delay: every listener plays each frame this long after it became
     /// due, 10ms..5s (raised to the interval + 5 ms when shorter) [default: 50ms, or the
-    /// interval + 5 ms when longer: 65ms for Opus from a file]
+    /// interval + 5 ms when longer: 105ms for Opus from a file]
     #[arg(long, value_parser = parse_latency, value_name = "DURATION")]
     latency: Option<Duration>,
     /// Parity for loss repair: K,M sends M Reed-Solomon parity datagrams after every K audio
@@ -196,9 +196,9 @@ impl Cli {
         };
         let mut c = Config::new(file, SocketAddr::new(self.bind, self.port.unwrap_or(0)));
         c.capture = self.capture.clone();
-        c.interval = self
-            .interval
-            .unwrap_or_else(|| streamd::server::default_interval(self.codec, self.reads_ahead()));
+        c.interval = self.interval.unwrap_or_else(|| {
+            streamd::server::default_interval(self.codec, self.reads_ahead(), self.latency)
+        });
         c.max_clients = self.max_clients as usize;
         c.client_timeout = self.client_timeout;
         c.playout_delay = self.latency.unwrap_or_else(|| {
