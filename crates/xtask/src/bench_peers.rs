@@ -61,6 +61,10 @@ pub const STREAMD_ARGS: &[&str] = &[
 /// so it must outlast the longest run).
 const SOURCE_SECONDS: u32 = 600;
 
+/// `--listeners` when not given: each stream with nobody listening (its own cost, so that
+/// every N's cost per listener above it is printed too), one listener, and two rooms.
+const DEFAULT_LISTENERS: &[usize] = &[0, 1, 100, 200];
+
 /// Time to let a system settle (clients connected, buffers filled) before measuring.
 const WARMUP: Duration = Duration::from_secs(3);
 
@@ -159,14 +163,14 @@ impl Drop for Procs {
 }
 
 fn usage() -> &'static str {
-    "cargo xtask bench-peers [--listeners 0,1,100,1000] [--duration SECS] \
+    "cargo xtask bench-peers [--listeners 0,1,100,200] [--duration SECS] \
      [--peers floor,fake,earshot,earshot-opus,snapserver,gstreamer] [--no-install] [--force] \
      [--out DIR]"
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Opts> {
     let mut o = Opts {
-        listeners: vec![1, 100],
+        listeners: DEFAULT_LISTENERS.to_vec(),
         duration: Duration::from_secs(10),
         peers: [
             "floor",
@@ -857,7 +861,16 @@ fn above_idle(rows: &[Row]) -> Vec<String> {
         let per = |system: &str| Some((cores(system, n)? - cores(system, 0)?) / n as f64);
         let mut parts: Vec<String> = ["earshot", "earshot-opus", "snapserver"]
             .iter()
-            .filter_map(|&s| Some(format!("{s} {:.6}", per(s)?)))
+            .filter_map(|&s| {
+                let v = per(s)?;
+                // At small N one listener's cost is below the runs' noise: say so rather than
+                // print a negative cost.
+                Some(if v < 0.0 {
+                    format!("{s} within the noise of its N = 0 run")
+                } else {
+                    format!("{s} {v:.6}")
+                })
+            })
             .collect();
         parts.extend(ratio_parts(per));
         if !parts.is_empty() {
@@ -963,6 +976,7 @@ mod tests {
             parse(&a(&["--listeners", "0,200"])).unwrap().listeners,
             vec![0, 200]
         );
+        assert_eq!(parse(&[]).unwrap().listeners, vec![0, 1, 100, 200]);
         assert!(parse(&a(&["--listeners", "10001"])).is_err());
         assert!(parse(&a(&["--duration"])).is_err());
         assert!(parse(&a(&["--bogus"])).is_err());
@@ -1082,5 +1096,15 @@ mod tests {
         let table = render(&rows, Duration::from_secs(1));
         assert!(table.contains("| earshot-opus | 0 | - |"), "{table}");
         assert!(above_idle(&rows[3..]).is_empty(), "no N = 0 run, no line");
+        // One listener costing less than the idle run's noise is said to, not printed negative.
+        let one = [at("earshot", 0, 0.004), at("earshot", 1, 0.0035)];
+        assert_eq!(
+            above_idle(&one),
+            vec![
+                "N = 1: server CPU per listener above the same system with none (N = 0), \
+                 earshot within the noise of its N = 0 run"
+                    .to_string()
+            ]
+        );
     }
 }
